@@ -1,0 +1,228 @@
+"""The JSON header of spec/ddz.md: serialisation and validation of the section table,
+the objects table and the free-form metadata."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FormatError, LimitError
+from .layout import (DTYPES, INTEGER_DTYPES, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM, MAX_OBJECTS,
+                     MAX_SECTIONS, PREAMBLE_SIZE, align_up)
+
+# zstd cannot expand one stored byte into more than this many (an RLE block: 4 bytes -> 128 KiB);
+# a declared decoded size above the bound is rejected before any allocation.
+ZSTD_MAX_RATIO = 32768
+KNOWN_ENCODINGS = ("bitpack", "zstd")
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    """One row of the section table."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    length: int
+    decoded_length: int
+    encoding: tuple[dict, ...] = ()
+    crc32: int = 0
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits(self) -> int | None:
+        for step in self.encoding:
+            if step.get("id") == "bitpack":
+                return step["bits"]
+        return None
+
+    @property
+    def zstd(self) -> bool:
+        return any(step.get("id") == "zstd" for step in self.encoding)
+
+    @property
+    def unknown_encoding(self) -> str | None:
+        for step in self.encoding:
+            if step.get("id") not in KNOWN_ENCODINGS:
+                return str(step.get("id"))
+        return None
+
+    @property
+    def packed_length(self) -> int:
+        """Bytes after the array->bytes step (before zstd)."""
+        bits = self.bits
+        return self.decoded_length if bits is None else (self.count * bits + 7) // 8
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "offset": self.offset,
+                "length": self.length, "decoded_length": self.decoded_length,
+                "encoding": [dict(s) for s in self.encoding], "crc32": self.crc32}
+
+
+@dataclass(frozen=True)
+class Header:
+    sections: tuple[SectionInfo, ...]
+    objects: dict[str, dict]
+    metadata: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        doc = {"sections": [s.to_json() for s in self.sections], "objects": self.objects, "metadata": self.metadata}
+        return dump_json(doc)
+
+
+def dump_json(doc: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, UTF-8, no NaN (the writer's only JSON form)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def check_name(name: Any, what: str = "section") -> str:
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"{what} name must be a non-empty string, got {name!r:.60}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise LimitError(f"{what} name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+    if any(ord(c) < 32 for c in name):
+        raise FormatError(f"{what} name {name!r} contains a control character")
+    return name
+
+
+def check_json_depth(doc: Any, where: str) -> None:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise LimitError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _int(value: Any, what: str, name: str, lo: int = 0, hi: int = 1 << 63) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise FormatError(f"{what} must be an integer in [{lo}, {hi}], got {value!r:.40}", section=name)
+    return value
+
+
+def _reject_constant(token: str):
+    raise FormatError(f"header contains the non-JSON number {token}")
+
+
+def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
+    """Decode and validate the header bytes; every violation raises a FormatError subclass."""
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"header is not UTF-8 ({exc.reason} at header byte {exc.start})", offset=header_offset + exc.start) from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise LimitError(f"header JSON nests deeper than {MAX_JSON_DEPTH} levels", offset=header_offset) from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"header is not valid JSON: {exc.msg} at header char {exc.pos}", offset=header_offset) from None
+    if not isinstance(doc, dict):
+        raise FormatError("header must be a JSON object", offset=header_offset)
+    check_json_depth(doc, "header")
+    raw_sections = doc.get("sections")
+    if not isinstance(raw_sections, list):
+        raise FormatError("header has no 'sections' list", offset=header_offset)
+    if len(raw_sections) > MAX_SECTIONS:
+        raise LimitError(f"{len(raw_sections)} sections exceed the limit of {MAX_SECTIONS}", offset=header_offset)
+    sections: list[SectionInfo] = []
+    seen: set[str] = set()
+    pos = PREAMBLE_SIZE
+    for i, entry in enumerate(raw_sections):
+        info = _parse_section(entry, i)
+        if info.name in seen:
+            raise FormatError("duplicate section name", section=info.name)
+        seen.add(info.name)
+        expected = align_up(pos, alignment)
+        if info.offset != expected:
+            raise FormatError(f"offset {info.offset} is not the next aligned position {expected}", section=info.name, offset=info.offset)
+        pos = info.offset + info.length
+        if pos > header_offset:
+            raise FormatError(f"section [{info.offset}, {pos}) runs into the header at {header_offset}", section=info.name, offset=info.offset)
+        sections.append(info)
+    if pos != header_offset:
+        raise FormatError(f"{header_offset - pos} unaccounted bytes between the last section and the header", offset=pos)
+    objects = _parse_objects(doc.get("objects", {}), seen, header_offset)
+    metadata = doc.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise FormatError("'metadata' must be a JSON object", offset=header_offset)
+    return Header(tuple(sections), objects, metadata)
+
+
+def _parse_section(entry: Any, index: int) -> SectionInfo:
+    if not isinstance(entry, dict):
+        raise FormatError(f"section table entry {index} is not an object")
+    try:
+        name = check_name(entry.get("name"))
+    except FormatError as exc:
+        raise type(exc)(f"section table entry {index}: {exc}") from None
+    dtype = entry.get("dtype")
+    if dtype not in DTYPES:
+        raise FormatError(f"unknown dtype {dtype!r:.40}; known: {', '.join(DTYPES)}", section=name)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise FormatError(f"shape must be a list of at most {MAX_NDIM} integers", section=name)
+    shape = tuple(_int(d, "shape dimension", name) for d in shape)
+    offset = _int(entry.get("offset"), "offset", name)
+    length = _int(entry.get("length"), "length", name)
+    decoded = _int(entry.get("decoded_length"), "decoded_length", name)
+    crc = _int(entry.get("crc32"), "crc32", name, hi=0xFFFFFFFF)
+    encoding = entry.get("encoding", [])
+    if not isinstance(encoding, list) or len(encoding) > 8:
+        raise FormatError("encoding must be a list of at most 8 codec configs", section=name)
+    for step in encoding:
+        if not isinstance(step, dict) or not isinstance(step.get("id"), str):
+            raise FormatError("every encoding step must be an object with a string 'id'", section=name)
+    itemsize = DTYPES[dtype].itemsize
+    count = math.prod(shape)
+    if count * itemsize != decoded:
+        raise FormatError(f"decoded_length {decoded} != {count} elements x {itemsize} bytes", section=name)
+    info = SectionInfo(name, dtype, shape, offset, length, decoded, tuple(encoding), crc)
+    if info.unknown_encoding is None:
+        _check_known_encoding(info)
+    return info
+
+
+def _check_known_encoding(info: SectionInfo) -> None:
+    ids = [s["id"] for s in info.encoding]
+    if ids not in ([], ["bitpack"], ["zstd"], ["bitpack", "zstd"]):
+        raise FormatError(f"encoding chain {ids} is not one of [], [bitpack], [zstd], [bitpack, zstd]", section=info.name)
+    if "bitpack" in ids:
+        bits = info.encoding[0].get("bits")
+        if type(bits) is not int or not 1 <= bits <= 32:
+            raise FormatError(f"bitpack bits must be an integer in [1, 32], got {bits!r:.20}", section=info.name)
+        if info.dtype not in INTEGER_DTYPES or bits > 8 * DTYPES[info.dtype].itemsize:
+            raise FormatError(f"bitpack at {bits} bits cannot decode to dtype {info.dtype}", section=info.name)
+    if info.zstd:
+        if info.packed_length > ZSTD_MAX_RATIO * info.length + 1024:
+            raise LimitError(f"declared size {info.packed_length} is impossible for {info.length} zstd bytes", section=info.name, offset=info.offset)
+    elif info.length != info.packed_length:
+        raise FormatError(f"stored length {info.length} != expected {info.packed_length}", section=info.name, offset=info.offset)
+
+
+def _parse_objects(objects: Any, section_names: set[str], header_offset: int) -> dict[str, dict]:
+    if not isinstance(objects, dict):
+        raise FormatError("'objects' must be a JSON object", offset=header_offset)
+    if len(objects) > MAX_OBJECTS:
+        raise LimitError(f"{len(objects)} objects exceed the limit of {MAX_OBJECTS}", offset=header_offset)
+    for name, obj in objects.items():
+        check_name(name, "object")
+        if not isinstance(obj, dict) or not isinstance(obj.get("codec"), dict) or not isinstance(obj["codec"].get("id"), str):
+            raise FormatError(f"object {name!r} needs a 'codec' object with a string 'id'", offset=header_offset)
+        parts = obj.get("sections")
+        if not isinstance(parts, dict):
+            raise FormatError(f"object {name!r} needs a 'sections' object", offset=header_offset)
+        for part, sec in parts.items():
+            if sec not in section_names:
+                raise FormatError(f"object {name!r} part {part!r} names missing section {sec!r:.60}", offset=header_offset)
+        if not isinstance(obj.get("must_understand", True), bool):
+            raise FormatError(f"object {name!r}: 'must_understand' must be a boolean", offset=header_offset)
+    return objects

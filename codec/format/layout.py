@@ -1,0 +1,103 @@
+"""Byte layout constants of spec/ddz.md: preamble, dtypes, alignment and hard limits."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FormatError, LimitError, TruncatedError, UnsupportedVersionError
+
+MAGIC = b"\x89DDZ\r\n\x1a\n"
+MAJOR = 1
+MINOR = 0
+PREAMBLE_SIZE = 64
+# magic, major, minor, alignment, header_offset, header_length, header_crc32, flags, file_length, reserved
+_PREAMBLE = struct.Struct("<8sHHIQQIIQ12s")
+assert _PREAMBLE.size == 60
+
+DEFAULT_ALIGNMENT = 64
+MIN_ALIGNMENT = 64
+MAX_ALIGNMENT = 1 << 20
+MAX_HEADER_LENGTH = 64 << 20
+MAX_SECTIONS = 1 << 16
+MAX_OBJECTS = 1 << 12
+MAX_NAME_BYTES = 256
+MAX_NDIM = 16
+MAX_JSON_DEPTH = 32
+
+# dtype name -> (numpy dtype, itemsize). bf16 is stored as raw uint16 bits.
+DTYPES: dict[str, np.dtype] = {
+    "bool": np.dtype("?"),
+    "u8": np.dtype("u1"),
+    "i8": np.dtype("i1"),
+    "u16": np.dtype("<u2"),
+    "i16": np.dtype("<i2"),
+    "u32": np.dtype("<u4"),
+    "i32": np.dtype("<i4"),
+    "u64": np.dtype("<u8"),
+    "i64": np.dtype("<i8"),
+    "f16": np.dtype("<f2"),
+    "bf16": np.dtype("<u2"),
+    "f32": np.dtype("<f4"),
+    "f64": np.dtype("<f8"),
+}
+INTEGER_DTYPES = {"u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64"}
+
+
+def crc32(data, value: int = 0) -> int:
+    """CRC-32 (ISO-HDLC, zlib's) of a bytes-like object, continuing from ``value``."""
+    return zlib.crc32(data, value) & 0xFFFFFFFF
+
+
+def align_up(n: int, alignment: int) -> int:
+    return (n + alignment - 1) & ~(alignment - 1)
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """The fixed 64-byte start of every .ddz file (spec/ddz.md, 'Preamble')."""
+
+    alignment: int
+    header_offset: int
+    header_length: int
+    header_crc32: int
+    file_length: int
+    major: int = MAJOR
+    minor: int = MINOR
+
+    def to_bytes(self) -> bytes:
+        body = _PREAMBLE.pack(MAGIC, self.major, self.minor, self.alignment, self.header_offset,
+                              self.header_length, self.header_crc32, 0, self.file_length, bytes(12))
+        return body + struct.pack("<I", crc32(body))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, file_size: int) -> "Preamble":
+        if len(raw) < PREAMBLE_SIZE:
+            if raw[: len(MAGIC)] != MAGIC[: len(raw)]:
+                raise FormatError("not a .ddz file (bad magic)", offset=0)
+            raise TruncatedError(f"file is {len(raw)} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble", offset=0)
+        magic, major, minor, alignment, h_off, h_len, h_crc, flags, f_len, reserved = _PREAMBLE.unpack_from(raw)
+        if magic != MAGIC:
+            raise FormatError("not a .ddz file (bad magic)", offset=0)
+        if major != MAJOR:
+            hint = " (byte-swapped: big-endian writer?)" if major.to_bytes(2, "big") == MAJOR.to_bytes(2, "little") else ""
+            raise UnsupportedVersionError(f"major version {major} is not supported (this reader implements {MAJOR}){hint}", offset=8)
+        (stored_crc,) = struct.unpack_from("<I", raw, 60)
+        if crc32(raw[:60]) != stored_crc:
+            raise FormatError("preamble checksum mismatch", offset=60)
+        if flags != 0:
+            raise FormatError(f"unknown preamble flags {flags:#x}", offset=36)
+        if reserved != bytes(12):
+            raise FormatError("reserved preamble bytes are not zero", offset=48)
+        if alignment < MIN_ALIGNMENT or alignment > MAX_ALIGNMENT or alignment & (alignment - 1):
+            raise FormatError(f"alignment {alignment} is not a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}]", offset=12)
+        if h_len > MAX_HEADER_LENGTH:
+            raise LimitError(f"header length {h_len} exceeds the limit of {MAX_HEADER_LENGTH} bytes", offset=24)
+        if f_len != file_size:
+            raise TruncatedError(f"preamble declares {f_len} bytes but the file has {file_size}", offset=40)
+        if h_off < PREAMBLE_SIZE or h_off + h_len != f_len:
+            raise FormatError(f"header [{h_off}, {h_off + h_len}) does not end the {f_len}-byte file", offset=16)
+        return cls(alignment, h_off, h_len, h_crc, f_len, major, minor)

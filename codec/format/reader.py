@@ -1,0 +1,273 @@
+"""Zero-copy .ddz reader (spec/ddz.md). Every failure is a DDZError naming section and offset."""
+
+from __future__ import annotations
+
+import functools
+import io
+import mmap
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import zstandard
+
+from ..bits import unpack_bits
+from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
+                      SectionNotFoundError, TruncatedError, UnknownCodecError)
+from .arrays import to_framework
+from .header import Header, SectionInfo, parse_header
+from .layout import DTYPES, PREAMBLE_SIZE, Preamble, crc32
+
+_CHUNK = 16 << 20
+
+
+def _guard(method):
+    """Turn any stray low-level exception into a FormatError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except DDZError:
+            raise
+        except (ValueError, OverflowError, IndexError, TypeError, zstandard.ZstdError) as exc:
+            raise FormatError(f"{self.path}: {type(exc).__name__}: {exc}") from None
+        except OSError as exc:
+            raise FileAccessError(f"{self.path}: {exc.strerror or exc}") from None
+
+    return wrapper
+
+
+class DDZFile:
+    """An open .ddz file; use :func:`open`. Reads only the preamble and header on open."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._f = io.open(self.path, "rb")
+        except OSError as exc:
+            raise FileAccessError(f"cannot open {self.path!r}: {exc.strerror}") from None
+        try:
+            self._load()
+        except BaseException:
+            self._f.close()
+            raise
+
+    @_guard
+    def _load(self) -> None:
+        self.file_size = os.fstat(self._f.fileno()).st_size
+        raw = self._f.read(PREAMBLE_SIZE)
+        pre = Preamble.from_bytes(raw, self.file_size)
+        self.preamble = pre
+        self._f.seek(pre.header_offset)
+        header_bytes = self._f.read(pre.header_length)
+        if len(header_bytes) != pre.header_length:
+            raise TruncatedError("file ends inside the header", offset=pre.header_offset)
+        if crc32(header_bytes) != pre.header_crc32:
+            raise ChecksumError("header checksum mismatch", offset=pre.header_offset)
+        self.header: Header = parse_header(header_bytes, alignment=pre.alignment, header_offset=pre.header_offset)
+        self._by_name = {s.name: s for s in self.header.sections}
+        self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    # -- table -----------------------------------------------------------------------------------
+    @property
+    def version(self) -> tuple[int, int]:
+        return self.preamble.major, self.preamble.minor
+
+    @property
+    def alignment(self) -> int:
+        return self.preamble.alignment
+
+    @property
+    def header_offset(self) -> int:
+        return self.preamble.header_offset
+
+    @property
+    def header_length(self) -> int:
+        return self.preamble.header_length
+
+    @property
+    def metadata(self) -> dict:
+        return self.header.metadata
+
+    @property
+    def objects(self) -> dict:
+        return self.header.objects
+
+    @property
+    def sections(self) -> tuple[SectionInfo, ...]:
+        return self.header.sections
+
+    def keys(self) -> list[str]:
+        return [s.name for s in self.header.sections]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def info(self, name: str) -> SectionInfo:
+        try:
+            return self._by_name[name]
+        except (KeyError, TypeError):
+            raise SectionNotFoundError(f"no section {name!r} in {self.path}") from None
+
+    # -- data --------------------------------------------------------------------------------------
+    @_guard
+    def get(self, name: str, framework: str = "numpy", device: Any = None):
+        """The whole section, decoded. Raw sections are zero-copy views of the file mapping."""
+        info = self.info(name)
+        self._check_decodable(info)
+        if info.bits is not None:
+            return self._unpacked(info, 0, info.count, info.shape, framework, device)
+        if info.zstd:
+            arr = self._inflate(info).view(DTYPES[info.dtype]).reshape(info.shape)
+        else:
+            arr = np.frombuffer(self._live_mm(), DTYPES[info.dtype], info.count, info.offset).reshape(info.shape)
+        self._check_bool(info, arr)
+        return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
+
+    @_guard
+    def get_rows(self, name: str, start: int, stop: int, framework: str = "numpy", device: Any = None):
+        """Rows ``start:stop`` of axis 0. Raw and bit-packed sections decode only those rows."""
+        info = self.info(name)
+        self._check_decodable(info)
+        if not info.shape:
+            raise InvalidInputError(f"section {name!r} is 0-d and has no rows")
+        rows = info.shape[0]
+        if type(start) is not int or type(stop) is not int or not 0 <= start <= stop <= rows:
+            raise InvalidInputError(f"section {name!r}: rows {start}:{stop} outside 0:{rows}")
+        per_row = int(np.prod(info.shape[1:], dtype=np.int64)) if len(info.shape) > 1 else 1
+        shape = (stop - start, *info.shape[1:])
+        if info.bits is not None and not info.zstd:
+            return self._unpacked(info, start * per_row, (stop - start) * per_row, shape, framework, device)
+        if info.zstd:
+            whole = self.get(name, framework="numpy" if info.dtype != "bf16" else "torch")
+            part = whole[start:stop]
+            if info.dtype == "bf16":
+                return part if device is None else part.to(device)
+            return to_framework(np.ascontiguousarray(part), info.dtype, framework, device, f"section {name!r}")
+        itemsize = DTYPES[info.dtype].itemsize
+        arr = np.frombuffer(self._live_mm(), DTYPES[info.dtype], (stop - start) * per_row,
+                            info.offset + start * per_row * itemsize).reshape(shape)
+        self._check_bool(info, arr)
+        return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
+
+    def stored_bytes(self, name: str) -> memoryview:
+        """The section's bytes exactly as stored (after all encodings)."""
+        info = self.info(name)
+        return memoryview(self._live_mm())[info.offset: info.offset + info.length]
+
+    # -- integrity -------------------------------------------------------------------------------
+    def problems(self) -> Iterator[DDZError]:
+        """Yield every integrity problem: checksums, padding, encoded sizes, value ranges."""
+        mm = self._live_mm()
+        pos = PREAMBLE_SIZE
+        for info in self.header.sections:
+            if any(mm[pos: info.offset]):
+                yield FormatError("padding before this section is not zero", section=info.name, offset=pos)
+            pos = info.offset + info.length
+            crc = 0
+            for at in range(info.offset, pos, _CHUNK):
+                crc = crc32(mm[at: min(at + _CHUNK, pos)], crc)
+            if crc != info.crc32:
+                yield ChecksumError(f"CRC-32 {crc:#010x} != stored {info.crc32:#010x}", section=info.name, offset=info.offset)
+                continue
+            if info.unknown_encoding is not None:
+                continue
+            try:
+                self._deep_check(info)
+            except DDZError as exc:
+                yield exc
+            except Exception as exc:  # a decoder choking on corrupt input is a finding, not a crash
+                yield FormatError(f"{type(exc).__name__}: {exc}", section=info.name, offset=info.offset)
+
+    def verify(self) -> None:
+        """Raise the first problem found by :meth:`problems`; return None when the file is sound."""
+        for problem in self.problems():
+            raise problem
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        mm = getattr(self, "_mm", None)
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # arrays still view the mapping; it is unmapped when they are freed
+            self._mm = None
+        self._f.close()
+
+    def __enter__(self) -> "DDZFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ddz file {self.path!r}: {len(self.header.sections)} sections, {self.file_size} bytes>"
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _live_mm(self) -> mmap.mmap:
+        if self._mm is None:
+            raise InvalidInputError(f"{self.path} is closed")
+        return self._mm
+
+    def _check_decodable(self, info: SectionInfo) -> None:
+        unknown = info.unknown_encoding
+        if unknown is not None:
+            raise UnknownCodecError(f"encoding {unknown!r} is not supported by this reader", section=info.name, offset=info.offset)
+
+    def _check_bool(self, info: SectionInfo, arr: np.ndarray) -> None:
+        if info.dtype == "bool" and arr.size and arr.view(np.uint8).max() > 1:
+            raise FormatError("bool section holds a byte other than 0 or 1", section=info.name, offset=info.offset)
+
+    def _inflate(self, info: SectionInfo) -> np.ndarray:
+        """zstd-decode into a buffer of exactly the declared size; more or less output is an error."""
+        want = info.packed_length
+        out = np.empty(want, np.uint8)
+        reader = zstandard.ZstdDecompressor().stream_reader(self.stored_bytes(info.name), read_across_frames=True)
+        got = 0
+        view = memoryview(out)
+        while got < want:
+            n = reader.readinto(view[got:])
+            if n == 0:
+                raise FormatError(f"zstd data decodes to {got} bytes, declared {want}", section=info.name, offset=info.offset)
+            got += n
+        if reader.read(1):
+            raise FormatError(f"zstd data decodes to more than the declared {want} bytes", section=info.name, offset=info.offset)
+        return out
+
+    def _unpacked(self, info: SectionInfo, start: int, count: int, shape, framework: str, device: Any):
+        stream = self._inflate(info) if info.zstd else np.frombuffer(self._live_mm(), np.uint8, info.length, info.offset)
+        np_dtype = DTYPES[info.dtype]
+        if framework == "torch":
+            import torch
+
+            data = torch.from_numpy(stream)
+            if device is not None:
+                data = data.to(device)
+            values = unpack_bits(data, info.bits, count, start)
+            return values.to(getattr(torch, _TORCH_INT[info.dtype])).reshape(shape)
+        values = unpack_bits(stream, info.bits, count, start)
+        out = values.astype(np_dtype, copy=False).reshape(shape)
+        return to_framework(out, info.dtype, framework, device, f"section {info.name!r}")
+
+    def _deep_check(self, info: SectionInfo) -> None:
+        if info.zstd:
+            stream = self._inflate(info)
+        else:
+            stream = np.frombuffer(self._live_mm(), np.uint8, info.length, info.offset)
+        if info.bits is not None:
+            tail_bits = (info.count * info.bits) % 8
+            if tail_bits and stream[-1] >> tail_bits:
+                raise FormatError("unused bits of the last packed byte are not zero", section=info.name, offset=info.offset + info.length - 1)
+        elif info.dtype == "bool":
+            self._check_bool(info, stream)
+
+
+_TORCH_INT = {"u8": "uint8", "i8": "int8", "u16": "int32", "i16": "int16", "u32": "int64", "i32": "int32",
+              "u64": "int64", "i64": "int64"}
+
+
+def open(path: str | os.PathLike) -> DDZFile:  # noqa: A001 - mirrors safetensors.safe_open / builtin open
+    """Open a .ddz file for reading (a context manager)."""
+    return DDZFile(path)

@@ -1,0 +1,274 @@
+"""Streaming, atomic, deterministic .ddz writer (spec/ddz.md)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import weakref
+from typing import Any, Mapping
+
+import numpy as np
+import zstandard
+
+from ..bits import BitStreamPacker
+from ..errors import DDZError, FileAccessError, FormatError, InvalidInputError
+from .arrays import to_storage
+from .header import Header, SectionInfo, check_json_depth, check_name, dump_json
+from .layout import (DEFAULT_ALIGNMENT, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_HEADER_LENGTH, MAX_NDIM,
+                     MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, PREAMBLE_SIZE, Preamble, align_up, crc32)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Writer:
+    """Append sections to a new .ddz file, then publish it atomically.
+
+    Data goes to a temporary file beside ``path`` as it arrives (nothing is held in
+    memory); ``close()`` writes the header, fsyncs and renames it over ``path``. If the
+    ``with`` block raises (KeyboardInterrupt included), the temporary file is removed and
+    ``path`` is untouched. The same calls produce byte-identical files.
+    """
+
+    def __init__(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *, alignment: int = DEFAULT_ALIGNMENT):
+        if type(alignment) is not int or not MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+            raise InvalidInputError(f"alignment must be a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}], got {alignment!r}")
+        self.path = os.fspath(path)
+        self.alignment = alignment
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._sections: list[SectionInfo] = []
+        self._names: set[str] = set()
+        self._objects: dict[str, dict] = {}
+        self._open_section: SectionWriter | None = None
+        self._done = False
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise FileAccessError(f"cannot create a file in {folder!r}: {exc.strerror}") from None
+        self._cleanup = weakref.finalize(self, _remove, self._tmp)
+        self._f = os.fdopen(fd, "wb")
+        self._f.write(bytes(PREAMBLE_SIZE))
+        self._pos = PREAMBLE_SIZE
+
+    # -- sections ---------------------------------------------------------------------------
+    def add(self, name: str, array: Any, *, bits: int | None = None, zstd: int | None = None) -> SectionInfo:
+        """Write one whole array (numpy or torch, any shape including 0-d) as a section."""
+        arr, dtype = to_storage(array, f"section {name!r}")
+        sec = self.section(name, dtype, arr.shape[1:] if arr.ndim else (), bits=bits, zstd=zstd, _shape=arr.shape)
+        with sec:
+            sec._append(arr if arr.ndim else arr.reshape(1), dtype)
+        return self._sections[-1]
+
+    def section(self, name: str, dtype: str, row_shape=(), *, bits: int | None = None, zstd: int | None = None, _shape=None) -> "SectionWriter":
+        """Open a section that grows along axis 0 by ``append``; only one may be open at a time."""
+        self._check_open()
+        if self._open_section is not None:
+            raise InvalidInputError(f"section {self._open_section.name!r} is still open; close it before starting {name!r}")
+        try:
+            check_name(name)
+        except FormatError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if name in self._names:
+            raise InvalidInputError(f"duplicate section name {name!r}")
+        if len(self._sections) >= MAX_SECTIONS:
+            raise InvalidInputError(f"more than {MAX_SECTIONS} sections")
+        if dtype not in DTYPES:
+            raise InvalidInputError(f"section {name!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        row_shape = tuple(int(d) for d in row_shape)
+        if len(row_shape) + 1 > MAX_NDIM or any(d < 0 for d in row_shape):
+            raise InvalidInputError(f"section {name!r}: bad row shape {row_shape}")
+        if bits is not None:
+            if dtype not in INTEGER_DTYPES or type(bits) is not int or not 1 <= bits <= min(32, 8 * DTYPES[dtype].itemsize):
+                raise InvalidInputError(f"section {name!r}: cannot bit-pack dtype {dtype} at bits={bits!r}")
+        if zstd is not None and (type(zstd) is not int or not -7 <= zstd <= 22):
+            raise InvalidInputError(f"section {name!r}: zstd level must be an integer in [-7, 22], got {zstd!r}")
+        pad = align_up(self._pos, self.alignment) - self._pos
+        self._write(bytes(pad))
+        self._names.add(name)
+        self._open_section = SectionWriter(self, name, dtype, row_shape, bits, zstd, _shape)
+        return self._open_section
+
+    def add_object(self, name: str, config: Mapping[str, Any], sections: Mapping[str, str], *, must_understand: bool = True) -> None:
+        """Record that sections ``sections`` (part -> section name) encode object ``name`` with codec ``config``."""
+        self._check_open()
+        try:
+            check_name(name, "object")
+        except FormatError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if name in self._objects:
+            raise InvalidInputError(f"duplicate object name {name!r}")
+        if len(self._objects) >= MAX_OBJECTS:
+            raise InvalidInputError(f"more than {MAX_OBJECTS} objects")
+        if not isinstance(config, Mapping) or not isinstance(config.get("id"), str):
+            raise InvalidInputError(f"object {name!r}: codec config must have a string 'id'")
+        missing = [s for s in sections.values() if s not in self._names]
+        if missing:
+            raise InvalidInputError(f"object {name!r} names sections not written yet: {missing}")
+        self._objects[name] = {"codec": dict(config), "sections": dict(sections), "must_understand": bool(must_understand)}
+
+    # -- publishing ---------------------------------------------------------------------------
+    def close(self) -> str:
+        """Write the header, fsync and atomically rename to ``path``. Returns the path."""
+        self._check_open()
+        if self._open_section is not None:
+            raise InvalidInputError(f"section {self._open_section.name!r} is still open")
+        try:
+            try:
+                check_json_depth(self.metadata, "metadata")
+                header = Header(tuple(self._sections), self._objects, self.metadata).to_bytes()
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"metadata or codec configs are not JSON-serialisable: {exc}") from None
+            if len(header) > MAX_HEADER_LENGTH:
+                raise InvalidInputError(f"header of {len(header)} bytes exceeds {MAX_HEADER_LENGTH}")
+            header_offset = self._pos
+            self._write(header)
+            pre = Preamble(self.alignment, header_offset, len(header), crc32(header), self._pos)
+            self._f.seek(0)
+            self._f.write(pre.to_bytes())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._cleanup.detach()
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written; ``path`` is left as it was."""
+        self._done = True
+        if not self._f.closed:
+            self._f.close()
+        self._cleanup()
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._done:
+            self.abort()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._done:
+            raise InvalidInputError(f"writer for {self.path!r} is already closed")
+
+    def _write(self, data) -> None:
+        try:
+            self._f.write(data)
+        except OSError as exc:
+            self.abort()
+            raise FileAccessError(f"writing {self.path!r} failed: {exc.strerror}") from None
+        self._pos += memoryview(data).nbytes
+
+    def _finish_section(self, info: SectionInfo) -> None:
+        self._sections.append(info)
+        self._open_section = None
+
+
+class SectionWriter:
+    """A section being written; obtained from :meth:`Writer.section`."""
+
+    def __init__(self, writer: Writer, name: str, dtype: str, row_shape: tuple, bits, zstd, shape):
+        self.name, self.dtype, self.row_shape, self.bits = name, dtype, row_shape, bits
+        self._w = writer
+        self._shape = None if shape is None else tuple(int(d) for d in shape)
+        self._offset = writer._pos
+        self._rows = 0
+        self._crc = 0
+        self._packer = BitStreamPacker(bits) if bits is not None else None
+        self._zstd_level = zstd
+        self._zstd = zstandard.ZstdCompressor(level=zstd).compressobj() if zstd is not None else None
+        self._closed = False
+
+    def append(self, chunk: Any) -> None:
+        """Append rows: ``chunk`` has shape ``(rows, *row_shape)`` and this section's dtype."""
+        if self._closed:
+            raise InvalidInputError(f"section {self.name!r} is closed")
+        self._append(*to_storage(chunk, f"section {self.name!r}"))
+
+    def _append(self, arr: np.ndarray, dtype: str) -> None:
+        if dtype != self.dtype:
+            raise InvalidInputError(f"section {self.name!r} is {self.dtype}, got a {dtype} chunk")
+        if arr.ndim != len(self.row_shape) + 1 or arr.shape[1:] != self.row_shape:
+            raise InvalidInputError(f"section {self.name!r}: chunk shape {arr.shape} does not match (rows, *{self.row_shape})")
+        self._rows += arr.shape[0]
+        flat = arr.reshape(-1)
+        if self._packer is not None:
+            self._emit(self._packer.feed(flat))
+        else:
+            self._emit(flat.view(np.uint8))
+
+    def close(self) -> SectionInfo:
+        if self._closed:
+            raise InvalidInputError(f"section {self.name!r} is closed")
+        self._closed = True
+        if self._packer is not None:
+            self._emit(self._packer.finish())
+        if self._zstd is not None:
+            self._store(self._zstd.flush())
+        shape = self._shape if self._shape is not None else (self._rows, *self.row_shape)
+        itemsize = DTYPES[self.dtype].itemsize
+        encoding = []
+        if self.bits is not None:
+            encoding.append({"id": "bitpack", "bits": self.bits})
+        if self._zstd_level is not None:
+            encoding.append({"id": "zstd", "level": self._zstd_level})
+        info = SectionInfo(self.name, self.dtype, shape, self._offset, self._w._pos - self._offset,
+                           math.prod(shape) * itemsize, tuple(encoding), self._crc)
+        self._w._finish_section(info)
+        return info
+
+    def __enter__(self) -> "SectionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+            self._w.abort()
+
+    def _emit(self, data) -> None:
+        if len(data) == 0:
+            return
+        self._store(self._zstd.compress(data) if self._zstd is not None else data)
+
+    def _store(self, data) -> None:
+        if len(data):
+            self._crc = crc32(data, self._crc)
+            self._w._write(data)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_file(tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> str:
+    """Write ``{name: array}`` (numpy arrays or torch tensors) to a .ddz at ``path``, like safetensors' save_file."""
+    if not isinstance(tensors, Mapping):
+        raise InvalidInputError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+    with Writer(path, metadata) as w:
+        for name, value in tensors.items():
+            w.add(name, value)
+    return os.fspath(path)
