@@ -1,0 +1,400 @@
+"""Int8 post-training quantisation of a diffusers autoencoder, stored in a .ddz (paper A.1, Eq. 6).
+
+Every Conv/Linear weight of the model is quantised per output channel with Eq. 6
+(``x_q = round(x / s) + z``; fp32 scale and int8 zero point per channel, or symmetric with
+no zero point); biases and normalisation parameters stay float. The quantised state dict
+is one :class:`~codec.codecs.int8.Int8StateDictCodec` object whose config carries the
+diffusers class name and config (JSON), so :func:`read_vae` rebuilds a working diffusers
+model offline: ``cls.from_config(config)`` on the meta device, then the dequantised
+weights are assigned (no random init, no network).
+
+``decoder_only=True`` keeps only what decoding needs (everything except ``encoder.*`` and
+``quant_conv.*``); the rebuilt model's encoder then raises a clear error when called,
+instead of silently running random weights.
+
+Weights are dequantised once, at load, to fp32 (or the ``dtype`` asked for), so decoding
+runs the same diffusers kernels as the fp32 model: it is as fast as fp32, and
+``decode_latents(..., autocast="bf16")`` is the fast path on CPUs with AMX and on GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..codecs.int8 import Int8StateDictCodec, dequantize_int8, quantize_int8
+from ..codecs.objects import object_codec, write_object
+from ..errors import DDZError, FormatError, InvalidInputError
+
+__all__ = [
+    "SD_VAE_FT_MSE_CONFIG",
+    "tiny_vae_config",
+    "vae_from_config",
+    "load_vae_dir",
+    "save_vae_dir",
+    "quantizable_weights",
+    "vae_codec",
+    "vae_parts",
+    "write_vae",
+    "read_vae",
+    "build_vae",
+    "fake_quantize",
+    "decode_latents",
+    "encode_frames",
+    "decode_error",
+]
+
+#: The diffusers config of stabilityai/sd-vae-ft-mse (the paper's 2D VAE), as in its config.json.
+SD_VAE_FT_MSE_CONFIG: dict[str, Any] = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+_QUANT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_QUANT_TYPES_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def tiny_vae_config(latent_channels: int = 4, blocks: tuple[int, ...] = (32, 64), groups: int = 8) -> dict[str, Any]:
+    """A small AutoencoderKL config (for tests and the quickstart): ``2**(len(blocks)-1)`` x downsampling."""
+    n = len(blocks)
+    return {
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "block_out_channels": list(blocks),
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": latent_channels,
+        "layers_per_block": 1,
+        "norm_num_groups": groups,
+        "sample_size": 64,
+    }
+
+
+def _diffusers_class(name: Any):
+    try:
+        import diffusers
+    except ImportError as exc:  # pragma: no cover - diffusers is a dependency
+        raise InvalidInputError(f"diffusers is needed for VAE models: {exc}") from None
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidInputError(f"diffusers config has no valid '_class_name' (got {name!r})")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
+        raise InvalidInputError(f"{name!r} is not a diffusers model class")
+    return cls
+
+
+def vae_from_config(config: Mapping[str, Any] | str | os.PathLike, seed: int | None = 0) -> nn.Module:
+    """A randomly initialised diffusers model from a config dict or a config.json path (no download)."""
+    if not isinstance(config, Mapping):
+        config = _read_json(os.fspath(config))
+    cls = _diffusers_class(config.get("_class_name", "AutoencoderKL"))
+    ctx = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with ctx:
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model = cls.from_config(dict(config))
+        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+            raise InvalidInputError(f"cannot build {cls.__name__} from its config: {exc}") from None
+    return model.eval().requires_grad_(False)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidInputError(f"{path}: expected a JSON object")
+    return doc
+
+
+def load_vae_dir(path: str | os.PathLike, device: Any = None) -> nn.Module:
+    """Load a diffusers model folder (``config.json`` + ``diffusion_pytorch_model.safetensors``), offline.
+
+    Every problem (missing folder or files, bad JSON, unknown class, missing or
+    mismatched weights) raises :class:`InvalidInputError` naming the path.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise InvalidInputError(f"VAE folder {path!r} does not exist or is not a folder")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise InvalidInputError(f"VAE folder {path!r} has no config.json (expected a diffusers model folder)")
+    config = _read_json(cfg_path)
+    cls = _diffusers_class(config.get("_class_name"))
+    weights = os.path.join(path, "diffusion_pytorch_model.safetensors")
+    if not os.path.isfile(weights):
+        found = sorted(os.listdir(path))
+        raise InvalidInputError(f"VAE folder {path!r} has no diffusion_pytorch_model.safetensors (found {found[:8]}); "
+                                "only safetensors weights are read (never pickles)")
+    try:
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise InvalidInputError(f"{cfg_path}: cannot build {cls.__name__} from it ({exc})") from None
+    _assign(model, state, strict=True, where=weights)
+    model = model.eval().requires_grad_(False)
+    return model if device is None else model.to(device)
+
+
+def save_vae_dir(model: nn.Module, path: str | os.PathLike) -> str:
+    """Write ``model`` as a diffusers folder (config.json + diffusion_pytorch_model.safetensors)."""
+    path = os.fspath(path)
+    if getattr(model, "_ddz_decoder_only", False):
+        raise InvalidInputError("a decoder-only VAE cannot be saved as a full diffusers folder; "
+                                "use save_vae_dir on the full model or unpack with the decoder weights only")
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def quantizable_weights(model: nn.Module) -> dict[str, int]:
+    """``{state-dict name: output-channel axis}`` of every Conv/Linear weight of ``model``."""
+    out: dict[str, int] = {}
+    for mname, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() < 2:
+            continue
+        key = f"{mname}.weight" if mname else "weight"
+        if isinstance(mod, _QUANT_TYPES_T):
+            out[key] = 1
+        elif isinstance(mod, _QUANT_TYPES):
+            out[key] = 0
+    return out
+
+
+def _model_desc(model: nn.Module, decoder_only: bool) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(model, "to_json_string"):
+        raise InvalidInputError(f"{type(model).__name__} is not a diffusers model (no config)")
+    config = json.loads(model.to_json_string())
+    config.pop("_diffusers_version", None)
+    config.pop("_name_or_path", None)
+    import diffusers
+
+    return {"library": "diffusers", "class": type(model).__name__, "config": config,
+            "decoder_only": bool(decoder_only), "diffusers_version": diffusers.__version__}
+
+
+def _state(model: nn.Module, decoder_only: bool) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    if decoder_only:
+        sd = {k: v for k, v in sd.items() if not k.startswith(ENCODER_PREFIXES)}
+        if not sd:
+            raise InvalidInputError("decoder_only=True left no weights (is this an autoencoder with an encoder.* part?)")
+    return sd
+
+
+def vae_codec(model: nn.Module, *, scheme: str = "asymmetric", decoder_only: bool = False,
+              float_dtype: str = "f32", zstd: int | None = None) -> Int8StateDictCodec:
+    """The codec that stores ``model`` (its manifest is filled by ``encode``)."""
+    quant = quantizable_weights(model)
+    sd_keys = set(_state(model, decoder_only))
+    return Int8StateDictCodec(scheme=scheme, quantize={k: a for k, a in quant.items() if k in sd_keys},
+                              float_dtype=float_dtype, zstd=zstd, model=_model_desc(model, decoder_only))
+
+
+def vae_parts(model: nn.Module, **kw: Any):
+    """``(codec, parts)``: the encoded parts of ``model`` (see :func:`vae_codec` for options)."""
+    codec = vae_codec(model, decoder_only=kw.get("decoder_only", False), scheme=kw.get("scheme", "asymmetric"),
+                      float_dtype=kw.get("float_dtype", "f32"), zstd=kw.get("zstd"))
+    with torch.no_grad():
+        parts = codec.encode(_state(model, kw.get("decoder_only", False)))
+    return codec, parts
+
+
+def write_vae(writer: Any, name: str, model: nn.Module, **kw: Any) -> dict[str, str]:
+    """Quantise ``model`` (Eq. 6) and write it as object ``name`` of an open :class:`codec.Writer`."""
+    codec = vae_codec(model, **kw)
+    with torch.no_grad():
+        return write_object(writer, name, codec, _state(model, kw.get("decoder_only", False)))
+
+
+class _Absent(nn.Module):
+    """Stands in for a part of the model that was not stored (decoder-only archives)."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidInputError(f"this VAE was stored decoder-only: its {self.what} is not in the archive")
+
+
+def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, where: str) -> None:
+    own = model.state_dict(keep_vars=True)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if unexpected or (strict and missing):
+        raise InvalidInputError(f"{where}: weights do not match the model config "
+                                f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+                                f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})")
+    for k, v in state.items():
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise InvalidInputError(f"{where}: weight {k!r} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
+    try:
+        model.load_state_dict(dict(state), strict=False, assign=True)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"{where}: cannot load weights ({exc})") from None
+
+
+def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: Any = None) -> nn.Module:
+    """A diffusers model from a stored description (class, config, decoder_only) and its weights."""
+    if not isinstance(desc, Mapping) or desc.get("library") != "diffusers" or not isinstance(desc.get("config"), Mapping):
+        raise FormatError(f"VAE object has no diffusers description (got {str(desc)[:80]})")
+    cls = _diffusers_class(desc.get("class"))
+    decoder_only = bool(desc.get("decoder_only"))
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(dict(desc["config"]))
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise FormatError(f"stored diffusers config does not build a {cls.__name__}: {exc}") from None
+    if decoder_only:
+        for prefix in ENCODER_PREFIXES:
+            attr = prefix[:-1]
+            if isinstance(getattr(model, attr, None), nn.Module):
+                setattr(model, attr, _Absent(attr))
+        model._ddz_decoder_only = True
+    _assign(model, state, strict=True, where="stored VAE")
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise FormatError(f"stored VAE leaves tensors uninitialised: {leftovers[:4]}")
+    model = model.eval().requires_grad_(False)
+    return model if device is None else model.to(device)
+
+
+def read_vae(file: Any, name: str = "vae", device: Any = None, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Rebuild the diffusers model stored as object ``name`` of an open .ddz (weights dequantised to ``dtype``)."""
+    codec = object_codec(file, name)
+    if not isinstance(codec, Int8StateDictCodec):
+        raise FormatError(f"object {name!r} is a {codec.codec_id!r}, not an int8 VAE", section=name)
+    parts = {p: file.get(sec, framework="torch") for p, sec in file.objects[name]["sections"].items()}
+    try:
+        state = codec.decode(parts, dtype=dtype, device=device)
+    except DDZError:
+        raise
+    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+        raise FormatError(f"object {name!r} does not decode: {exc}", section=name) from None
+    return build_vae(codec.model, state, device=device)
+
+
+def fake_quantize(model: nn.Module, scheme: str = "asymmetric") -> nn.Module:
+    """A copy of ``model`` whose Conv/Linear weights went through Eq. 6 and back (for error studies)."""
+    import copy
+
+    q = copy.deepcopy(model)
+    sd = q.state_dict()
+    with torch.no_grad():
+        for k, axis in quantizable_weights(q).items():
+            w = sd[k]
+            qq, s, z = quantize_int8(w, scheme=scheme, axis=axis)
+            w.copy_(dequantize_int8(qq, s, z, axis=axis, dtype=w.dtype))
+    return q
+
+
+def _autocast(device: torch.device, autocast: str | None):
+    if autocast not in _AUTOCAST:
+        raise InvalidInputError(f"autocast must be one of None, 'bf16', 'fp16', got {autocast!r}")
+    dt = _AUTOCAST[autocast]
+    if dt is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dt)
+
+
+def decode_latents(vae: nn.Module, latents: torch.Tensor, *, batch_size: int = 32, autocast: str | None = None,
+                   scaling_factor: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode latents ``[B, C, h, w]`` to frames ``[B, 3, H, W]`` in [0, 1] (fp32), ``batch_size`` at a time.
+
+    ``scaling_factor``: if the latents were multiplied by it at encode time, they are
+    divided by it here (LVDD stores unscaled latents: leave it None). ``autocast``:
+    ``"bf16"`` / ``"fp16"`` run the decoder under torch.autocast on the model's device.
+    """
+    if latents.dim() != 4:
+        raise InvalidInputError(f"decode_latents needs [B, C, h, w] latents, got shape {tuple(latents.shape)}")
+    p = next(vae.parameters())
+    dev, wdt = p.device, p.dtype
+    res = []
+    with torch.inference_mode(), _autocast(dev, autocast):
+        for s in range(0, latents.shape[0], batch_size):
+            z = latents[s:s + batch_size].to(device=dev, dtype=wdt)
+            if scaling_factor:
+                z = z / scaling_factor
+            x = vae.decode(z).sample
+            x = ((x.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
+            if out is not None:
+                out[s:s + x.shape[0]].copy_(x)
+            else:
+                res.append(x)
+    return out if out is not None else torch.cat(res, 0)
+
+
+def encode_frames(vae: nn.Module, frames: torch.Tensor, *, batch_size: int = 32, mode: str = "mean",
+                  seed: int = 0, autocast: str | None = None, scaling_factor: float | None = None) -> torch.Tensor:
+    """Encode frames ``[B, 3, H, W]`` in [0, 1] to latents ``[B, C, h, w]`` (fp32), deterministically.
+
+    Frames are mapped to [-1, 1] (as diffusers VAEs expect). ``mode="mean"`` (default)
+    takes ``latent_dist.mean`` (the mode of the Gaussian; deterministic);
+    ``mode="sample"`` draws ``latent_dist.sample(generator)`` with a generator seeded by
+    ``seed`` (reproducible, unlike the LVDD code's unseeded ``.sample()``).
+    """
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise InvalidInputError(f"encode_frames needs [B, 3, H, W] frames, got shape {tuple(frames.shape)}")
+    if mode not in ("mean", "sample"):
+        raise InvalidInputError(f"encode mode must be 'mean' or 'sample', got {mode!r}")
+    if getattr(vae, "_ddz_decoder_only", False):
+        raise InvalidInputError("this VAE was stored decoder-only: it cannot encode")
+    p = next(vae.parameters())
+    dev, wdt = p.device, p.dtype
+    gen = torch.Generator(device=dev).manual_seed(seed) if mode == "sample" else None
+    res = []
+    with torch.inference_mode(), _autocast(dev, autocast):
+        for s in range(0, frames.shape[0], batch_size):
+            x = frames[s:s + batch_size].to(device=dev, dtype=wdt) * 2.0 - 1.0
+            dist = vae.encode(x).latent_dist
+            z = dist.mean if mode == "mean" else dist.sample(generator=gen)
+            z = z.float()
+            if scaling_factor:
+                z = z * scaling_factor
+            res.append(z)
+    return torch.cat(res, 0)
+
+
+def decode_error(reference: torch.Tensor, approx: torch.Tensor, peak: float = 1.0) -> dict[str, float]:
+    """Max abs error, relative L2 and PSNR (``peak`` = signal range) of ``approx`` against ``reference``."""
+    ref, app = reference.double(), approx.double()
+    diff = app - ref
+    mse = float(diff.pow(2).mean())
+    import math
+
+    return {
+        "max_abs": float(diff.abs().max()),
+        "rel_l2": float(diff.norm() / ref.norm().clamp_min(1e-30)),
+        "psnr_db": float("inf") if mse == 0 else 10.0 * math.log10(peak * peak / mse),
+    }
