@@ -1,0 +1,60 @@
+"""``codec.load(path, ...)``: a .ddz as something training code can iterate.
+
+* Latent-video archives (``ddz pack``): a map-style :class:`VideoDataset` giving
+  ``(video float [T, 3, H, W] in [0, 1], label)``; see :mod:`codec.load.video`.
+* Soft-label archives: handed to :mod:`codec.softlabels`' replay API.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from ..errors import FormatError, InvalidInputError
+from ..format import open as ddz_open
+from .video import VIDEO_META_KEY, VideoDataset
+
+__all__ = ["load", "VideoDataset", "archive_kind"]
+
+
+def archive_kind(path: str | os.PathLike) -> str:
+    """``"latent-video"``, ``"soft-labels"`` or ``"unknown"``, from the archive's metadata and objects."""
+    with ddz_open(path) as f:
+        meta = f.metadata
+        if isinstance(meta.get(VIDEO_META_KEY), dict) and meta[VIDEO_META_KEY].get("kind") == "latent-video":
+            return "latent-video"
+        ids = {str(o.get("codec", {}).get("id", "")) for o in f.objects.values()}
+        if any("soft" in k for k in meta) or any("soft" in i or i.startswith(("ddz.vq", "ddz.topk")) for i in ids):
+            return "soft-labels"
+    return "unknown"
+
+
+def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
+    """Open ``path`` for training.
+
+    For a latent-video archive returns :class:`VideoDataset` (keyword options: ``cache``
+    (None / "latents" / "frames"), ``decode_batch``, ``autocast`` ("bf16"/"fp16"),
+    ``vae_dtype``, ``transform``). For a soft-label archive, delegates to
+    ``codec.softlabels`` (its replay loader), passing ``device`` and the options on.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InvalidInputError(f"{path}: no such file")
+    kind = archive_kind(path)
+    if kind == "latent-video":
+        return VideoDataset(path, device=device, **kwargs)
+    if kind == "soft-labels":
+        try:
+            sl = importlib.import_module("codec.softlabels")
+        except ImportError as exc:
+            raise InvalidInputError(f"{path} holds soft labels but codec.softlabels cannot be imported: {exc}") from None
+        for name in ("load", "open_replay", "ReplayDataset"):
+            fn = getattr(sl, name, None)
+            if callable(fn):
+                return fn(path, device=device, **kwargs)
+        raise InvalidInputError(f"{path} holds soft labels, but this installation's codec.softlabels has no replay "
+                                "entry point (load / open_replay / ReplayDataset) yet")
+    with ddz_open(path) as f:
+        keys = sorted(f.metadata)[:6]
+    raise FormatError(f"{path}: neither a latent-video nor a soft-label archive (metadata keys: {keys})")

@@ -1,0 +1,376 @@
+"""Building a latent-video .ddz: int8 VAE (Eq. 6) + Tucker/HOSVD latents + labels + metadata.
+
+The archive (LVDD's distilled dataset, B.4, made self-describing):
+
+* object ``vae``: the diffusers autoencoder, int8 per output channel (``ddz.int8-state``),
+  with its diffusers config; full or decoder-only;
+* object ``latents``: the ``[N, T, C, h, w]`` latents as a chunked Tucker decomposition
+  (``ddz.tucker``: core rows per sample + per-chunk factors);
+* section ``labels``: int64 ``[N]`` class ids;
+* metadata ``ddz.video``: layout, frames, resolution, normalisation, scaling factor, how
+  latents were made, class names, the pad rule, and which objects hold what.
+
+Everything is encoded in memory first (an :class:`ArchivePlan`), so the exact file size is
+known *before* anything is written: the plan computes every section's stored length and
+CRC and the canonical header bytes, i.e. the same layout :class:`codec.Writer` produces.
+A budget (``"115MB"``, ``"110MiB"``) is checked against it and an over-budget plan raises
+:class:`codec.errors.BudgetError` listing the largest sections, with no file written. The
+write itself goes through the atomic Writer: an exception or Ctrl-C leaves nothing at
+the output path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..codecs.base import Codec, Part
+from ..codecs.tucker import TuckerCodec
+from ..errors import BudgetError, InvalidInputError
+from ..format import Writer
+from ..format.arrays import to_storage
+from ..format.header import Header, SectionInfo
+from ..format.layout import DEFAULT_ALIGNMENT, PREAMBLE_SIZE, align_up, crc32
+from .io import find_clips, parse_resolution, read_clip
+from .vae import encode_frames, vae_parts
+
+__all__ = ["parse_size", "format_size", "ArchivePlan", "plan_latent_archive", "pack_latents",
+           "encode_clips", "pack_videos", "VIDEO_META_KEY"]
+
+VIDEO_META_KEY = "ddz.video"
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: Any) -> int:
+    """``"115MB"`` -> 115,000,000; ``"110MiB"`` -> 115,343,360; ints are bytes. MB is 10^6, MiB is 2^20."""
+    if isinstance(text, bool):
+        raise InvalidInputError(f"size must be a number of bytes or a string like 115MB, got {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise InvalidInputError(f"size {text!r} is not understood; write e.g. 115MB (10^6 B), 110MiB (2^20 B) or 5000000")
+        value = int(round(float(m.group(1)) * _UNITS[m.group(2).lower()]))
+    if value <= 0:
+        raise InvalidInputError(f"size must be positive, got {text!r}")
+    return value
+
+
+def format_size(n: int) -> str:
+    """``83,999,186 B (84.00 MB, 80.11 MiB)``."""
+    return f"{n:,} B ({n / 1e6:.2f} MB, {n / 2**20:.2f} MiB)"
+
+
+def _progress(enabled: bool, iterable=None, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
+
+
+@dataclass
+class _Planned:
+    name: str
+    array: Any  # what the Writer gets
+    zstd: int | None
+    dtype: str
+    shape: tuple[int, ...]
+    length: int
+    decoded_length: int
+    crc: int
+
+
+@dataclass
+class ArchivePlan:
+    """Sections, objects and metadata of a .ddz to be written, with its exact size."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    alignment: int = DEFAULT_ALIGNMENT
+    sections: list[_Planned] = field(default_factory=list)
+    objects: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, name: str, array: Any, *, zstd: int | None = None, bits: int | None = None) -> None:
+        """Plan one section (raw or zstd; its stored bytes and CRC are computed now)."""
+        if bits is not None:
+            raise InvalidInputError("ArchivePlan does not plan bit-packed sections")
+        if any(s.name == name for s in self.sections):
+            raise InvalidInputError(f"duplicate section name {name!r}")
+        arr, dtype = to_storage(array, f"section {name!r}")
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        if zstd is None:
+            length, crc = flat.nbytes, crc32(flat)
+        else:
+            import zstandard
+
+            c = zstandard.ZstdCompressor(level=zstd).compressobj()
+            data = c.compress(flat) + c.flush()  # what the Writer's streaming compressor emits for one append
+            length, crc = len(data), crc32(data)
+        self.sections.append(_Planned(name, array, zstd, dtype, tuple(arr.shape), length, flat.nbytes, crc))
+
+    def add_object(self, name: str, codec: Codec, parts: Mapping[str, Part]) -> None:
+        """Plan the sections ``name/part`` of an encoded object and its objects-table entry."""
+        secs = {}
+        for part, p in parts.items():
+            p = p if isinstance(p, Part) else Part(p)
+            self.add(f"{name}/{part}", p.array, zstd=p.zstd, bits=p.bits)
+            secs[part] = f"{name}/{part}"
+        self.objects[name] = {"codec": dict(codec.get_config()), "sections": secs, "must_understand": True}
+
+    def _layout(self) -> tuple[list[SectionInfo], int]:
+        pos, infos = PREAMBLE_SIZE, []
+        for s in self.sections:
+            pos = align_up(pos, self.alignment)
+            enc = ({"id": "zstd", "level": s.zstd},) if s.zstd is not None else ()
+            infos.append(SectionInfo(s.name, s.dtype, s.shape, pos, s.length, s.decoded_length, enc, s.crc))
+            pos += s.length
+        return infos, pos
+
+    def header_bytes(self) -> int:
+        infos, _ = self._layout()
+        return len(Header(tuple(infos), self.objects, self.metadata).to_bytes())
+
+    @property
+    def size(self) -> int:
+        """Exact size in bytes of the file :meth:`write` produces."""
+        infos, end = self._layout()
+        return end + len(Header(tuple(infos), self.objects, self.metadata).to_bytes())
+
+    def breakdown(self) -> list[tuple[str, int]]:
+        """``(section, stored bytes)`` largest first, plus the container overhead as ``"(header+padding)"``."""
+        rows = sorted(((s.name, s.length) for s in self.sections), key=lambda r: -r[1])
+        rows.append(("(header+preamble+padding)", self.size - sum(s.length for s in self.sections)))
+        return rows
+
+    def by_object(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        owner = {sec: obj for obj, ent in self.objects.items() for sec in ent["sections"].values()}
+        for s in self.sections:
+            key = owner.get(s.name, s.name)
+            out[key] = out.get(key, 0) + s.length
+        out["(header+preamble+padding)"] = self.size - sum(s.length for s in self.sections)
+        return out
+
+    def report(self, budget: int | None = None) -> str:
+        lines = [f"planned .ddz size: {format_size(self.size)}"]
+        for name, n in self.by_object().items():
+            lines.append(f"  {name:<28} {n:>14,} B  {n / 1e6:9.3f} MB  {n / 2**20:9.3f} MiB")
+        if budget is not None:
+            ok = self.size <= budget
+            lines.append(f"budget {format_size(budget)}: {'fits' if ok else 'OVER'} "
+                         f"({'headroom' if ok else 'excess'} {abs(budget - self.size):,} B)")
+        return "\n".join(lines)
+
+    def check_budget(self, budget: Any) -> int:
+        """Raise :class:`BudgetError` (largest sections listed) if the plan exceeds ``budget``."""
+        limit = parse_size(budget)
+        size = self.size
+        if size > limit:
+            top = ", ".join(f"{n} {b / 1e6:.2f} MB" for n, b in self.breakdown()[:4])
+            raise BudgetError(f"planned archive is {format_size(size)}, over the budget of {format_size(limit)} "
+                              f"by {size - limit:,} B; largest sections: {top}. Nothing was written. "
+                              "Lower --hosvd-rate, store with --storage f16/bf16, use --decoder-only, or keep fewer samples.")
+        return size
+
+    def write(self, path: str | os.PathLike, *, progress: bool = True) -> str:
+        """Write the planned file atomically (nothing at ``path`` on any failure or Ctrl-C)."""
+        total = sum(s.decoded_length for s in self.sections)
+        with Writer(path, metadata=self.metadata, alignment=self.alignment) as w:
+            with _progress(progress and total > 32 << 20, total=total, unit="B", unit_scale=True, desc="writing") as bar:
+                for s in self.sections:
+                    w.add(s.name, s.array, zstd=s.zstd)
+                    bar.update(s.decoded_length)
+            for name, ent in self.objects.items():
+                w.add_object(name, ent["codec"], ent["sections"], must_understand=ent["must_understand"])
+        return os.fspath(path)
+
+
+def _vae_desc_meta(vae: torch.nn.Module) -> dict[str, Any]:
+    cfg = dict(getattr(vae, "config", {}) or {})
+    boc = cfg.get("block_out_channels")
+    factor = 2 ** (len(boc) - 1) if isinstance(boc, (list, tuple)) and boc else None
+    return {"class": type(vae).__name__, "spatial_factor": factor, "scaling_factor": cfg.get("scaling_factor"),
+            "latent_channels": cfg.get("latent_channels")}
+
+
+def _check_latents(latents: Any, labels: Any, vae: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(latents, torch.Tensor):
+        if isinstance(latents, np.ndarray):
+            latents = torch.from_numpy(latents)
+        else:
+            raise InvalidInputError(f"latents must be a tensor, got {type(latents).__name__}")
+    if latents.dim() != 5 or not latents.is_floating_point():
+        raise InvalidInputError(f"latents must be a float [N, T, C, H, W] tensor, got {latents.dtype} shape {tuple(latents.shape)}")
+    if min(latents.shape) < 1:
+        raise InvalidInputError(f"latents shape {tuple(latents.shape)} has an empty axis")
+    if not bool(torch.isfinite(latents).all()):
+        raise InvalidInputError("latents hold NaN or infinity")
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    if labels.dim() != 1 or labels.shape[0] != latents.shape[0]:
+        raise InvalidInputError(f"labels must be [N] with N = {latents.shape[0]} (latents' first axis), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise InvalidInputError(f"labels must be integers, got {labels.dtype}")
+    if int(labels.min()) < 0:
+        raise InvalidInputError("labels must be non-negative class ids")
+    if vae is not None:
+        c = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if c is not None and latents.shape[2] != c:
+            raise InvalidInputError(f"latents have C = {latents.shape[2]} channels but the VAE's latent_channels is {c}")
+    return latents.float(), labels.to(torch.int64)
+
+
+def plan_latent_archive(
+    vae: torch.nn.Module,
+    latents: Any,
+    labels: Any,
+    *,
+    class_names: Sequence[str] | None = None,
+    hosvd_rate: float = 0.75,
+    ranks: Sequence[int] | None = None,
+    chunk_size: int = 400,
+    method: str = "hosvd",
+    storage: str = "f32",
+    scheme: str = "asymmetric",
+    decoder_only: bool = False,
+    vae_float: str = "f32",
+    zstd: int | None = None,
+    video: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> ArchivePlan:
+    """Encode everything for a latent-video archive in memory; see the module docstring.
+
+    ``video``: extra facts for the ``ddz.video`` metadata (frames sampling, source, how
+    latents were made). ``zstd``: level for the int8 VAE weights (default raw).
+    """
+    latents, labels = _check_latents(latents, labels, vae)
+    n_classes = int(labels.max()) + 1
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) < n_classes:
+            raise InvalidInputError(f"{len(class_names)} class names for labels up to {n_classes - 1}")
+        n_classes = len(class_names)
+    tucker = TuckerCodec(rate=hosvd_rate, ranks=ranks, chunk_size=chunk_size, method=method, dtype=storage)
+    ranks_used = tucker.ranks_for(latents.shape)
+    plan = ArchivePlan()
+    vcodec, vparts = vae_parts(vae, scheme=scheme, decoder_only=decoder_only, float_dtype=vae_float, zstd=zstd)
+    plan.add_object("vae", vcodec, vparts)
+    n_chunks = -(-latents.shape[0] // chunk_size)
+    bar = (lambda it: _progress(progress and n_chunks > 2, it, total=n_chunks, desc="HOSVD chunks"))
+    tparts = tucker.encode(latents, progress=bar)
+    plan.add_object("latents", tucker, tparts)
+    plan.add("labels", labels.contiguous())
+    vmeta = _vae_desc_meta(vae)
+    n, t, c, h, w = latents.shape
+    f = vmeta["spatial_factor"]
+    meta = {
+        "kind": "latent-video",
+        "version": 1,
+        "objects": {"vae": "vae", "latents": "latents", "labels": "labels"},
+        "num_samples": n,
+        "num_classes": n_classes,
+        "class_names": class_names if class_names is not None else [str(i) for i in range(n_classes)],
+        "latent_layout": "NTCHW",
+        "latent_shape": [t, c, h, w],
+        "frames": t,
+        "resolution": [h * f, w * f] if f else None,
+        "channels": 3,
+        "pixel_range": [0.0, 1.0],
+        "vae_input": "2*x-1 (frames in [0,1] mapped to [-1,1])",
+        "vae": {**vmeta, "quantization": {"scheme": scheme, "granularity": "per-output-channel", "bits": 8,
+                                          "scale_dtype": "f32", "zero_point_dtype": "i8" if scheme == "asymmetric" else None,
+                                          "weights_only": True, "equation": "LVDD Eq. 6: x_q = round(x/s) + z"},
+                "decoder_only": bool(decoder_only)},
+        "latent_scaling_applied": False,
+        "tucker": {"method": method, "rate": hosvd_rate, "ranks": [n if n <= chunk_size else chunk_size] + ranks_used,
+                   "chunk_size": chunk_size, "chunk_axis_rank": "full (identity, not stored)", "storage": storage},
+        "pad_rule": "clips shorter than `frames` repeat their last frame",
+    }
+    if video:
+        meta.update(dict(video))
+    plan.metadata = {VIDEO_META_KEY: meta, **(dict(metadata) if metadata else {})}
+    return plan
+
+
+def pack_latents(out: str | os.PathLike, vae: torch.nn.Module, latents: Any, labels: Any, *,
+                 budget: Any = None, progress: bool = True, **kw: Any) -> ArchivePlan:
+    """Plan, check ``budget`` (before writing) and write a latent-video .ddz. Returns the plan."""
+    plan = plan_latent_archive(vae, latents, labels, progress=progress, **kw)
+    if budget is not None:
+        plan.check_budget(budget)
+    plan.write(out, progress=progress)
+    return plan
+
+
+def encode_clips(vae: torch.nn.Module, paths: Sequence[str], *, frames: int = 16, resolution: Any = 112,
+                 sampling: str = "gap", frame_gap: int = 4, batch_size: int = 32, mode: str = "mean",
+                 seed: int = 0, autocast: str | None = None, progress: bool = True) -> torch.Tensor:
+    """Read each clip (PyAV / images) and VAE-encode its frames -> latents ``[N, T, C, h, w]`` (no grad)."""
+    out = None
+    for i, p in enumerate(_progress(progress and len(paths) > 1, paths, desc="encoding clips", unit="clip")):
+        x = read_clip(p, frames, resolution, sampling=sampling, frame_gap=frame_gap)
+        z = encode_frames(vae, x, batch_size=batch_size, mode=mode, seed=seed + i, autocast=autocast)
+        if out is None:
+            out = torch.empty((len(paths), *z.shape), dtype=torch.float32)
+        out[i] = z
+    if out is None:
+        raise InvalidInputError("no clips to encode")
+    return out
+
+
+def _lower_bound(vae: torch.nn.Module, n: int, latent_shape: Sequence[int], kw: Mapping[str, Any]) -> int:
+    """Stored bytes of the data alone (no header), computed from shapes: a cheap early budget check."""
+    from .vae import vae_codec, _state
+
+    dec = kw.get("decoder_only", False)
+    vc = vae_codec(vae, scheme=kw.get("scheme", "asymmetric"), decoder_only=dec, float_dtype=kw.get("vae_float", "f32"))
+    sizes = vc.part_sizes({k: v.shape for k, v in _state(vae, dec).items()})
+    item = {"i8": 1, "f32": 4, "f16": 2, "bf16": 2}
+    total = sum(c * item[d] for c, d in sizes.values()) if kw.get("zstd") is None else 0
+    tc = TuckerCodec(rate=kw.get("hosvd_rate", 0.75), ranks=kw.get("ranks"), chunk_size=kw.get("chunk_size", 400),
+                     dtype=kw.get("storage", "f32"))
+    for shape, d in tc.planned_parts((n, *latent_shape)).values():
+        total += int(np.prod(shape)) * item[d]
+    return total + 8 * n
+
+
+def pack_videos(out: str | os.PathLike, vae: torch.nn.Module, video_dir: str | os.PathLike | None = None, *,
+                csv: str | os.PathLike | None = None, frames: int = 16, resolution: Any = 112,
+                sampling: str = "gap", frame_gap: int = 4, encode_mode: str = "mean", seed: int = 0,
+                batch_size: int = 32, autocast: str | None = None, budget: Any = None,
+                progress: bool = True, **kw: Any) -> ArchivePlan:
+    """Videos (``ROOT/<class>/<clip>`` or a CSV) -> VAE latents -> Tucker -> .ddz, budget-checked first."""
+    if video_dir is None and csv is None:
+        raise InvalidInputError("give a video folder or a CSV of clips")
+    clips, classes = find_clips(video_dir if video_dir is not None else ".", csv)
+    hw = parse_resolution(resolution)
+    meta = _vae_desc_meta(vae)
+    f = meta["spatial_factor"] or 1
+    if hw[0] % f or hw[1] % f:
+        raise InvalidInputError(f"resolution {hw} is not a multiple of the VAE's downsampling factor {f}")
+    if budget is not None:
+        lb = _lower_bound(vae, len(clips), (frames, meta["latent_channels"] or 4, hw[0] // f, hw[1] // f), kw)
+        if lb > parse_size(budget):
+            raise BudgetError(f"{len(clips)} clips need at least {format_size(lb)}, over the budget of "
+                              f"{format_size(parse_size(budget))}; nothing was encoded or written")
+    latents = encode_clips(vae, [c.path for c in clips], frames=frames, resolution=hw, sampling=sampling,
+                           frame_gap=frame_gap, batch_size=batch_size, mode=encode_mode, seed=seed,
+                           autocast=autocast, progress=progress)
+    labels = torch.tensor([c.label for c in clips], dtype=torch.int64)
+    root = os.fspath(video_dir) if video_dir is not None else os.fspath(csv)
+    video = {"frame_sampling": {"method": sampling, "frame_gap": frame_gap if sampling == "gap" else None,
+                                "start": 0, "resize": "short side, bilinear (libswscale), centre crop"},
+             "encode": {"mode": encode_mode, "seed": seed if encode_mode == "sample" else None,
+                        "distribution": "latent_dist.mean" if encode_mode == "mean" else "latent_dist.sample(seeded)"},
+             "source": {"root": os.path.basename(os.path.normpath(root)),
+                        "clips": [os.path.relpath(c.path, os.path.dirname(os.path.abspath(root))) for c in clips]}}
+    return pack_latents(out, vae, latents, labels, class_names=classes, video=video, budget=budget,
+                        progress=progress, **kw)
