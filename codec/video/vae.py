@@ -155,14 +155,12 @@ def load_vae_dir(path: str | os.PathLike, device: Any = None) -> nn.Module:
         state = load_file(weights)
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types
         raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
+    decoder_only = bool(config.pop("_ddz_decoder_only", False))
+    desc = {"library": "diffusers", "class": cls.__name__, "config": config, "decoder_only": decoder_only}
     try:
-        with torch.device("meta"):
-            model = cls.from_config(config)
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
-        raise InvalidInputError(f"{cfg_path}: cannot build {cls.__name__} from it ({exc})") from None
-    _assign(model, state, strict=True, where=weights)
-    model = model.eval().requires_grad_(False)
-    return model if device is None else model.to(device)
+        return build_vae(desc, state, device=device, where=weights)
+    except FormatError as exc:
+        raise InvalidInputError(f"{path}: {exc}") from None
 
 
 def save_vae_dir(model: nn.Module, path: str | os.PathLike) -> str:
@@ -265,7 +263,8 @@ def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool
         raise InvalidInputError(f"{where}: cannot load weights ({exc})") from None
 
 
-def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: Any = None) -> nn.Module:
+def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: Any = None,
+              where: str = "stored VAE") -> nn.Module:
     """A diffusers model from a stored description (class, config, decoder_only) and its weights."""
     if not isinstance(desc, Mapping) or desc.get("library") != "diffusers" or not isinstance(desc.get("config"), Mapping):
         raise FormatError(f"VAE object has no diffusers description (got {str(desc)[:80]})")
@@ -282,7 +281,7 @@ def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device
             if isinstance(getattr(model, attr, None), nn.Module):
                 setattr(model, attr, _Absent(attr))
         model._ddz_decoder_only = True
-    _assign(model, state, strict=True, where="stored VAE")
+    _assign(model, state, strict=True, where=where)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:
         raise FormatError(f"stored VAE leaves tensors uninitialised: {leftovers[:4]}")

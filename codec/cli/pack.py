@@ -1,0 +1,137 @@
+"""``ddz pack`` and ``ddz unpack``: thin wrappers over :mod:`codec.video`.
+
+    ddz pack --vae VAE_DIR --latents LATENTS.safetensors -o OUT.ddz [--hosvd-rate 0.75] [--budget 115MB]
+    ddz pack --vae VAE_DIR --videos DIR -o OUT.ddz [--frames 16] [--resolution 112] ...
+    ddz unpack FILE -o DIR [--frames mp4|png] [--preview]
+
+Heavy imports (torch, diffusers, PyAV) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pack", help="build a latent-video .ddz: int8 VAE + HOSVD latents + labels",
+                       description="Build a latent-video .ddz from a diffusers VAE folder and either latents "
+                                   "(.safetensors with 'latents' [N,T,C,H,W] and 'labels' [N], or .npy/.npz) or "
+                                   "a folder of videos (one subfolder of clips per class).")
+    p.add_argument("--vae", required=True, metavar="VAE_DIR",
+                   help="diffusers model folder: config.json + diffusion_pytorch_model.safetensors")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--latents", metavar="FILE", help=".safetensors ('latents', 'labels'), .npy or .npz of latents")
+    src.add_argument("--videos", metavar="DIR", help="folder with one subfolder of clips (videos or frame folders) per class")
+    src.add_argument("--csv", metavar="FILE", help="CSV with 'path,label' columns listing clips")
+    p.add_argument("--labels", metavar="FILE", help="labels for .npy latents: .npy of ints, or CSV with a 'label' column")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.ddz")
+    p.add_argument("--hosvd-rate", type=float, default=0.75, help="Tucker rank = int(rate * dim) on T, H, W (default 0.75)")
+    p.add_argument("--chunk-size", type=int, default=400, help="samples per HOSVD chunk (default 400, as LVDD)")
+    p.add_argument("--method", choices=("hosvd", "hooi"), default="hosvd", help="Tucker fitting (default: true HOSVD)")
+    p.add_argument("--storage", choices=("f32", "f16", "bf16"), default="f32", help="core/factor precision (default f32)")
+    p.add_argument("--scheme", choices=("asymmetric", "symmetric"), default="asymmetric",
+                   help="int8 weight quantisation (Eq. 6): asymmetric = scale + int8 zero point (default)")
+    p.add_argument("--decoder-only", action="store_true", help="store only the VAE decoder (enough for training)")
+    p.add_argument("--vae-zstd", type=int, default=None, metavar="LEVEL", help="zstd level for the int8 weights (default raw)")
+    p.add_argument("--budget", metavar="SIZE", help="refuse to write above this size: 115MB (10^6 B), 110MiB (2^20 B) or bytes")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip for --videos (default 16)")
+    p.add_argument("--resolution", default="112", help="frame size for --videos: 112 or HxW (default 112)")
+    p.add_argument("--sampling", choices=("gap", "uniform"), default="gap", help="frame sampling (default: every --frame-gap-th from 0)")
+    p.add_argument("--frame-gap", type=int, default=4, help="frame gap for --sampling gap (default 4, as LVDD)")
+    p.add_argument("--encode-mode", choices=("mean", "sample"), default="mean",
+                   help="latents = latent_dist.mean (default) or a seeded latent_dist.sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="frames per VAE encode call")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="encode under torch.autocast")
+    p.add_argument("--device", default="cpu", help="torch device for encoding (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dry-run", action="store_true", help="print the size report and write nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or report")
+    p.set_defaults(func=cmd_pack)
+
+    u = sub.add_parser("unpack", help="latent-video .ddz -> safetensors, diffusers VAE folder, labels, videos",
+                       description="Write latents/labels as .safetensors, the VAE as a diffusers folder, labels as CSV/JSON; "
+                                   "optionally decode the videos (mp4 or PNG) and per-class contact sheets.")
+    u.add_argument("file")
+    u.add_argument("-o", "--output", required=True, metavar="DIR")
+    u.add_argument("--frames", choices=("mp4", "png"), default=None, help="also decode every video to mp4 or PNG frames")
+    u.add_argument("--preview", action="store_true", help="write a PNG contact sheet per class")
+    u.add_argument("--fps", type=int, default=8)
+    u.add_argument("--device", default="cpu")
+    u.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="decode under torch.autocast")
+    u.add_argument("-q", "--quiet", action="store_true")
+    u.set_defaults(func=cmd_unpack)
+
+
+def _labels_from(path: str):
+    import csv
+
+    import numpy as np
+
+
+    from ..errors import InvalidInputError
+
+    if path.lower().endswith(".npy"):
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"{path}: cannot read labels ({exc})") from None
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        return torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{path}: labels CSV needs an integer 'label' column ({exc})") from None
+
+
+def cmd_pack(args) -> int:
+
+
+    from ..errors import InvalidInputError
+    from ..video import load_tensors, load_vae_dir, pack_videos, parse_size, plan_latent_archive
+
+    budget = parse_size(args.budget) if args.budget is not None else None
+    vae = load_vae_dir(args.vae, device=args.device)
+    opts = dict(hosvd_rate=args.hosvd_rate, chunk_size=args.chunk_size, method=args.method, storage=args.storage,
+                scheme=args.scheme, decoder_only=args.decoder_only, zstd=args.vae_zstd)
+    progress = not args.quiet
+    if args.latents:
+        tensors = load_tensors(args.latents)
+        if "latents" not in tensors:
+            raise InvalidInputError(f"{args.latents}: no 'latents' tensor (found {sorted(tensors)})")
+        latents = tensors["latents"]
+        if args.labels:
+            labels = _labels_from(args.labels)
+        elif "labels" in tensors:
+            labels = tensors["labels"]
+        else:
+            raise InvalidInputError(f"{args.latents}: no 'labels' tensor; add one or pass --labels")
+        class_names = None
+        plan = plan_latent_archive(vae.cpu(), latents, labels, class_names=class_names, progress=progress,
+                                   video={"source": {"latents_file": args.latents.rsplit('/', 1)[-1]}}, **opts)
+        if args.dry_run:
+            print(plan.report(budget))
+            return 0
+        if budget is not None:
+            plan.check_budget(budget)
+        plan.write(args.output, progress=progress)
+    else:
+        if args.dry_run:
+            raise InvalidInputError("--dry-run is only available with --latents (videos must be encoded to know sizes)")
+        plan = pack_videos(args.output, vae, args.videos, csv=args.csv, frames=args.frames, resolution=args.resolution,
+                           sampling=args.sampling, frame_gap=args.frame_gap, encode_mode=args.encode_mode,
+                           seed=args.seed, batch_size=args.batch_size, autocast=args.autocast, budget=budget,
+                           progress=progress, **opts)
+    if not args.quiet:
+        print(plan.report(budget))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_unpack(args) -> int:
+    from ..video.unpack import unpack_archive
+
+    files = unpack_archive(args.file, args.output, frames=args.frames, preview=args.preview, fps=args.fps,
+                           device=args.device, autocast=args.autocast, progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {len(files)} files under {args.output}", file=sys.stdout)
+    return 0
