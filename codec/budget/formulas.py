@@ -1,0 +1,246 @@
+"""The storage formulas of the soft-label paper's supplement (Eq. S11-S17), in bytes.
+
+Every function returns **bytes** (a float when the formula as printed yields a fractional
+byte count, because it uses the real-valued ``log2``).  The paper divides by ``1024**2``
+and calls the result "MB" (its Table S6 prints the same numbers as "GB" after a further
+``/1024``); :data:`MiB` and :data:`GiB` convert.  Functions named ``*_stored`` give what a
+real ``.ddz`` stores for the same term: whole bits per index (``ceil(log2 k)``) and whole
+bytes per bit-packed section (last byte padded).  See ``spec/budget.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InvalidInputError
+
+MiB = 1024**2
+GiB = 1024**3
+
+FP16 = 2
+FP32 = 4
+
+
+def _pos_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int,)) and not (isinstance(v, float) and v.is_integer()):
+        raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
+    v = int(v)
+    if v <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer, got {v}")
+    return v
+
+
+def bits_for(n: int) -> int:
+    """Whole bits needed to store an index in ``range(n)``: ``ceil(log2 n)`` (at least 1)."""
+    n = _pos_int("count", n)
+    return max(1, (n - 1).bit_length())
+
+
+def n_labels(ipc: int, classes: int, epochs: int) -> int:
+    """Soft labels stored: one per distilled sample per epoch, ``IPC x C x EPOCHS``."""
+    return _pos_int("ipc", ipc) * _pos_int("classes", classes) * _pos_int("epochs", epochs)
+
+
+# --------------------------------------------------------------------------------------
+# S11: dense fp16 soft labels
+# --------------------------------------------------------------------------------------
+def s11(ipc: int, classes: int, epochs: int) -> int:
+    """Eq. S11: ``IPC x C x C x EPOCHS x 2`` bytes (dense fp16 soft labels, one per epoch)."""
+    return n_labels(ipc, classes, epochs) * classes * FP16
+
+
+# --------------------------------------------------------------------------------------
+# S12: VQ autoencoder
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Terms:
+    """A formula split into its named terms (bytes each)."""
+
+    terms: dict
+
+    @property
+    def total(self) -> float:
+        return sum(self.terms.values())
+
+
+def _vq_check(dh: int, dc: int, k: int) -> tuple[int, int, int]:
+    dh, dc, k = _pos_int("dh", dh), _pos_int("dc", dc), _pos_int("k", k)
+    if dh % dc:
+        raise InvalidInputError(f"dh={dh} must be divisible by dc={dc} (m = dh/dc segments, Eq. 3)")
+    if k < 2:
+        raise InvalidInputError(f"k must be at least 2, got {k}")
+    return dh, dc, k
+
+
+def s12_terms(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> Terms:
+    """Eq. S12 as printed: batch data ``IPC*C*EPOCHS*(dh/dc)*log2(k)/8`` (real log2),
+    decoder ``C*dh*4`` and codebook ``k*dc*4`` bytes (fp32)."""
+    dh, dc, k = _vq_check(dh, dc, k)
+    n = n_labels(ipc, classes, epochs)
+    return Terms({
+        "indices": n * (dh // dc) * math.log2(k) / 8,
+        "decoder": classes * dh * FP32,
+        "codebook": k * dc * FP32,
+    })
+
+
+def s12(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> float:
+    """Eq. S12 total in bytes (real-valued log2, as printed)."""
+    return s12_terms(ipc, classes, epochs, dh, dc, k).total
+
+
+def s12_stored_terms(ipc, classes, epochs, dh, dc, k, param_bytes: int = FP32) -> Terms:
+    """What a .ddz stores for S12's terms: ``ceil(n*m*ceil(log2 k)/8)`` index bytes
+    (one bit-packed stream), decoder and codebook at ``param_bytes`` per value."""
+    dh, dc, k = _vq_check(dh, dc, k)
+    n = n_labels(ipc, classes, epochs)
+    return Terms({
+        "indices": math.ceil(n * (dh // dc) * bits_for(k) / 8),
+        "decoder": classes * dh * param_bytes,
+        "codebook": k * dc * param_bytes,
+    })
+
+
+def s13(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> float:
+    """Eq. S13: compression ratio S11 / S12 (dimensionless)."""
+    return s11(ipc, classes, epochs) / s12(ipc, classes, epochs, dh, dc, k)
+
+
+def s14(dc: int, k: int) -> float:
+    """Eq. S14 as printed: ``dc / log2(k)``.  Only a *proportionality*: the limit of S13 as
+    EPOCHS -> infinity is ``16*C*dc / (dh*log2 k)`` (see :func:`s13_limit`)."""
+    return _pos_int("dc", dc) / math.log2(_pos_int("k", k))
+
+
+def s13_limit(classes: int, dh: int, dc: int, k: int) -> float:
+    """lim_{EPOCHS->inf} of Eq. S13 = ``2*C / ((dh/dc)*log2(k)/8) = 16*C*dc/(dh*log2 k)``."""
+    dh, dc, k = _vq_check(dh, dc, k)
+    return 16 * _pos_int("classes", classes) * dc / (dh * math.log2(k))
+
+
+def eq8(a: int, n: int, c: int, m: int, k: int, dc: int, dh: int) -> float:
+    """Eq. 8 (counts of numbers, not bytes): ``a*n*c / (a*n*m + k*dc + c*dh)``."""
+    return a * n * c / (a * n * m + k * dc + c * dh)
+
+
+# --------------------------------------------------------------------------------------
+# S15-S17: baselines
+# --------------------------------------------------------------------------------------
+def s15_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
+    """Eq. S15 (top-k): ``IPC*C*EPOCHS*(2k + log2(C)/8*k)`` bytes: fp16 class
+    probabilities and real-valued log2(C) bits per index."""
+    k = _pos_int("k", k)
+    if k > classes:
+        raise InvalidInputError(f"top-k k={k} exceeds classes={classes}")
+    n = n_labels(ipc, classes, epochs)
+    return Terms({"values": n * 2 * k, "indices": n * math.log2(classes) / 8 * k})
+
+
+def s15(ipc, classes, epochs, k) -> float:
+    return s15_terms(ipc, classes, epochs, k).total
+
+
+def s15_stored_terms(ipc, classes, epochs, k) -> Terms:
+    n = n_labels(ipc, classes, epochs)
+    k = _pos_int("k", k)
+    return Terms({"values": n * k * FP16, "indices": math.ceil(n * k * bits_for(classes) / 8)})
+
+
+def s16_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
+    """Eq. S16 (PCA / R-PCA): projections ``IPC*C*EPOCHS*2k`` + PC vectors ``k*C*2`` bytes.
+    (The mean vector a centred PCA also needs is not in the printed formula.)"""
+    k = _pos_int("k", k)
+    n = n_labels(ipc, classes, epochs)
+    return Terms({"projections": n * 2 * k, "components": k * classes * FP16})
+
+
+def s16(ipc, classes, epochs, k) -> float:
+    return s16_terms(ipc, classes, epochs, k).total
+
+
+def s16_stored_terms(ipc, classes, epochs, k) -> Terms:
+    t = dict(s16_terms(ipc, classes, epochs, k).terms)
+    t["mean"] = classes * FP16
+    return Terms(t)
+
+
+def s17_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
+    """Eq. S17 (scalar quantisation to k levels): level indices
+    ``IPC*C*EPOCHS*C*log2(k)/8`` + levels ``2k`` bytes."""
+    k = _pos_int("k", k)
+    if k < 2:
+        raise InvalidInputError(f"quantisation needs at least 2 levels, got {k}")
+    n = n_labels(ipc, classes, epochs)
+    return Terms({"indices": n * classes * math.log2(k) / 8, "levels": 2 * k})
+
+
+def s17(ipc, classes, epochs, k) -> float:
+    return s17_terms(ipc, classes, epochs, k).total
+
+
+def s17_stored_terms(ipc, classes, epochs, k) -> Terms:
+    n = n_labels(ipc, classes, epochs)
+    k = _pos_int("k", k)
+    return Terms({"indices": math.ceil(n * classes * bits_for(k) / 8), "levels": 2 * k})
+
+
+# --------------------------------------------------------------------------------------
+# LPLD random batch pruning
+# --------------------------------------------------------------------------------------
+def lpld_pool(ipc: int, classes: int, epochs: int, ratio: float, batch_size: int = 128) -> int:
+    """Batches LPLD keeps: the prefix pool of ``floor(E * floor(N/B) / ratio)`` global batch
+    ids (generation with ``drop_last=True``; N = IPC*C samples, B = batch size)."""
+    N = _pos_int("ipc", ipc) * _pos_int("classes", classes)
+    B = _pos_int("batch_size", batch_size)
+    if not (isinstance(ratio, (int, float)) and ratio >= 1):
+        raise InvalidInputError(f"LPLD ratio must be >= 1, got {ratio!r}")
+    per_epoch = N // B
+    if per_epoch == 0:
+        raise InvalidInputError(f"batch_size {B} exceeds the {N} samples per epoch")
+    return max(1, math.floor(_pos_int("epochs", epochs) * per_epoch / ratio))
+
+
+def lpld_terms(ipc, classes, epochs, ratio, batch_size: int = 128) -> Terms:
+    """LPLD storage: ``pool x B x C x 2`` bytes of fp16 labels (S11 per kept batch)."""
+    pool = lpld_pool(ipc, classes, epochs, ratio, batch_size)
+    return Terms({"labels": pool * batch_size * classes * FP16})
+
+
+# --------------------------------------------------------------------------------------
+# Video budgets (latent video distillation paper)
+# --------------------------------------------------------------------------------------
+def video_pixel_budget(ipc: int, classes: int, frames: int, height: int, width: int, channels: int = 3,
+                       bytes_per_value: int = FP32) -> int:
+    """Pixel-space budget ``IPC x classes x frames x 3 x H x W x 4`` bytes (fp32 clips).
+    MiniUCF (50 classes, 16 frames, 112x112) IPC 1: 120,422,400 B = 114.84 MiB ("115MB")."""
+    return (_pos_int("ipc", ipc) * _pos_int("classes", classes) * _pos_int("frames", frames) * channels
+            * _pos_int("height", height) * _pos_int("width", width) * bytes_per_value)
+
+
+def tucker_chunk_floats(n: int, shape: tuple, ranks: tuple) -> int:
+    """Floats in one Tucker chunk: core ``prod(ranks)`` + factors ``sum(dim_i x rank_i)``.
+    ``shape``/``ranks`` include the sample mode (its size n)."""
+    if len(shape) != len(ranks):
+        raise InvalidInputError(f"shape {shape} and ranks {ranks} differ in length")
+    return math.prod(ranks) + sum(d * r for d, r in zip(shape, ranks))
+
+
+def video_total(data_bytes: int, vae_bytes: int) -> Terms:
+    """Video paper Table 7 total: distilled tensors + the int8 VAE (bytes)."""
+    return Terms({"data": int(data_bytes), "vae": int(vae_bytes)})
+
+
+#: int8 SD-VAE-FT-MSE computed exactly (perf-baselines notes section 6): 83,983,007 B = 80.09 MiB.
+SD_VAE_INT8_BYTES = 83_983_007
+
+
+def fmt_bytes(b: float) -> str:
+    """``'6,000,000,000 B (5.588 GiB)'`` — units always explicit."""
+    if b >= GiB:
+        return f"{b:,.0f} B ({b / GiB:.3f} GiB)"
+    if b >= MiB:
+        return f"{b:,.0f} B ({b / MiB:.3f} MiB)"
+    if b >= 1024:
+        return f"{b:,.0f} B ({b / 1024:.3f} KiB)"
+    return f"{b:,.0f} B"

@@ -1,0 +1,58 @@
+"""Soft-label compression: VQ autoencoder training (Eq. 2-7), streaming encoding into a
+.ddz, decoding any row range (Eq. 9), the KD loss (Eq. 10), LLM token-level labels,
+augmentation records and the replay API for training code.
+
+Entry points:
+
+* :func:`train_vq` -- train a :class:`~codec.codecs.vq.VQCodec` on a memmap / .ddz section / iterator.
+* :func:`write_softlabels` / :func:`save_softlabels` -- stream labels into a Writer / new file.
+* :func:`open_archive` -- open a soft-label .ddz: ``arch.labels(start, stop)`` -> probabilities.
+* :func:`kd_loss` -- Eq. 10.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..codecs import lpld as _lpld, pca as _pca, quant as _quant, topk as _topk  # noqa: F401 (register codecs)
+from ..codecs.lpld import LPLDCodec
+from ..codecs.pca import PCACodec
+from ..codecs.quant import QuantCodec
+from ..codecs.topk import TopKCodec
+from ..codecs.vq import VQCodec, to_probs
+from .archive import SoftLabelArchive, save_softlabels, write_softlabels
+from .kd import kd_loss, kl_div
+from .sources import ArraySource, DDZSource, IterSource, as_source
+from .train import TrainLog, train_vq
+
+
+def open_archive(path, device: Any = None, *, name: str | None = None, dtype=None):
+    """Open a soft-label .ddz for reading.
+
+    Returns a :class:`ReplayArchive` when the file holds augmentation records (so training
+    code can replay (epoch, step) batches), an :class:`LLMArchive` for token-level labels,
+    else a :class:`SoftLabelArchive`.  Decoding runs on ``device`` (CPU or CUDA).
+    """
+    import torch
+
+    from ..format import open as ddz_open
+
+    with ddz_open(path) as f:
+        meta = f.metadata if isinstance(f.metadata, dict) else {}
+    kw = {"device": device}
+    if dtype is not None:
+        kw["dtype"] = dtype
+    if "llm" in meta:
+        from .llm import LLMArchive
+
+        return LLMArchive(path, **kw)
+    if "augment" in meta:
+        from .replay import ReplayArchive
+
+        return ReplayArchive(path, name=name, **kw)
+    return SoftLabelArchive(path, name=name, **kw)
+
+
+__all__ = ["VQCodec", "TopKCodec", "PCACodec", "QuantCodec", "LPLDCodec", "to_probs", "train_vq", "TrainLog", "write_softlabels", "save_softlabels",
+           "SoftLabelArchive", "open_archive", "kd_loss", "kl_div", "ArraySource", "DDZSource",
+           "IterSource", "as_source"]

@@ -1,0 +1,277 @@
+"""Writing soft labels into a .ddz and reading any row range back.
+
+Layout of a soft-label object ``NAME`` (see ``spec/budget.md`` for the byte accounting):
+
+* row parts, one row per soft label, e.g. ``NAME/indices`` (VQ, bit-packed at ceil(log2 k)
+  bits), ``NAME/values`` + ``NAME/indices`` (top-k), ``NAME/proj`` (PCA) ...;
+* shared parts: ``NAME/codebook``, ``NAME/decoder``, ``NAME/components`` ...;
+* the objects-table entry ``{codec: config, sections: {part: section}}``;
+* file metadata ``"softlabels": {"object": NAME, "rows": n, "classes": C, ...}``.
+
+Rows are written in (epoch, step, position-in-batch) order when augmentation records are
+present (:mod:`codec.softlabels.augment`), so a batch is a contiguous row range.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from ..codecs.base import Part
+from ..codecs.vq import SoftLabelCodec, as_tensor
+from ..errors import FormatError, InvalidInputError, SectionNotFoundError
+from ..format import DDZFile, Writer
+from ..format import open as ddz_open
+from .sources import Source, as_source
+
+META_KEY = "softlabels"
+_NP = {"u8": np.uint8, "u16": np.uint16, "u32": np.uint32, "i32": np.int32, "i64": np.int64,
+       "f16": np.float16, "f32": np.float32, "bool": np.bool_}
+
+
+def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any, *, section: str | None = None,
+                     chunk: int = 65536, progress: bool = False, register: bool = True,
+                     extra_meta: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Encode soft labels with a (trained/fitted) codec and stream them into ``writer``.
+
+    ``data`` is anything :func:`~codec.softlabels.sources.as_source` accepts (array, memmap,
+    tensor, iterator factory, or a .ddz path with ``section=``); it is read ``chunk`` rows at
+    a time, so peak memory is O(chunk x C).  The first row part streams straight into its
+    section; any further row parts (e.g. top-k values next to indices) are spilled to a
+    temporary file and copied in afterwards (the writer holds one open section at a time).
+    Returns ``{part: section}``.
+    """
+    if not isinstance(codec, SoftLabelCodec):
+        raise InvalidInputError(f"write_softlabels needs a soft-label codec, got {type(codec).__name__}")
+    src: Source = as_source(data, section)
+    if src.classes != codec.classes:
+        raise InvalidInputError(f"soft labels have {src.classes} classes, codec {codec.codec_id!r} expects {codec.classes}")
+    specs = codec.row_specs()
+    names = list(specs)
+    sections = {p: f"{name}/{p}" for p in names}
+    spills: dict[str, Any] = {}
+    tmpdir = tempfile.mkdtemp(prefix="ddz-spill-", dir=os.path.dirname(os.path.abspath(writer.path)) if hasattr(writer, "path") else None)
+    rows = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=src.rows, desc=f"encode {name}", unit="row", leave=False)
+    try:
+        first = names[0]
+        s0 = specs[first]
+        with writer.section(sections[first], s0.dtype, s0.row_shape, bits=s0.bits, zstd=s0.zstd) as sec:
+            limit = getattr(codec, "max_rows", None)
+            for x in src.sequential(chunk):
+                if limit is not None:
+                    if rows >= limit:
+                        break
+                    x = x[: limit - rows]
+                enc = codec.encode_rows(x)
+                sec.append(np.ascontiguousarray(enc[first]))
+                for p in names[1:]:
+                    f = spills.get(p)
+                    if f is None:
+                        f = spills[p] = open(os.path.join(tmpdir, p.replace("/", "_")), "wb")
+                    a = np.ascontiguousarray(enc[p], dtype=_NP[specs[p].dtype])
+                    f.write(a.tobytes())
+                rows += int(x.shape[0])
+                if bar is not None:
+                    bar.update(int(x.shape[0]))
+        for p in names[1:]:
+            sp = specs[p]
+            per_row = int(np.prod(sp.row_shape)) if sp.row_shape else 1
+            with writer.section(sections[p], sp.dtype, sp.row_shape, bits=sp.bits, zstd=sp.zstd) as sec:
+                f = spills.pop(p, None)
+                if f is None:
+                    sec.append(np.zeros((0, *sp.row_shape), _NP[sp.dtype]))
+                    continue
+                f.close()
+                mm = np.memmap(f.name, dtype=_NP[sp.dtype], mode="r") if rows else np.zeros(0, _NP[sp.dtype])
+                step = max(1, chunk)
+                for s in range(0, rows, step):
+                    e = min(rows, s + step)
+                    sec.append(np.asarray(mm[s * per_row: e * per_row]).reshape(e - s, *sp.row_shape))
+                del mm
+        for p, part in codec.param_parts().items():
+            pp = part if isinstance(part, Part) else Part(part)
+            writer.add(f"{name}/{p}", pp.array, bits=pp.bits, zstd=pp.zstd)
+            sections[p] = f"{name}/{p}"
+        writer.add_object(name, codec.get_config(), sections)
+        if register:
+            meta = {"object": name, "rows": rows, "classes": codec.classes, "codec": codec.codec_id}
+            meta.update(extra_meta or {})
+            writer.metadata[META_KEY] = meta
+    finally:
+        if bar is not None:
+            bar.close()
+        for f in spills.values():
+            f.close()
+        for fn in os.listdir(tmpdir):
+            os.unlink(os.path.join(tmpdir, fn))
+        os.rmdir(tmpdir)
+    return sections
+
+
+def save_softlabels(path: str | os.PathLike, codec: SoftLabelCodec, data: Any, *, name: str = "labels",
+                    section: str | None = None, metadata: Mapping[str, Any] | None = None, **kw) -> str:
+    """Write a new .ddz holding one soft-label object (see :func:`write_softlabels`)."""
+    with Writer(path, metadata=dict(metadata or {})) as w:
+        write_softlabels(w, name, codec, data, section=section, **kw)
+    return os.fspath(path)
+
+
+class SoftLabelArchive:
+    """Read-side view of the soft labels in a .ddz: decode any row range to probabilities.
+
+    The file is opened lazily on first use (and re-opened in each process after a fork), so
+    an instance can be handed to DataLoader workers.  ``device`` picks where decoding runs
+    (the same torch code on CPU and CUDA); ``dtype=torch.bfloat16`` runs VQ's matmul in bf16.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str | None = None, *, device: Any = None,
+                 dtype: torch.dtype = torch.float32):
+        self.path = os.fspath(path)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self._name = name
+        self._file: DDZFile | None = None
+        self._pid = None
+        self._codec: SoftLabelCodec | None = None
+        self._cache: dict[str, Any] = {}
+        self._load()
+
+    # -- lazy, fork-safe open --------------------------------------------------------------------
+    def _f(self) -> DDZFile:
+        if self._file is None or self._pid != os.getpid():
+            self._file = ddz_open(self.path)
+            self._pid = os.getpid()
+            self._cache = {}
+            self._codec = None
+        return self._file
+
+    def _load(self) -> None:
+        f = self._f()
+        meta = f.metadata.get(META_KEY) if isinstance(f.metadata, dict) else None
+        name = self._name or (meta or {}).get("object")
+        if name is None:
+            cands = [n for n, o in f.objects.items() if o.get("codec", {}).get("id") in ("vq", "topk", "pca", "quant", "lpld", "dense")]
+            if len(cands) != 1:
+                raise SectionNotFoundError(f"{self.path}: cannot tell which object holds soft labels (candidates {cands}); pass name=")
+            name = cands[0]
+        if name not in f.objects:
+            raise SectionNotFoundError(f"{self.path}: no object {name!r}; objects: {sorted(f.objects)}")
+        self.name = name
+        self.meta = dict(meta or {})
+        self._codec_obj()
+
+    def _codec_obj(self) -> SoftLabelCodec:
+        if self._codec is not None and self._pid == os.getpid():
+            return self._codec
+        from ..codecs import codec_from_config
+
+        f = self._f()
+        obj = f.objects[self.name]
+        codec = codec_from_config(obj["codec"])
+        if not isinstance(codec, SoftLabelCodec):
+            raise FormatError(f"object {self.name!r} uses codec {codec.codec_id!r}, which is not a soft-label codec")
+        self.sections = dict(obj["sections"])
+        specs = codec.row_specs()
+        missing = [p for p in specs if p not in self.sections]
+        if missing:
+            raise FormatError(f"object {self.name!r} lacks row parts {missing}")
+        shared = {p: f.get(s) for p, s in self.sections.items() if p not in specs}
+        try:
+            codec.load_parts(shared)
+        except (KeyError, ValueError) as exc:
+            raise FormatError(f"object {self.name!r}: bad shared parts: {exc}") from None
+        if hasattr(codec, "to"):
+            codec.to(self.device)
+        self.row_parts = list(specs)
+        rows = {f.info(self.sections[p]).shape[0] for p in self.row_parts}
+        if len(rows) != 1:
+            raise FormatError(f"object {self.name!r}: row parts disagree on the row count {sorted(rows)}")
+        self.rows = rows.pop()
+        self.classes = codec.classes
+        self._codec = codec
+        return codec
+
+    @property
+    def codec(self) -> SoftLabelCodec:
+        return self._codec_obj()
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _row_part(self, p: str, start: int, stop: int):
+        f = self._f()
+        sec = self.sections[p]
+        info = f.info(sec)
+        if info.zstd:  # compressed: decode once, then slice
+            full = self._cache.get(sec)
+            if full is None:
+                full = self._cache[sec] = f.get(sec)
+            return full[start:stop]
+        return f.get_rows(sec, start, stop)
+
+    def labels(self, start: int = 0, stop: int | None = None, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` as renormalised probabilities (float32, shape (n, C))."""
+        stop = self.rows if stop is None else stop
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer)) and 0 <= start <= stop <= self.rows):
+            raise InvalidInputError(f"rows {start}:{stop} outside 0:{self.rows}")
+        codec = self._codec_obj()
+        parts = {p: self._row_part(p, int(start), int(stop)) for p in self.row_parts}
+        dev = torch.device(device) if device is not None else self.device
+        return codec.decode_rows(parts, device=dev, dtype=dtype or self.dtype)
+
+    def rows_at(self, ids: Iterable[int], **kw) -> torch.Tensor:
+        """Arbitrary rows (any order, repeats allowed), decoded run by run."""
+        ids = np.asarray(list(ids) if not isinstance(ids, (np.ndarray, torch.Tensor)) else ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return torch.empty((0, self.classes), dtype=torch.float32, device=kw.get("device") or self.device)
+        if ids.min() < 0 or ids.max() >= self.rows:
+            raise InvalidInputError(f"row ids outside 0:{self.rows}")
+        order = np.argsort(ids, kind="stable")
+        srt = ids[order]
+        breaks = np.flatnonzero(np.diff(srt) > 1) + 1
+        outs = []
+        for run in np.split(srt, breaks):
+            lab = self.labels(int(run[0]), int(run[-1]) + 1, **kw)
+            outs.append(lab[torch.from_numpy(run - run[0]).to(lab.device)])
+        res = torch.cat(outs)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(order.size)
+        return res[torch.from_numpy(inv).to(res.device)]
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.rows)
+            if step == 1:
+                return self.labels(start, max(start, stop))
+            return self.rows_at(range(start, stop, step))
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (self.rows if key < 0 else 0)
+            return self.labels(k, k + 1)[0]
+        return self.rows_at(key)
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self):
+        st = self.__dict__.copy()
+        st["_file"] = None
+        st["_codec"] = None
+        st["_cache"] = {}
+        return st
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,163 @@
+"""Mini-batch sources for streaming VQ training and encoding.
+
+A source yields float tensors of shape (rows, C).  Three kinds cover data larger than RAM:
+
+* :class:`ArraySource` -- a numpy array, ``np.memmap`` or torch tensor.  Batches are
+  contiguous row blocks visited in a seeded random block order, so a memmap is read
+  sequentially within each batch.
+* :class:`DDZSource` -- one section of a .ddz file, read with ``get_rows``.
+* :class:`IterSource` -- a callable returning a fresh iterable of batches (each epoch calls it again).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+
+
+class Source:
+    classes: int
+    rows: int | None  # None when unknown (iterators)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sequential(self, chunk: int) -> Iterator[torch.Tensor]:
+        """All rows in order (for encoding)."""
+        raise NotImplementedError
+
+
+def _to_tensor(a) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.asarray(a)
+    if a.dtype.kind not in "f":
+        raise InvalidInputError(f"soft-label source must hold floating point values, got {a.dtype}")
+    return torch.from_numpy(np.array(a, copy=True) if not a.flags.writeable else np.ascontiguousarray(a))
+
+
+class ArraySource(Source):
+    def __init__(self, data: Any):
+        if not isinstance(data, (np.ndarray, torch.Tensor)):
+            raise InvalidInputError(f"ArraySource needs a numpy array, memmap or torch tensor, got {type(data).__name__}")
+        if data.ndim != 2:
+            raise InvalidInputError(f"soft labels must be 2-D (rows, classes), got shape {tuple(data.shape)}")
+        self.data = data
+        self.rows, self.classes = int(data.shape[0]), int(data.shape[1])
+
+    def _slice(self, s: int, e: int) -> torch.Tensor:
+        return _to_tensor(self.data[s:e])
+
+    def batches(self, batch_size, generator):
+        nb = (self.rows + batch_size - 1) // batch_size
+        order = torch.randperm(nb, generator=generator) if generator is not None else torch.arange(nb)
+        for b in order.tolist():
+            yield self._slice(b * batch_size, min(self.rows, (b + 1) * batch_size))
+
+    def sample(self, n, generator):
+        n = min(n, self.rows)
+        idx = torch.randperm(self.rows, generator=generator)[:n].sort().values.numpy()
+        if isinstance(self.data, torch.Tensor):
+            return self.data[torch.from_numpy(idx)]
+        return _to_tensor(self.data[idx])
+
+    def sequential(self, chunk):
+        for s in range(0, self.rows, chunk):
+            yield self._slice(s, min(self.rows, s + chunk))
+
+
+class DDZSource(Source):
+    """Rows of a 2-D section of a .ddz (raw, bit-packed or zstd)."""
+
+    def __init__(self, file: Any, section: str):
+        from ..format import DDZFile, open as ddz_open
+
+        self.file = file if isinstance(file, DDZFile) else ddz_open(file)
+        info = self.file.info(section)
+        if len(info.shape) != 2:
+            raise InvalidInputError(f"section {section!r} must be 2-D (rows, classes), has shape {info.shape}")
+        self.section = section
+        self.rows, self.classes = int(info.shape[0]), int(info.shape[1])
+
+    def _slice(self, s, e):
+        return _to_tensor(self.file.get_rows(self.section, s, e))
+
+    batches = ArraySource.batches
+    sequential = ArraySource.sequential
+
+    def sample(self, n, generator):
+        n = min(n, self.rows)
+        # blocks of 256 rows at random positions: few reads, still spread over the file
+        blk = 256
+        nb = (self.rows + blk - 1) // blk
+        take = torch.randperm(nb, generator=generator)[: max(1, (n + blk - 1) // blk)].sort().values.tolist()
+        out = torch.cat([self._slice(b * blk, min(self.rows, (b + 1) * blk)) for b in take])
+        return out[:n]
+
+
+class IterSource(Source):
+    def __init__(self, factory: Callable[[], Iterable[Any]], classes: int | None = None):
+        if not callable(factory):
+            raise InvalidInputError("IterSource needs a callable returning an iterable of (rows, C) batches")
+        self.factory = factory
+        self.rows = None
+        self.classes = classes
+        if classes is None:
+            first = next(iter(factory()), None)
+            if first is None:
+                raise InvalidInputError("IterSource: the iterator yields no batches")
+            self.classes = int(_to_tensor(first).shape[1])
+
+    def _iter(self):
+        for b in self.factory():
+            t = _to_tensor(b)
+            if t.ndim != 2 or t.shape[1] != self.classes:
+                raise InvalidInputError(f"IterSource batch has shape {tuple(t.shape)}, expected (rows, {self.classes})")
+            yield t
+
+    def batches(self, batch_size, generator):
+        buf, have = [], 0
+        for t in self._iter():
+            buf.append(t)
+            have += t.shape[0]
+            while have >= batch_size:
+                cat = torch.cat(buf)
+                yield cat[:batch_size]
+                rest = cat[batch_size:]
+                buf, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+        if have:
+            yield torch.cat(buf)
+
+    def sample(self, n, generator):
+        got, have = [], 0
+        for t in self._iter():
+            got.append(t)
+            have += t.shape[0]
+            if have >= n:
+                break
+        return torch.cat(got)[:n]
+
+    def sequential(self, chunk):
+        return self._iter()
+
+
+def as_source(x: Any, section: str | None = None) -> Source:
+    """numpy/memmap/tensor -> ArraySource; (DDZFile or path, section) -> DDZSource;
+    callable -> IterSource; an existing Source is returned as is."""
+    if isinstance(x, Source):
+        return x
+    if section is not None:
+        return DDZSource(x, section)
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return ArraySource(x)
+    if callable(x):
+        return IterSource(x)
+    raise InvalidInputError(f"cannot use {type(x).__name__} as a soft-label source "
+                            "(give an array/memmap/tensor, a .ddz path plus section=, or a callable returning batches)")
