@@ -1,0 +1,120 @@
+"""``ddz budget``: plan codec budgets (Eq. S11-S17), solve VQ hyperparameters (Table S8),
+and attribute every byte of a real .ddz file.  A thin layer over :mod:`codec.budget`.
+
+    ddz budget plan --ipc 10 --classes 1000 --epochs 300 --codec vq:dh=795,dc=5,k=1024 --codec topk:k=15 [--json]
+    ddz budget solve --ipc 10 --classes 1000 --epochs 300 --ratio 40 [--all] [--json]
+    ddz budget FILE [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..errors import InvalidInputError
+
+_USAGE = """ddz budget plan --ipc N --classes C --epochs E --codec SPEC [--codec SPEC ...] [--json]
+       ddz budget solve --ipc N --classes C --epochs E --ratio R [--all] [--json]
+       ddz budget FILE [--json]"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "budget", usage=_USAGE, help="soft-label storage budgets (S11-S17), VQ solver, per-byte file attribution",
+        description="Budgets in bytes (MiB = 1024**2 B, GiB = 1024**3 B). Codec specs: raw, "
+                    "vq:dh=795,dc=5,k=1024[,param_bytes=4], topk:k=15, pca:k=24, quant:k=4, lpld:ratio=40[,batch=128].")
+    p.add_argument("target", metavar="plan|solve|FILE", help="'plan', 'solve', or a .ddz file to attribute")
+    p.add_argument("--ipc", type=int, help="images per class")
+    p.add_argument("--classes", type=int, help="number of classes C")
+    p.add_argument("--epochs", type=int, help="training epochs (one soft label per image per epoch)")
+    p.add_argument("--codec", action="append", default=[], metavar="SPEC", help="codec spec (repeatable)")
+    p.add_argument("--ratio", type=float, help="target compression ratio over S11 (solve)")
+    p.add_argument("--all", action="store_true", help="solve: list every feasible (dc, k) instead of one per dc")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def _need(args, *names):
+    missing = [n for n in names if getattr(args, n) in (None, [])]
+    if missing:
+        raise InvalidInputError(f"budget {args.target}: missing --{', --'.join(missing)}")
+
+
+def _mib(b: float) -> str:
+    return f"{b / 1024**2:,.3f}"
+
+
+def _gib(b: float) -> str:
+    return f"{b / 1024**3:,.4f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import budget as B
+
+    if args.target == "plan":
+        _need(args, "ipc", "classes", "epochs", "codec")
+        rows = [B.plan(args.ipc, args.classes, args.epochs, spec) for spec in args.codec]
+        s11 = B.s11(args.ipc, args.classes, args.epochs)
+        if args.json:
+            print(json.dumps({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "s11_bytes": s11,
+                              "unit": "bytes", "codecs": [r.to_json() for r in rows]}, indent=2))
+            return 0
+        print(f"IPC {args.ipc}, {args.classes} classes, {args.epochs} epochs: "
+              f"S11 dense fp16 = {B.fmt_bytes(s11)}")
+        hdr = f"{'codec':<28} {'eq':<6} {'formula bytes':>18} {'MiB':>14} {'GiB':>10} {'ratio':>9} {'stored bytes':>16} {'stored ratio':>12}"
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            print(f"{r.codec:<28} {r.formula:<6} {r.bytes:>18,.1f} {_mib(r.bytes):>14} {_gib(r.bytes):>10} {r.ratio:>8.3f}x "
+                  f"{r.stored_bytes:>16,} {r.stored_ratio:>11.3f}x")
+        print("formula bytes: the paper's equation as printed (real log2); stored bytes: ceil(log2) bits per index, "
+              "whole bytes, fp16/fp32 as the equation states.")
+        for r in rows:
+            terms = ", ".join(f"{k} {v:,.1f} B" for k, v in r.terms.items())
+            print(f"  {r.codec}: {terms}")
+        return 0
+
+    if args.target == "solve":
+        _need(args, "ipc", "classes", "epochs", "ratio")
+        props = B.solve(args.ipc, args.classes, args.epochs, args.ratio, all_candidates=args.all)
+        if args.json:
+            print(json.dumps({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "target_ratio": args.ratio,
+                              "unit": "bytes", "proposals": [
+                                  {"dc": p.dc, "k": p.k, "dh": p.dh, "m": p.dh // p.dc, "ratio": p.ratio, "bytes": p.bytes,
+                                   "codec": p.spec, "bits_per_label": p.bits_per_label} for p in props]}, indent=2))
+            return 0
+        print(f"VQ settings reaching >= {args.ratio:g}x over S11 (IPC {args.ipc}, {args.classes} classes, "
+              f"{args.epochs} epochs), larger dc first:")
+        hdr = f"{'dc':>5} {'k':>6} {'dh':>6} {'m':>5} {'bits/label':>10} {'ratio':>9} {'bytes':>16} {'MiB':>12}  spec"
+        print(hdr)
+        print("-" * len(hdr))
+        for p in props:
+            print(f"{p.dc:>5} {p.k:>6} {p.dh:>6} {p.dh // p.dc:>5} {p.bits_per_label:>10} {p.ratio:>8.3f}x "
+                  f"{p.bytes:>16,.1f} {_mib(p.bytes):>12}  {p.spec}")
+        return 0
+
+    # a file
+    if args.codec or args.ratio is not None:
+        raise InvalidInputError(f"budget FILE takes only --json (got options for plan/solve); is {args.target!r} a typo?")
+    if not os.path.exists(args.target):
+        raise InvalidInputError(f"budget: {args.target!r} is neither 'plan', 'solve' nor an existing file")
+    rows = B.attribute(args.target)
+    summ = B.summarize(rows)
+    if args.json:
+        print(json.dumps({"file": args.target, "unit": "bytes", "file_size": summ["total"],
+                          "rows": [r.to_json() for r in rows], "summary": summ}, indent=2))
+        return 0
+    print(f"{args.target}: {B.fmt_bytes(summ['total'])}; every byte attributed (rows sum to the file size)")
+    hdr = f"{'offset':>12} {'bytes':>14} {'formula B':>16}  {'name':<28} term / notes"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        fb = f"{r.formula_bytes:,.1f}" if r.formula_bytes is not None else "-"
+        print(f"{r.offset:>12,} {r.bytes:>14,} {fb:>16}  {r.name:<28} {r.term}")
+        if r.note:
+            print(f"{'':>12} {'':>14} {'':>16}  {'':<28}   {r.note}")
+    by = summ["by_kind"]
+    print(f"total {summ['total']:,} B = sections {by.get('section', 0):,} B + preamble {by.get('preamble', 0):,} B + "
+          f"header {by.get('header', 0):,} B + padding {by.get('padding', 0):,} B (container overhead {summ['overhead']:,} B)")
+    return 0
