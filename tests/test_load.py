@@ -1,0 +1,88 @@
+"""codec.load: the latent-video Dataset (items, batch decode, cache, pickling, DataLoader workers, DDP sampler)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from codec.errors import FormatError, InvalidInputError
+from codec.load import load
+from codec.video import decode_latents, pack_latents, tiny_vae_config, vae_from_config
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    vae = vae_from_config(tiny_vae_config(), seed=0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9, 3, 4, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    path = tmp_path_factory.mktemp("load") / "d.ddz"
+    pack_latents(path, vae, x, y, class_names=["r", "g", "b"], chunk_size=4, progress=False)
+    return str(path)
+
+
+def test_items_match_batch_decode_and_direct_decode(archive):
+    ds = load(archive)
+    v, y = ds.decode_batch([8, 2, 5])
+    assert v.shape == (3, 3, 3, 16, 16) and y.tolist() == [2, 2, 2]
+    for k, i in enumerate([8, 2, 5]):
+        vi, yi = ds[i]
+        torch.testing.assert_close(vi, v[k], atol=1e-5, rtol=0)
+        assert int(yi) == int(y[k])
+    z = ds.latents([5])[0]
+    torch.testing.assert_close(decode_latents(ds.vae, z), v[2], atol=1e-5, rtol=0)
+    assert ds[-1][0].shape == (3, 3, 16, 16)
+    with pytest.raises(IndexError):
+        ds[9]
+
+
+@pytest.mark.parametrize("cache", ["latents", "frames"])
+def test_caches_give_same_data(archive, cache):
+    plain, cached = load(archive), load(archive, cache=cache)
+    for i in (0, 3, 0):
+        torch.testing.assert_close(cached[i][0], plain[i][0], atol=1e-5, rtol=0)
+
+
+def test_pickle_is_small_and_lazy(archive):
+    ds = load(archive)
+    ds[0]  # opens the file and builds the VAE in this process
+    blob = pickle.dumps(ds)
+    assert len(blob) < 4096  # path + options + labels: no mmap, no model
+    ds2 = pickle.loads(blob)
+    torch.testing.assert_close(ds2[1][0], ds[1][0])
+
+
+def test_two_worker_dataloader_and_distributed_sampler(archive):
+    ds = load(archive)
+    ref_v, ref_y = ds.decode_batch(list(range(len(ds))))
+    dl = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    vs, ys = zip(*dl)
+    torch.testing.assert_close(torch.cat(vs), ref_v, atol=1e-5, rtol=0)
+    assert torch.equal(torch.cat(ys), ref_y)
+    # spawn: the dataset really is pickled into the workers, which open the file themselves
+    dl = DataLoader(ds, batch_size=5, num_workers=2, multiprocessing_context="spawn")
+    torch.testing.assert_close(torch.cat([v for v, _ in dl]), ref_v, atol=1e-5, rtol=0)
+    seen = []
+    for rank in range(2):
+        s = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        s.set_epoch(1)
+        for v, y in DataLoader(ds, batch_size=3, sampler=s):
+            assert v.shape[1:] == (3, 3, 16, 16)
+        seen += list(s)
+    assert sorted(set(seen)) == list(range(9))
+
+
+def test_bad_paths_and_options(archive, tmp_path):
+    with pytest.raises(InvalidInputError):
+        load(tmp_path / "missing.ddz")
+    import codec
+
+    codec.save_file({"x": torch.zeros(3)}, tmp_path / "plain.ddz")
+    with pytest.raises(FormatError):
+        load(tmp_path / "plain.ddz")
+    for kw in ({"cache": "gpu"}, {"decode_batch": 0}, {"autocast": "int4"}, {"vae_dtype": "f8"}):
+        with pytest.raises(InvalidInputError):
+            load(archive, **kw)

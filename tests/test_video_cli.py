@@ -1,0 +1,70 @@
+"""`ddz pack` / `ddz unpack` round trip through the CLI entry point, and CLI error exits."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from codec.cli import main
+from codec.load import load
+from codec.video import load_vae_dir, save_vae_dir, tiny_vae_config, vae_from_config
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    vae = vae_from_config(tiny_vae_config(), seed=1)
+    save_vae_dir(vae, d / "vae")
+    g = torch.Generator().manual_seed(0)
+    save_file({"latents": torch.randn(6, 4, 4, 8, 8, generator=g), "labels": torch.tensor([0, 0, 1, 1, 2, 2])},
+              d / "lat.safetensors")
+    return d
+
+
+def test_pack_unpack_roundtrip(inputs, tmp_path, capsys):
+    out = tmp_path / "o.ddz"
+    rc = main(["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "-o", str(out),
+               "--hosvd-rate", "0.75", "--budget", "2MB", "-q"])
+    assert rc == 0 and out.exists()
+    ds = load(out)
+    assert len(ds) == 6
+    rc = main(["unpack", str(out), "-o", str(tmp_path / "un"), "--frames", "png", "--preview", "-q"])
+    assert rc == 0
+    un = tmp_path / "un"
+    t = load_file(un / "latents.safetensors")
+    assert t["latents"].shape == (6, 4, 4, 8, 8) and t["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    torch.testing.assert_close(t["latents"], ds.latents(range(6)))
+    vae = load_vae_dir(un / "vae")
+    assert type(vae).__name__ == "AutoencoderKL"
+    assert json.loads((un / "labels.json").read_text())["labels"] == [0, 0, 1, 1, 2, 2]
+    assert (un / "labels.csv").read_text().splitlines()[0] == "index,label,class_name"
+    assert len(os.listdir(un / "frames" / "2" / "000005")) == 4
+    assert sorted(os.listdir(un / "preview")) == ["0.png", "1.png", "2.png"]
+    assert "ddz.video" in json.loads((un / "metadata.json").read_text())
+
+
+def test_dry_run_and_budget_refusal(inputs, tmp_path, capsys):
+    args = ["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "-o", str(tmp_path / "x.ddz")]
+    assert main(args + ["--dry-run", "--budget", "110MiB"]) == 0
+    assert "fits" in capsys.readouterr().out
+    assert main(args + ["--budget", "200kB", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "over the budget" in err and "vae/q" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_malformed_inputs_exit_2(inputs, tmp_path, capsys):
+    base = ["-o", str(tmp_path / "x.ddz"), "-q"]
+    assert main(["pack", "--vae", str(tmp_path / "none"), "--latents", str(inputs / "lat.safetensors")] + base) == 2
+    save_file({"latents": torch.randn(3, 4, 4, 8, 8)}, tmp_path / "nolabels.safetensors")
+    assert main(["pack", "--vae", str(inputs / "vae"), "--latents", str(tmp_path / "nolabels.safetensors")] + base) == 2
+    save_file({"latents": torch.randn(3, 4, 8, 8), "labels": torch.zeros(3, dtype=torch.int64)}, tmp_path / "4d.safetensors")
+    assert main(["pack", "--vae", str(inputs / "vae"), "--latents", str(tmp_path / "4d.safetensors")] + base) == 2
+    assert main(["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "--budget", "12 parsecs"] + base) == 2
+    assert main(["unpack", str(tmp_path / "none.ddz"), "-o", str(tmp_path / "u"), "-q"]) == 2
+    assert not (tmp_path / "x.ddz").exists()
+    assert "ddz: error" in capsys.readouterr().err
