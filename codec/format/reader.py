@@ -166,8 +166,10 @@ class DDZFile:
                 yield FormatError("padding before this section is not zero", section=info.name, offset=pos)
             pos = info.offset + info.length
             crc = 0
-            for at in range(info.offset, pos, _CHUNK):
-                crc = crc32(mm[at: min(at + _CHUNK, pos)], crc)
+            with memoryview(mm) as view:
+                for at in range(info.offset, pos, _CHUNK):
+                    with view[at: min(at + _CHUNK, pos)] as chunk:
+                        crc = crc32(chunk, crc)
             if crc != info.crc32:
                 yield ChecksumError(f"CRC-32 {crc:#010x} != stored {info.crc32:#010x}", section=info.name, offset=info.offset)
                 continue
