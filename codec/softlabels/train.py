@@ -186,7 +186,17 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         if bar is not None:
             bar.close()
     log.steps = step
-    codec.set_params(encoder=P.detach().cpu(), decoder=D.detach().cpu(), codebook=mu.detach().cpu())
+    # order codes by how often the init sample uses them (most used first): the decoded labels
+    # do not change, but small indices become frequent, which the entropy-coded index stream
+    # (zstd over byte planes) turns into fewer bits per index.
+    with torch.no_grad():
+        Pc, muc = P.detach().cpu(), mu.detach().cpu()
+        q = nearest_code((ys @ Pc).reshape(-1, dc), muc, method="torch")
+        cnt = torch.bincount(q, minlength=k)
+        order = torch.sort(-cnt, stable=True).indices
+        muc = muc[order].contiguous()
+        log.usage = cnt[order]
+    codec.set_params(encoder=Pc, decoder=D.detach().cpu(), codebook=muc)
     codec.rounded()
     codec.train_log = log
     return codec
