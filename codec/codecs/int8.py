@@ -48,6 +48,12 @@ def _check_scheme(scheme: str) -> None:
         raise InvalidInputError(f"int8 scheme must be one of {_SCHEMES}, got {scheme!r}")
 
 
+def _check_finite(t: torch.Tensor) -> None:
+    # NaN and +-inf propagate through amin/amax, so checking the per-channel extrema suffices
+    if not bool(torch.isfinite(t).all()):
+        raise InvalidInputError("int8 quantisation: input holds NaN or infinity")
+
+
 def quantize_int8(
     x: torch.Tensor, *, scheme: str = "asymmetric", axis: int | None = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -71,8 +77,6 @@ def quantize_int8(
             raise InvalidInputError(f"axis {axis} out of range for a tensor of shape {tuple(x.shape)}")
         axis = axis % x.dim()
     xf = x.detach().to(torch.float32)
-    if not bool(torch.isfinite(xf).all()):
-        raise InvalidInputError("int8 quantisation: input holds NaN or infinity")
     if axis is None:
         rows = xf.reshape(1, -1)
     else:
@@ -82,12 +86,16 @@ def quantize_int8(
         bshape[axis] = -1
     if scheme == "symmetric":
         amax = rows.abs().amax(dim=1)
+        _check_finite(amax)
         scale = amax / 127.0
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         q = torch.round(xf / scale.reshape(bshape)).clamp_(-127, 127).to(torch.int8)
         return q, scale, None
-    lo = rows.amin(dim=1).clamp(max=0.0)
-    hi = rows.amax(dim=1).clamp(min=0.0)
+    lo = rows.amin(dim=1)
+    hi = rows.amax(dim=1)
+    _check_finite(lo)
+    _check_finite(hi)
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
     scale = (hi - lo) / 255.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     zp = torch.round(-128.0 - lo / scale).clamp_(-128, 127)
