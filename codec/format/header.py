@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import FormatError, LimitError
 from .layout import (DTYPES, INTEGER_DTYPES, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM, MAX_OBJECTS,
@@ -16,10 +17,12 @@ from .layout import (DTYPES, INTEGER_DTYPES, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX
 # a declared decoded size above the bound is rejected before any allocation.
 ZSTD_MAX_RATIO = 32768
 KNOWN_ENCODINGS = ("bitpack", "zstd")
+_CONTROL = re.compile("[\x00-\x1f]")
+_MAX_U63 = 1 << 63
+ITEMSIZE = {name: dt.itemsize for name, dt in DTYPES.items()}
 
 
-@dataclass(frozen=True)
-class SectionInfo:
+class SectionInfo(NamedTuple):
     """One row of the section table."""
 
     name: str
@@ -86,7 +89,7 @@ def check_name(name: Any, what: str = "section") -> str:
         raise FormatError(f"{what} name must be a non-empty string, got {name!r:.60}")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise LimitError(f"{what} name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
-    if any(ord(c) < 32 for c in name):
+    if _CONTROL.search(name):
         raise FormatError(f"{what} name {name!r} contains a control character")
     return name
 
@@ -103,14 +106,16 @@ def check_json_depth(doc: Any, where: str) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
-def _int(value: Any, what: str, name: str, lo: int = 0, hi: int = 1 << 63) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise FormatError(f"{what} must be an integer in [{lo}, {hi}], got {value!r:.40}", section=name)
-    return value
+def _int(value: Any, what: str, name: str, hi: int = (1 << 63) - 1) -> None:
+    if type(value) is not int or not 0 <= value <= hi:
+        raise FormatError(f"{what} must be an integer in [0, {hi}], got {value!r:.40}", section=name)
 
 
 def _reject_constant(token: str):
     raise FormatError(f"header contains the non-JSON number {token}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
@@ -120,14 +125,13 @@ def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
     except UnicodeDecodeError as exc:
         raise FormatError(f"header is not UTF-8 ({exc.reason} at header byte {exc.start})", offset=header_offset + exc.start) from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = _DECODER.decode(text)
     except RecursionError:
         raise LimitError(f"header JSON nests deeper than {MAX_JSON_DEPTH} levels", offset=header_offset) from None
     except json.JSONDecodeError as exc:
         raise FormatError(f"header is not valid JSON: {exc.msg} at header char {exc.pos}", offset=header_offset) from None
     if not isinstance(doc, dict):
         raise FormatError("header must be a JSON object", offset=header_offset)
-    check_json_depth(doc, "header")
     raw_sections = doc.get("sections")
     if not isinstance(raw_sections, list):
         raise FormatError("header has no 'sections' list", offset=header_offset)
@@ -154,39 +158,57 @@ def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
     metadata = doc.get("metadata", {})
     if not isinstance(metadata, dict):
         raise FormatError("'metadata' must be a JSON object", offset=header_offset)
+    # sections are flat once validated; only the free-form parts can nest
+    check_json_depth(objects, "objects")
+    check_json_depth(metadata, "metadata")
     return Header(tuple(sections), objects, metadata)
 
 
 def _parse_section(entry: Any, index: int) -> SectionInfo:
-    if not isinstance(entry, dict):
+    if type(entry) is not dict:
         raise FormatError(f"section table entry {index} is not an object")
-    try:
-        name = check_name(entry.get("name"))
-    except FormatError as exc:
-        raise type(exc)(f"section table entry {index}: {exc}") from None
+    name = entry.get("name")
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_BYTES // 4 or _CONTROL.search(name):
+        try:
+            check_name(name)
+        except FormatError as exc:
+            raise type(exc)(f"section table entry {index}: {exc}") from None
     dtype = entry.get("dtype")
-    if dtype not in DTYPES:
+    if dtype not in ITEMSIZE:
         raise FormatError(f"unknown dtype {dtype!r:.40}; known: {', '.join(DTYPES)}", section=name)
     shape = entry.get("shape")
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+    if type(shape) is not list or len(shape) > MAX_NDIM:
         raise FormatError(f"shape must be a list of at most {MAX_NDIM} integers", section=name)
-    shape = tuple(_int(d, "shape dimension", name) for d in shape)
-    offset = _int(entry.get("offset"), "offset", name)
-    length = _int(entry.get("length"), "length", name)
-    decoded = _int(entry.get("decoded_length"), "decoded_length", name)
-    crc = _int(entry.get("crc32"), "crc32", name, hi=0xFFFFFFFF)
+    offset, length, decoded, crc = entry.get("offset"), entry.get("length"), entry.get("decoded_length"), entry.get("crc32")
+    ok = (type(offset) is int and type(length) is int and type(decoded) is int and type(crc) is int
+          and 0 <= offset < _MAX_U63 and 0 <= length < _MAX_U63 and 0 <= decoded < _MAX_U63 and 0 <= crc <= 0xFFFFFFFF)
+    for d in shape:
+        if type(d) is not int or not 0 <= d < _MAX_U63:
+            ok = False
+    if not ok:
+        for d in shape:
+            _int(d, "shape dimension", name)
+        _int(offset, "offset", name)
+        _int(length, "length", name)
+        _int(decoded, "decoded_length", name)
+        _int(crc, "crc32", name, hi=0xFFFFFFFF)
+    shape = tuple(shape)
     encoding = entry.get("encoding", [])
     if not isinstance(encoding, list) or len(encoding) > 8:
         raise FormatError("encoding must be a list of at most 8 codec configs", section=name)
     for step in encoding:
         if not isinstance(step, dict) or not isinstance(step.get("id"), str):
             raise FormatError("every encoding step must be an object with a string 'id'", section=name)
-    itemsize = DTYPES[dtype].itemsize
+        check_json_depth(step, f"section {name!r} encoding")
+    itemsize = ITEMSIZE[dtype]
     count = math.prod(shape)
     if count * itemsize != decoded:
         raise FormatError(f"decoded_length {decoded} != {count} elements x {itemsize} bytes", section=name)
     info = SectionInfo(name, dtype, shape, offset, length, decoded, tuple(encoding), crc)
-    if info.unknown_encoding is None:
+    if not encoding:
+        if length != decoded:
+            raise FormatError(f"stored length {length} != decoded length {decoded} of a raw section", section=name, offset=offset)
+    elif info.unknown_encoding is None:
         _check_known_encoding(info)
     return info
 

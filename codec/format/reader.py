@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import mmap
 import os
 from typing import Any, Iterator
@@ -43,31 +42,30 @@ class DDZFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        self._mm = None
         try:
-            self._f = io.open(self.path, "rb")
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
             raise FileAccessError(f"cannot open {self.path!r}: {exc.strerror}") from None
         try:
             self._load()
         except BaseException:
-            self._f.close()
+            os.close(self._fd)
             raise
 
     @_guard
     def _load(self) -> None:
-        self.file_size = os.fstat(self._f.fileno()).st_size
-        raw = self._f.read(PREAMBLE_SIZE)
-        pre = Preamble.from_bytes(raw, self.file_size)
+        self.file_size = os.fstat(self._fd).st_size
+        pre = Preamble.from_bytes(os.pread(self._fd, PREAMBLE_SIZE, 0), self.file_size)
         self.preamble = pre
-        self._f.seek(pre.header_offset)
-        header_bytes = self._f.read(pre.header_length)
+        header_bytes = os.pread(self._fd, pre.header_length, pre.header_offset)
         if len(header_bytes) != pre.header_length:
             raise TruncatedError("file ends inside the header", offset=pre.header_offset)
         if crc32(header_bytes) != pre.header_crc32:
             raise ChecksumError("header checksum mismatch", offset=pre.header_offset)
         self.header: Header = parse_header(header_bytes, alignment=pre.alignment, header_offset=pre.header_offset)
         self._by_name = {s.name: s for s in self.header.sections}
-        self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
 
     # -- table -----------------------------------------------------------------------------------
     @property
@@ -189,14 +187,16 @@ class DDZFile:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
-        mm = getattr(self, "_mm", None)
-        if mm is not None:
+        if self._fd < 0:
+            return
+        if self._mm is not None:
             try:
-                mm.close()
+                self._mm.close()
             except BufferError:
                 pass  # arrays still view the mapping; it is unmapped when they are freed
             self._mm = None
-        self._f.close()
+        os.close(self._fd)
+        self._fd = -1
 
     def __enter__(self) -> "DDZFile":
         return self
