@@ -1,0 +1,359 @@
+"""Replay API for training code: (epoch, step) batches of (inputs, soft labels).
+
+No patched PyTorch: a :class:`ReplayBatchSampler` yields lists of label rows, a
+:class:`ReplayDataset` rebuilds each row's exact view (crop, flip, and its mix partner's view
+for CutMix/Mixup, so every row is self-contained and any batch size works), and a
+:class:`ReplayCollate` stacks the views and decodes the rows' soft labels.  All three hold
+only a path and open the file lazily in each process, so they are safe in DataLoader workers.
+
+* ``batch_size=None`` replays the stored batches exactly (step s of epoch e = stored batch
+  (e, s)); any other batch size re-chunks each epoch's rows in stored order.
+* ``start_epoch`` / ``start_step`` resume anywhere (steps counted in the training batch size).
+* :class:`LPLDBatchSampler`: LPLD's pruned-pool replay (each epoch draws its batches
+  uniformly with replacement from the stored prefix pool), seeded per epoch so a resumed run
+  draws the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import FormatError, InvalidInputError
+from .archive import SoftLabelArchive
+from .augment import AUG_META, MIX_TYPES
+
+
+class ReplayArchive(SoftLabelArchive):
+    """A soft-label archive with augmentation records (see :mod:`codec.softlabels.augment`)."""
+
+    def _load(self) -> None:
+        super()._load()
+        f = self._f()
+        self.aug_meta = f.metadata.get(AUG_META)
+        if not isinstance(self.aug_meta, dict):
+            raise FormatError(f"{self.path}: no augmentation records (metadata {AUG_META!r})")
+        self.epoch_batches = np.array(f.get("aug/epoch_batches"), np.int64)
+        self.batch_rows = np.array(f.get("aug/batch_rows"), np.int64)
+        nb = len(self.batch_rows) - 1
+        if (nb < 0 or self.epoch_batches[0] != 0 or self.epoch_batches[-1] != nb or self.batch_rows[0] != 0
+                or self.batch_rows[-1] != self.rows or np.any(np.diff(self.batch_rows) < 0)
+                or np.any(np.diff(self.epoch_batches) < 0)):
+            raise FormatError(f"{self.path}: inconsistent (epoch, step) index ({nb} batches, {self.rows} label rows)")
+        self.mix_type = np.array(f.get("aug/mix_type"), np.int64)
+        self.mix_lam = np.array(f.get("aug/mix_lam"), np.float32)
+        self.mix_bbox = np.array(f.get("aug/mix_bbox"), np.int64)
+        if len(self.mix_type) != nb or len(self.mix_lam) != nb or self.mix_bbox.shape != (nb, 4):
+            raise FormatError(f"{self.path}: per-batch mix records do not have {nb} entries")
+        self.has_sample_ids = "aug/sample" in f
+        self._row_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def epochs(self) -> int:
+        return len(self.epoch_batches) - 1
+
+    def steps(self, epoch: int) -> int:
+        """Stored batches in ``epoch``."""
+        self._check_epoch(epoch)
+        return int(self.epoch_batches[epoch + 1] - self.epoch_batches[epoch])
+
+    def _check_epoch(self, epoch):
+        if not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < self.epochs:
+            raise InvalidInputError(f"epoch {epoch!r} outside 0..{self.epochs - 1}")
+
+    def batch_id(self, epoch: int, step: int) -> int:
+        self._check_epoch(epoch)
+        if not isinstance(step, (int, np.integer)) or not 0 <= step < self.steps(epoch):
+            raise InvalidInputError(f"step {step!r} outside 0..{self.steps(epoch) - 1} of epoch {epoch}")
+        return int(self.epoch_batches[epoch] + step)
+
+    def rows_of(self, epoch: int, step: int) -> tuple[int, int]:
+        g = self.batch_id(epoch, step)
+        return int(self.batch_rows[g]), int(self.batch_rows[g + 1])
+
+    def epoch_rows(self, epoch: int) -> tuple[int, int]:
+        self._check_epoch(epoch)
+        return int(self.batch_rows[self.epoch_batches[epoch]]), int(self.batch_rows[self.epoch_batches[epoch + 1]])
+
+    def _rowdata(self, name: str) -> np.ndarray:
+        f = self._f()
+        if getattr(self, "_row_cache_pid", None) != os.getpid():
+            self._row_cache, self._row_cache_pid = {}, os.getpid()
+        a = self._row_cache.get(name)
+        if a is None:
+            a = self._row_cache[name] = np.array(f.get(f"aug/{name}"))
+            if len(a) != self.rows:
+                raise FormatError(f"{self.path}: aug/{name} has {len(a)} rows, labels have {self.rows}")
+        return a
+
+    def sample_ids(self, epoch: int, step: int) -> np.ndarray:
+        """Distilled-sample ids of stored batch (epoch, step), in order."""
+        if not self.has_sample_ids:
+            raise InvalidInputError(f"{self.path} stores no sample ids")
+        s, e = self.rows_of(epoch, step)
+        return self._rowdata("sample")[s:e].astype(np.int64)
+
+    def labels_for(self, epoch: int, step: int, **kw) -> torch.Tensor:
+        s, e = self.rows_of(epoch, step)
+        return self.labels(s, e, **kw)
+
+    def record(self, epoch: int, step: int) -> dict:
+        """The stored batch's augmentation record (what SRe2L's .tar held, minus the labels)."""
+        g = self.batch_id(epoch, step)
+        s, e = int(self.batch_rows[g]), int(self.batch_rows[g + 1])
+        mt = MIX_TYPES[int(self.mix_type[g])]
+        return {"epoch": epoch, "step": step, "rows": (s, e),
+                "sample_ids": self._rowdata("sample")[s:e].astype(np.int64) if self.has_sample_ids else None,
+                "coords": self._rowdata("crop")[s:e].astype(np.float32),
+                "flip": self._rowdata("flip")[s:e].astype(bool), "mix_type": mt,
+                "mix_index": self._rowdata("mix_index")[s:e].astype(np.int64) if mt != "none" else None,
+                "mix_lam": None if mt == "none" else float(self.mix_lam[g]),
+                "mix_bbox": self.mix_bbox[g].tolist() if mt == "cutmix" else None}
+
+    def batch_of_row(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.batch_rows, rows, side="right") - 1
+
+    def view_params(self, row: int) -> dict:
+        """Everything needed to rebuild label row ``row``'s input: its own view and, when the
+        batch was mixed, its partner's view plus the mix parameters."""
+        if not 0 <= row < self.rows:
+            raise InvalidInputError(f"row {row} outside 0:{self.rows}")
+        g = int(self.batch_of_row(np.asarray([row]))[0])
+        mt = MIX_TYPES[int(self.mix_type[g])]
+        own = self._view(row)
+        out = {"row": row, "batch": g, "view": own, "mix_type": mt}
+        if mt != "none":
+            partner = int(self.batch_rows[g]) + int(self._rowdata("mix_index")[row])
+            if partner >= int(self.batch_rows[g + 1]):
+                raise FormatError(f"{self.path}: mix partner of row {row} lies outside its batch")
+            out["partner"] = self._view(partner)
+            out["lam"] = float(self.mix_lam[g])
+            out["bbox"] = [int(v) for v in self.mix_bbox[g]]
+        return out
+
+    def _view(self, row: int) -> dict:
+        return {"sample": int(self._rowdata("sample")[row]) if self.has_sample_ids else None,
+                "coords": self._rowdata("crop")[row].astype(np.float32), "flip": bool(self._rowdata("flip")[row])}
+
+
+# --------------------------------------------------------------------------------------------
+# applying a view
+# --------------------------------------------------------------------------------------------
+def apply_crop_flip(img: torch.Tensor, coords, flip: bool, size: int = 224, interpolation: str = "bilinear") -> torch.Tensor:
+    """RandomResizedCrop from normalised ``(i/H, j/W, h/H, w/W)`` + optional horizontal flip.
+
+    The box is ``img[:, round(i), round(j)]`` of size ``round(h) x round(w)`` (at least 1),
+    resized to ``size x size`` with ``F.interpolate`` (antialiased for bilinear/bicubic).
+    Tensor ops, so any device; pixel values may differ slightly from a PIL-based pipeline.
+    """
+    if img.ndim != 3:
+        raise InvalidInputError(f"image must be (C, H, W), got shape {tuple(img.shape)}")
+    H, W = img.shape[-2:]
+    c = [float(v) for v in coords]
+    i, j = int(round(c[0] * H)), int(round(c[1] * W))
+    h, w = max(1, int(round(c[2] * H))), max(1, int(round(c[3] * W)))
+    i, j = min(max(i, 0), H - 1), min(max(j, 0), W - 1)
+    crop = img[:, i:i + h, j:j + w].float()
+    kw = {"antialias": True} if interpolation in ("bilinear", "bicubic") else {}
+    if interpolation in ("bilinear", "bicubic"):
+        kw["align_corners"] = False
+    out = F.interpolate(crop[None], size=(size, size), mode=interpolation, **kw)[0]
+    return torch.flip(out, dims=[-1]) if flip else out
+
+
+def mix_pair(x: torch.Tensor, partner: torch.Tensor, mix_type: str, lam: float | None, bbox) -> torch.Tensor:
+    """One row of SRe2L's batch mix: CutMix pastes ``partner[:, bbx1:bbx2, bby1:bby2]``; Mixup
+    blends ``lam * x + (1 - lam) * partner``."""
+    if mix_type == "none":
+        return x
+    if mix_type == "mixup":
+        return lam * x + (1 - lam) * partner
+    if mix_type == "cutmix":
+        bbx1, bby1, bbx2, bby2 = bbox
+        out = x.clone()
+        out[:, bbx1:bbx2, bby1:bby2] = partner[:, bbx1:bbx2, bby1:bby2]
+        return out
+    raise InvalidInputError(f"unknown mix type {mix_type!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# torch.utils.data pieces
+# --------------------------------------------------------------------------------------------
+class _Lazy:
+    """Holds a path; opens the archive on first use in each process."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._arch = None
+        self._pid = None
+
+    @property
+    def archive(self) -> ReplayArchive:
+        if self._arch is None or self._pid != os.getpid():
+            self._arch = ReplayArchive(self.path)
+            self._pid = os.getpid()
+        return self._arch
+
+    def __getstate__(self):
+        st = self.__dict__.copy()
+        st["_arch"] = None
+        st["_pid"] = None
+        return st
+
+
+class ReplayBatchSampler(_Lazy, torch.utils.data.Sampler):
+    """Yields lists of label-row ids, one list per training step, for epochs
+    ``start_epoch .. epochs-1`` (resuming at ``start_step`` in ``start_epoch``).
+
+    ``batch_size=None``: the stored batches (step s = stored batch (e, s)).  Otherwise each
+    epoch's rows, in stored order, are cut into ``batch_size`` pieces (last one short unless
+    ``drop_last``)."""
+
+    def __init__(self, path, batch_size: int | None = None, *, start_epoch: int = 0, start_step: int = 0,
+                 epochs: int | None = None, drop_last: bool = False):
+        _Lazy.__init__(self, path)
+        a = self.archive
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+            raise InvalidInputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.epochs = a.epochs if epochs is None else int(epochs)
+        if not 0 <= self.epochs <= a.epochs:
+            raise InvalidInputError(f"epochs {epochs} outside 0..{a.epochs}")
+        if not 0 <= start_epoch <= self.epochs:
+            raise InvalidInputError(f"start_epoch {start_epoch} outside 0..{self.epochs}")
+        self.start_epoch, self.start_step = int(start_epoch), int(start_step)
+        if self.start_epoch < self.epochs and not 0 <= self.start_step <= self.steps(self.start_epoch):
+            raise InvalidInputError(f"start_step {start_step} outside 0..{self.steps(self.start_epoch)} of epoch {start_epoch}")
+
+    def steps(self, epoch: int) -> int:
+        a = self.archive
+        if self.batch_size is None:
+            return a.steps(epoch)
+        s, e = a.epoch_rows(epoch)
+        return (e - s) // self.batch_size if self.drop_last else math.ceil((e - s) / self.batch_size)
+
+    def batch(self, epoch: int, step: int) -> list[int]:
+        """Row ids of training step ``step`` of ``epoch``."""
+        a = self.archive
+        if self.batch_size is None:
+            s, e = a.rows_of(epoch, step)
+            return list(range(s, e))
+        if not 0 <= step < self.steps(epoch):
+            raise InvalidInputError(f"step {step} outside 0..{self.steps(epoch) - 1} of epoch {epoch}")
+        s0, e0 = a.epoch_rows(epoch)
+        s = s0 + step * self.batch_size
+        return list(range(s, min(e0, s + self.batch_size)))
+
+    def sample_ids(self, epoch: int, step: int) -> np.ndarray:
+        rows = np.asarray(self.batch(epoch, step), np.int64)
+        return self.archive._rowdata("sample")[rows].astype(np.int64)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for e in range(self.start_epoch, self.epochs):
+            for s in range(self.start_step if e == self.start_epoch else 0, self.steps(e)):
+                yield self.batch(e, s)
+
+    def __len__(self) -> int:
+        return sum(self.steps(e) - (self.start_step if e == self.start_epoch else 0)
+                   for e in range(self.start_epoch, self.epochs))
+
+
+class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
+    """LPLD replay: every training epoch takes ``steps_per_epoch`` stored batches drawn
+    uniformly with replacement from the stored pool (all stored batches), seeded by
+    ``(seed, epoch)`` so any (epoch, step) can be recomputed and a run resumed."""
+
+    def __init__(self, path, *, epochs: int, steps_per_epoch: int, seed: int = 0, start_epoch: int = 0,
+                 start_step: int = 0):
+        _Lazy.__init__(self, path)
+        self.epochs, self.steps_per_epoch, self.seed = int(epochs), int(steps_per_epoch), int(seed)
+        self.start_epoch, self.start_step = int(start_epoch), int(start_step)
+        if self.steps_per_epoch <= 0 or self.epochs < 0:
+            raise InvalidInputError("LPLDBatchSampler needs epochs >= 0 and steps_per_epoch > 0")
+
+    def draws(self, epoch: int) -> np.ndarray:
+        nb = len(self.archive.batch_rows) - 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+        return torch.randint(nb, (self.steps_per_epoch,), generator=g).numpy()
+
+    def batch(self, epoch: int, step: int) -> list[int]:
+        a = self.archive
+        gid = int(self.draws(epoch)[step])
+        return list(range(int(a.batch_rows[gid]), int(a.batch_rows[gid + 1])))
+
+    def __iter__(self):
+        for e in range(self.start_epoch, self.epochs):
+            d = self.draws(e)
+            a = self.archive
+            for s in range(self.start_step if e == self.start_epoch else 0, self.steps_per_epoch):
+                yield list(range(int(a.batch_rows[d[s]]), int(a.batch_rows[d[s] + 1])))
+
+    def __len__(self):
+        return max(0, (self.epochs - self.start_epoch) * self.steps_per_epoch - (self.start_step if self.start_epoch < self.epochs else 0))
+
+
+class ReplayDataset(_Lazy, torch.utils.data.Dataset):
+    """Map-style dataset over label rows: item ``row`` -> (input view, row).
+
+    ``images``: a tensor (N, C, H, W) indexed by sample id, or a callable ``sample_id ->
+    (C, H, W) tensor``.  ``size``/``interpolation`` default to the archive's crop metadata.
+    ``transform`` (optional) is applied to each finished view (e.g. normalisation).
+    """
+
+    def __init__(self, path, images: Any, *, size: int | None = None, interpolation: str | None = None,
+                 transform: Callable | None = None):
+        _Lazy.__init__(self, path)
+        a = self.archive
+        if not a.has_sample_ids:
+            raise InvalidInputError(f"{self.path} stores no sample ids; cannot rebuild views")
+        crop = a.aug_meta.get("crop", {})
+        self.size = int(size or crop.get("size", 224))
+        self.interpolation = interpolation or crop.get("interpolation", "bilinear")
+        self.images, self.transform = images, transform
+        self.rows = a.rows
+
+    def _image(self, sid: int) -> torch.Tensor:
+        return self.images(sid) if callable(self.images) else self.images[sid]
+
+    def _build(self, v: dict) -> torch.Tensor:
+        return apply_crop_flip(self._image(v["sample"]), v["coords"], v["flip"], self.size, self.interpolation)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, row: int):
+        p = self.archive.view_params(int(row))
+        x = self._build(p["view"])
+        if p["mix_type"] != "none":
+            x = mix_pair(x, self._build(p["partner"]), p["mix_type"], p.get("lam"), p.get("bbox"))
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(row)
+
+
+class ReplayCollate(_Lazy):
+    """collate_fn: stacks the views and decodes the rows' soft labels -> (inputs, labels)."""
+
+    def __init__(self, path, *, device: Any = None, dtype: torch.dtype = torch.float32):
+        _Lazy.__init__(self, path)
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, items: Sequence):
+        xs, rows = zip(*items)
+        labels = self.archive.rows_at(np.asarray(rows, np.int64), device=self.device, dtype=self.dtype)
+        return torch.stack(xs), labels
+
+
+def replay_loader(path, images: Any, *, batch_size: int | None = None, start_epoch: int = 0, start_step: int = 0,
+                  epochs: int | None = None, num_workers: int = 0, transform: Callable | None = None,
+                  size: int | None = None, **loader_kw) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding (inputs, soft labels) for each (epoch, step), resumable."""
+    sampler = ReplayBatchSampler(path, batch_size, start_epoch=start_epoch, start_step=start_step, epochs=epochs)
+    ds = ReplayDataset(path, images, transform=transform, size=size)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=ReplayCollate(path),
+                                       num_workers=num_workers, **loader_kw)
