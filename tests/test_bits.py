@@ -381,3 +381,23 @@ def test_thread_pool_is_rebuilt_after_fork():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.skipif(not bits_numpy.HAVE_FAST_PDEP, reason="host without fast BMI2 pdep/pext")
+def test_scalar_and_bmi2_kernels_agree(monkeypatch):
+    """Both kernel families on the same (smallest-dtype) arrays: pdep/pext and shift/mask."""
+    for bits in ALL_BITS:
+        x = random_values(bits, 203, bits)
+        start, count = 5, 190
+        fast_p, fast_u = pack_bits(x, bits), unpack_bits(pack_bits(x, bits), bits, count, start)
+        monkeypatch.setattr(bits_numpy, "USE_PDEP", False)
+        slow_p = pack_bits(x, bits)
+        slow_u = unpack_bits(slow_p, bits, count, start)
+        monkeypatch.setattr(bits_numpy, "USE_PDEP", True)
+        assert fast_p.tobytes() == slow_p.tobytes() == ref_pack(x, bits)
+        assert np.array_equal(fast_u, slow_u) and np.array_equal(fast_u, x[start : start + count])
+        bad = x.copy()
+        bad[100] = (1 << bits) if bits < 8 * bad.itemsize else 0
+        if bits < 8 * bad.itemsize:
+            with pytest.raises(InvalidInputError, match="index 100"):
+                pack_bits(bad, bits)

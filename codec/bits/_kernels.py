@@ -8,7 +8,7 @@ Per-width pack/unpack kernels over groups of 8 values; see codec/bits/_gen.py.
 import numpy as np
 from numba import njit
 
-from ._intrinsics import load_u64, store_u8, store_u16, store_u32, store_u64
+from ._intrinsics import load_u64, pdep, pext, store_u8, store_u16, store_u32, store_u64
 
 U0 = np.uint64(0)
 U1 = np.uint64(1)
@@ -108,6 +108,119 @@ M30 = np.uint64(1073741823)
 M31 = np.uint64(2147483647)
 M32 = np.uint64(4294967295)
 
+X8_1 = np.uint64(0x101010101010101)
+NX8_1 = np.uint64(0xfefefefefefefefe)
+X8_2 = np.uint64(0x303030303030303)
+NX8_2 = np.uint64(0xfcfcfcfcfcfcfcfc)
+X8_3 = np.uint64(0x707070707070707)
+NX8_3 = np.uint64(0xf8f8f8f8f8f8f8f8)
+X8_4 = np.uint64(0xf0f0f0f0f0f0f0f)
+NX8_4 = np.uint64(0xf0f0f0f0f0f0f0f0)
+X8_5 = np.uint64(0x1f1f1f1f1f1f1f1f)
+NX8_5 = np.uint64(0xe0e0e0e0e0e0e0e0)
+X8_6 = np.uint64(0x3f3f3f3f3f3f3f3f)
+NX8_6 = np.uint64(0xc0c0c0c0c0c0c0c0)
+X8_7 = np.uint64(0x7f7f7f7f7f7f7f7f)
+NX8_7 = np.uint64(0x8080808080808080)
+X8_8 = np.uint64(0xffffffffffffffff)
+NX8_8 = np.uint64(0x0)
+X16_1 = np.uint64(0x1000100010001)
+NX16_1 = np.uint64(0xfffefffefffefffe)
+X16_2 = np.uint64(0x3000300030003)
+NX16_2 = np.uint64(0xfffcfffcfffcfffc)
+X16_3 = np.uint64(0x7000700070007)
+NX16_3 = np.uint64(0xfff8fff8fff8fff8)
+X16_4 = np.uint64(0xf000f000f000f)
+NX16_4 = np.uint64(0xfff0fff0fff0fff0)
+X16_5 = np.uint64(0x1f001f001f001f)
+NX16_5 = np.uint64(0xffe0ffe0ffe0ffe0)
+X16_6 = np.uint64(0x3f003f003f003f)
+NX16_6 = np.uint64(0xffc0ffc0ffc0ffc0)
+X16_7 = np.uint64(0x7f007f007f007f)
+NX16_7 = np.uint64(0xff80ff80ff80ff80)
+X16_8 = np.uint64(0xff00ff00ff00ff)
+NX16_8 = np.uint64(0xff00ff00ff00ff00)
+X16_9 = np.uint64(0x1ff01ff01ff01ff)
+NX16_9 = np.uint64(0xfe00fe00fe00fe00)
+X16_10 = np.uint64(0x3ff03ff03ff03ff)
+NX16_10 = np.uint64(0xfc00fc00fc00fc00)
+X16_11 = np.uint64(0x7ff07ff07ff07ff)
+NX16_11 = np.uint64(0xf800f800f800f800)
+X16_12 = np.uint64(0xfff0fff0fff0fff)
+NX16_12 = np.uint64(0xf000f000f000f000)
+X16_13 = np.uint64(0x1fff1fff1fff1fff)
+NX16_13 = np.uint64(0xe000e000e000e000)
+X16_14 = np.uint64(0x3fff3fff3fff3fff)
+NX16_14 = np.uint64(0xc000c000c000c000)
+X16_15 = np.uint64(0x7fff7fff7fff7fff)
+NX16_15 = np.uint64(0x8000800080008000)
+X16_16 = np.uint64(0xffffffffffffffff)
+NX16_16 = np.uint64(0x0)
+X32_1 = np.uint64(0x100000001)
+NX32_1 = np.uint64(0xfffffffefffffffe)
+X32_2 = np.uint64(0x300000003)
+NX32_2 = np.uint64(0xfffffffcfffffffc)
+X32_3 = np.uint64(0x700000007)
+NX32_3 = np.uint64(0xfffffff8fffffff8)
+X32_4 = np.uint64(0xf0000000f)
+NX32_4 = np.uint64(0xfffffff0fffffff0)
+X32_5 = np.uint64(0x1f0000001f)
+NX32_5 = np.uint64(0xffffffe0ffffffe0)
+X32_6 = np.uint64(0x3f0000003f)
+NX32_6 = np.uint64(0xffffffc0ffffffc0)
+X32_7 = np.uint64(0x7f0000007f)
+NX32_7 = np.uint64(0xffffff80ffffff80)
+X32_8 = np.uint64(0xff000000ff)
+NX32_8 = np.uint64(0xffffff00ffffff00)
+X32_9 = np.uint64(0x1ff000001ff)
+NX32_9 = np.uint64(0xfffffe00fffffe00)
+X32_10 = np.uint64(0x3ff000003ff)
+NX32_10 = np.uint64(0xfffffc00fffffc00)
+X32_11 = np.uint64(0x7ff000007ff)
+NX32_11 = np.uint64(0xfffff800fffff800)
+X32_12 = np.uint64(0xfff00000fff)
+NX32_12 = np.uint64(0xfffff000fffff000)
+X32_13 = np.uint64(0x1fff00001fff)
+NX32_13 = np.uint64(0xffffe000ffffe000)
+X32_14 = np.uint64(0x3fff00003fff)
+NX32_14 = np.uint64(0xffffc000ffffc000)
+X32_15 = np.uint64(0x7fff00007fff)
+NX32_15 = np.uint64(0xffff8000ffff8000)
+X32_16 = np.uint64(0xffff0000ffff)
+NX32_16 = np.uint64(0xffff0000ffff0000)
+X32_17 = np.uint64(0x1ffff0001ffff)
+NX32_17 = np.uint64(0xfffe0000fffe0000)
+X32_18 = np.uint64(0x3ffff0003ffff)
+NX32_18 = np.uint64(0xfffc0000fffc0000)
+X32_19 = np.uint64(0x7ffff0007ffff)
+NX32_19 = np.uint64(0xfff80000fff80000)
+X32_20 = np.uint64(0xfffff000fffff)
+NX32_20 = np.uint64(0xfff00000fff00000)
+X32_21 = np.uint64(0x1fffff001fffff)
+NX32_21 = np.uint64(0xffe00000ffe00000)
+X32_22 = np.uint64(0x3fffff003fffff)
+NX32_22 = np.uint64(0xffc00000ffc00000)
+X32_23 = np.uint64(0x7fffff007fffff)
+NX32_23 = np.uint64(0xff800000ff800000)
+X32_24 = np.uint64(0xffffff00ffffff)
+NX32_24 = np.uint64(0xff000000ff000000)
+X32_25 = np.uint64(0x1ffffff01ffffff)
+NX32_25 = np.uint64(0xfe000000fe000000)
+X32_26 = np.uint64(0x3ffffff03ffffff)
+NX32_26 = np.uint64(0xfc000000fc000000)
+X32_27 = np.uint64(0x7ffffff07ffffff)
+NX32_27 = np.uint64(0xf8000000f8000000)
+X32_28 = np.uint64(0xfffffff0fffffff)
+NX32_28 = np.uint64(0xf0000000f0000000)
+X32_29 = np.uint64(0x1fffffff1fffffff)
+NX32_29 = np.uint64(0xe0000000e0000000)
+X32_30 = np.uint64(0x3fffffff3fffffff)
+NX32_30 = np.uint64(0xc0000000c0000000)
+X32_31 = np.uint64(0x7fffffff7fffffff)
+NX32_31 = np.uint64(0x8000000080000000)
+X32_32 = np.uint64(0xffffffffffffffff)
+NX32_32 = np.uint64(0x0)
+
 
 @njit(cache=True, nogil=True)
 def unpack_1(src, out, g0, g1, o):
@@ -141,7 +254,85 @@ def pack_1(vals, dst, g0, g1, i):
         w0 = v0 | (v1 << U1) | (v2 << U2) | (v3 << U3) | (v4 << U4) | (v5 << U5) | (v6 << U6) | (v7 << U7)
         store_u8(dst, p + 0, w0)
         i += 8
-    return bad
+    return bad >> U1
+
+
+@njit(cache=True, nogil=True)
+def unpack_1_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 1
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_1))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_1_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 1
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_1)
+        w0 = f0
+        store_u8(dst, p + 0, w0)
+        i += 8
+    return bad & NX8_1
+
+
+@njit(cache=True, nogil=True)
+def unpack_1_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 1
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_1))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 0) >> U4), X16_1))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_1_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 1
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_1)
+        f1 = pext(a1, X16_1)
+        w0 = f0 | (f1 << U4)
+        store_u8(dst, p + 0, w0)
+        i += 8
+    return bad & NX16_1
+
+
+@njit(cache=True, nogil=True)
+def unpack_1_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 1
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_1))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 0) >> U2), X32_1))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 0) >> U4), X32_1))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 0) >> U6), X32_1))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_1_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 1
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_1)
+        f1 = pext(a1, X32_1)
+        f2 = pext(a2, X32_1)
+        f3 = pext(a3, X32_1)
+        w0 = f0 | (f1 << U2) | (f2 << U4) | (f3 << U6)
+        store_u8(dst, p + 0, w0)
+        i += 8
+    return bad & NX32_1
 
 
 @njit(cache=True, nogil=True)
@@ -176,7 +367,85 @@ def pack_2(vals, dst, g0, g1, i):
         w0 = v0 | (v1 << U2) | (v2 << U4) | (v3 << U6) | (v4 << U8) | (v5 << U10) | (v6 << U12) | (v7 << U14)
         store_u16(dst, p + 0, w0)
         i += 8
-    return bad
+    return bad >> U2
+
+
+@njit(cache=True, nogil=True)
+def unpack_2_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 2
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_2))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_2_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 2
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_2)
+        w0 = f0
+        store_u16(dst, p + 0, w0)
+        i += 8
+    return bad & NX8_2
+
+
+@njit(cache=True, nogil=True)
+def unpack_2_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 2
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_2))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 1), X16_2))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_2_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 2
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_2)
+        f1 = pext(a1, X16_2)
+        w0 = f0 | (f1 << U8)
+        store_u16(dst, p + 0, w0)
+        i += 8
+    return bad & NX16_2
+
+
+@njit(cache=True, nogil=True)
+def unpack_2_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 2
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_2))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 0) >> U4), X32_2))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 1), X32_2))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 1) >> U4), X32_2))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_2_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 2
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_2)
+        f1 = pext(a1, X32_2)
+        f2 = pext(a2, X32_2)
+        f3 = pext(a3, X32_2)
+        w0 = f0 | (f1 << U4) | (f2 << U8) | (f3 << U12)
+        store_u16(dst, p + 0, w0)
+        i += 8
+    return bad & NX32_2
 
 
 @njit(cache=True, nogil=True)
@@ -212,7 +481,88 @@ def pack_3(vals, dst, g0, g1, i):
         store_u16(dst, p + 0, w0)
         store_u8(dst, p + 2, w0 >> U16)
         i += 8
-    return bad
+    return bad >> U3
+
+
+@njit(cache=True, nogil=True)
+def unpack_3_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 3
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_3))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_3_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 3
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_3)
+        w0 = f0
+        store_u16(dst, p + 0, w0)
+        store_u8(dst, p + 2, w0 >> U16)
+        i += 8
+    return bad & NX8_3
+
+
+@njit(cache=True, nogil=True)
+def unpack_3_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 3
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_3))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 1) >> U4), X16_3))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_3_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 3
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_3)
+        f1 = pext(a1, X16_3)
+        w0 = f0 | (f1 << U12)
+        store_u16(dst, p + 0, w0)
+        store_u8(dst, p + 2, w0 >> U16)
+        i += 8
+    return bad & NX16_3
+
+
+@njit(cache=True, nogil=True)
+def unpack_3_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 3
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_3))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 0) >> U6), X32_3))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 1) >> U4), X32_3))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 2) >> U2), X32_3))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_3_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 3
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_3)
+        f1 = pext(a1, X32_3)
+        f2 = pext(a2, X32_3)
+        f3 = pext(a3, X32_3)
+        w0 = f0 | (f1 << U6) | (f2 << U12) | (f3 << U18)
+        store_u16(dst, p + 0, w0)
+        store_u8(dst, p + 2, w0 >> U16)
+        i += 8
+    return bad & NX32_3
 
 
 @njit(cache=True, nogil=True)
@@ -247,7 +597,85 @@ def pack_4(vals, dst, g0, g1, i):
         w0 = v0 | (v1 << U4) | (v2 << U8) | (v3 << U12) | (v4 << U16) | (v5 << U20) | (v6 << U24) | (v7 << U28)
         store_u32(dst, p + 0, w0)
         i += 8
-    return bad
+    return bad >> U4
+
+
+@njit(cache=True, nogil=True)
+def unpack_4_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 4
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_4))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_4_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 4
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_4)
+        w0 = f0
+        store_u32(dst, p + 0, w0)
+        i += 8
+    return bad & NX8_4
+
+
+@njit(cache=True, nogil=True)
+def unpack_4_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 4
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_4))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 2), X16_4))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_4_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 4
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_4)
+        f1 = pext(a1, X16_4)
+        w0 = f0 | (f1 << U16)
+        store_u32(dst, p + 0, w0)
+        i += 8
+    return bad & NX16_4
+
+
+@njit(cache=True, nogil=True)
+def unpack_4_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 4
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_4))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 1), X32_4))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 2), X32_4))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 3), X32_4))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_4_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 4
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_4)
+        f1 = pext(a1, X32_4)
+        f2 = pext(a2, X32_4)
+        f3 = pext(a3, X32_4)
+        w0 = f0 | (f1 << U8) | (f2 << U16) | (f3 << U24)
+        store_u32(dst, p + 0, w0)
+        i += 8
+    return bad & NX32_4
 
 
 @njit(cache=True, nogil=True)
@@ -283,7 +711,88 @@ def pack_5(vals, dst, g0, g1, i):
         store_u32(dst, p + 0, w0)
         store_u8(dst, p + 4, w0 >> U32)
         i += 8
-    return bad
+    return bad >> U5
+
+
+@njit(cache=True, nogil=True)
+def unpack_5_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 5
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_5))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_5_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 5
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_5)
+        w0 = f0
+        store_u32(dst, p + 0, w0)
+        store_u8(dst, p + 4, w0 >> U32)
+        i += 8
+    return bad & NX8_5
+
+
+@njit(cache=True, nogil=True)
+def unpack_5_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 5
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_5))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 2) >> U4), X16_5))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_5_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 5
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_5)
+        f1 = pext(a1, X16_5)
+        w0 = f0 | (f1 << U20)
+        store_u32(dst, p + 0, w0)
+        store_u8(dst, p + 4, w0 >> U32)
+        i += 8
+    return bad & NX16_5
+
+
+@njit(cache=True, nogil=True)
+def unpack_5_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 5
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_5))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 1) >> U2), X32_5))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 2) >> U4), X32_5))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 3) >> U6), X32_5))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_5_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 5
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_5)
+        f1 = pext(a1, X32_5)
+        f2 = pext(a2, X32_5)
+        f3 = pext(a3, X32_5)
+        w0 = f0 | (f1 << U10) | (f2 << U20) | (f3 << U30)
+        store_u32(dst, p + 0, w0)
+        store_u8(dst, p + 4, w0 >> U32)
+        i += 8
+    return bad & NX32_5
 
 
 @njit(cache=True, nogil=True)
@@ -319,7 +828,88 @@ def pack_6(vals, dst, g0, g1, i):
         store_u32(dst, p + 0, w0)
         store_u16(dst, p + 4, w0 >> U32)
         i += 8
-    return bad
+    return bad >> U6
+
+
+@njit(cache=True, nogil=True)
+def unpack_6_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 6
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_6))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_6_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 6
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_6)
+        w0 = f0
+        store_u32(dst, p + 0, w0)
+        store_u16(dst, p + 4, w0 >> U32)
+        i += 8
+    return bad & NX8_6
+
+
+@njit(cache=True, nogil=True)
+def unpack_6_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 6
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_6))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 3), X16_6))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_6_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 6
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_6)
+        f1 = pext(a1, X16_6)
+        w0 = f0 | (f1 << U24)
+        store_u32(dst, p + 0, w0)
+        store_u16(dst, p + 4, w0 >> U32)
+        i += 8
+    return bad & NX16_6
+
+
+@njit(cache=True, nogil=True)
+def unpack_6_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 6
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_6))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 1) >> U4), X32_6))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 3), X32_6))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 4) >> U4), X32_6))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_6_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 6
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_6)
+        f1 = pext(a1, X32_6)
+        f2 = pext(a2, X32_6)
+        f3 = pext(a3, X32_6)
+        w0 = f0 | (f1 << U12) | (f2 << U24) | (f3 << U36)
+        store_u32(dst, p + 0, w0)
+        store_u16(dst, p + 4, w0 >> U32)
+        i += 8
+    return bad & NX32_6
 
 
 @njit(cache=True, nogil=True)
@@ -356,7 +946,91 @@ def pack_7(vals, dst, g0, g1, i):
         store_u16(dst, p + 4, w0 >> U32)
         store_u8(dst, p + 6, w0 >> U48)
         i += 8
-    return bad
+    return bad >> U7
+
+
+@njit(cache=True, nogil=True)
+def unpack_7_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 7
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_7))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_7_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 7
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_7)
+        w0 = f0
+        store_u32(dst, p + 0, w0)
+        store_u16(dst, p + 4, w0 >> U32)
+        store_u8(dst, p + 6, w0 >> U48)
+        i += 8
+    return bad & NX8_7
+
+
+@njit(cache=True, nogil=True)
+def unpack_7_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 7
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_7))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 3) >> U4), X16_7))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_7_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 7
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_7)
+        f1 = pext(a1, X16_7)
+        w0 = f0 | (f1 << U28)
+        store_u32(dst, p + 0, w0)
+        store_u16(dst, p + 4, w0 >> U32)
+        store_u8(dst, p + 6, w0 >> U48)
+        i += 8
+    return bad & NX16_7
+
+
+@njit(cache=True, nogil=True)
+def unpack_7_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 7
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_7))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 1) >> U6), X32_7))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 3) >> U4), X32_7))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 5) >> U2), X32_7))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_7_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 7
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_7)
+        f1 = pext(a1, X32_7)
+        f2 = pext(a2, X32_7)
+        f3 = pext(a3, X32_7)
+        w0 = f0 | (f1 << U14) | (f2 << U28) | (f3 << U42)
+        store_u32(dst, p + 0, w0)
+        store_u16(dst, p + 4, w0 >> U32)
+        store_u8(dst, p + 6, w0 >> U48)
+        i += 8
+    return bad & NX32_7
 
 
 @njit(cache=True, nogil=True)
@@ -391,7 +1065,85 @@ def pack_8(vals, dst, g0, g1, i):
         w0 = v0 | (v1 << U8) | (v2 << U16) | (v3 << U24) | (v4 << U32) | (v5 << U40) | (v6 << U48) | (v7 << U56)
         store_u64(dst, p + 0, w0)
         i += 8
-    return bad
+    return bad >> U8
+
+
+@njit(cache=True, nogil=True)
+def unpack_8_x8(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 8
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X8_8))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_8_x8(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 8
+        a0 = load_u64(vals, i + 0)
+        bad |= a0
+        f0 = pext(a0, X8_8)
+        w0 = f0
+        store_u64(dst, p + 0, w0)
+        i += 8
+    return bad & NX8_8
+
+
+@njit(cache=True, nogil=True)
+def unpack_8_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 8
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_8))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 4), X16_8))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_8_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 8
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_8)
+        f1 = pext(a1, X16_8)
+        w0 = f0 | (f1 << U32)
+        store_u64(dst, p + 0, w0)
+        i += 8
+    return bad & NX16_8
+
+
+@njit(cache=True, nogil=True)
+def unpack_8_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 8
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_8))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 2), X32_8))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 4), X32_8))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 6), X32_8))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_8_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 8
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_8)
+        f1 = pext(a1, X32_8)
+        f2 = pext(a2, X32_8)
+        f3 = pext(a3, X32_8)
+        w0 = f0 | (f1 << U16) | (f2 << U32) | (f3 << U48)
+        store_u64(dst, p + 0, w0)
+        i += 8
+    return bad & NX32_8
 
 
 @njit(cache=True, nogil=True)
@@ -428,7 +1180,67 @@ def pack_9(vals, dst, g0, g1, i):
         store_u64(dst, p + 0, w0)
         store_u8(dst, p + 8, w1)
         i += 8
-    return bad
+    return bad >> U9
+
+
+@njit(cache=True, nogil=True)
+def unpack_9_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 9
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_9))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 4) >> U4), X16_9))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_9_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 9
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_9)
+        f1 = pext(a1, X16_9)
+        w0 = f0 | (f1 << U36)
+        w1 = (f1 >> U28)
+        store_u64(dst, p + 0, w0)
+        store_u8(dst, p + 8, w1)
+        i += 8
+    return bad & NX16_9
+
+
+@njit(cache=True, nogil=True)
+def unpack_9_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 9
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_9))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 2) >> U2), X32_9))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 4) >> U4), X32_9))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 6) >> U6), X32_9))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_9_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 9
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_9)
+        f1 = pext(a1, X32_9)
+        f2 = pext(a2, X32_9)
+        f3 = pext(a3, X32_9)
+        w0 = f0 | (f1 << U18) | (f2 << U36) | (f3 << U54)
+        w1 = (f3 >> U10)
+        store_u64(dst, p + 0, w0)
+        store_u8(dst, p + 8, w1)
+        i += 8
+    return bad & NX32_9
 
 
 @njit(cache=True, nogil=True)
@@ -465,7 +1277,67 @@ def pack_10(vals, dst, g0, g1, i):
         store_u64(dst, p + 0, w0)
         store_u16(dst, p + 8, w1)
         i += 8
-    return bad
+    return bad >> U10
+
+
+@njit(cache=True, nogil=True)
+def unpack_10_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 10
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_10))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 5), X16_10))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_10_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 10
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_10)
+        f1 = pext(a1, X16_10)
+        w0 = f0 | (f1 << U40)
+        w1 = (f1 >> U24)
+        store_u64(dst, p + 0, w0)
+        store_u16(dst, p + 8, w1)
+        i += 8
+    return bad & NX16_10
+
+
+@njit(cache=True, nogil=True)
+def unpack_10_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 10
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_10))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 2) >> U4), X32_10))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 5), X32_10))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 7) >> U4), X32_10))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_10_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 10
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_10)
+        f1 = pext(a1, X32_10)
+        f2 = pext(a2, X32_10)
+        f3 = pext(a3, X32_10)
+        w0 = f0 | (f1 << U20) | (f2 << U40) | (f3 << U60)
+        w1 = (f3 >> U4)
+        store_u64(dst, p + 0, w0)
+        store_u16(dst, p + 8, w1)
+        i += 8
+    return bad & NX32_10
 
 
 @njit(cache=True, nogil=True)
@@ -503,7 +1375,69 @@ def pack_11(vals, dst, g0, g1, i):
         store_u16(dst, p + 8, w1)
         store_u8(dst, p + 10, w1 >> U16)
         i += 8
-    return bad
+    return bad >> U11
+
+
+@njit(cache=True, nogil=True)
+def unpack_11_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 11
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_11))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 5) >> U4), X16_11))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_11_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 11
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_11)
+        f1 = pext(a1, X16_11)
+        w0 = f0 | (f1 << U44)
+        w1 = (f1 >> U20)
+        store_u64(dst, p + 0, w0)
+        store_u16(dst, p + 8, w1)
+        store_u8(dst, p + 10, w1 >> U16)
+        i += 8
+    return bad & NX16_11
+
+
+@njit(cache=True, nogil=True)
+def unpack_11_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 11
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_11))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 2) >> U6), X32_11))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 5) >> U4), X32_11))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 8) >> U2), X32_11))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_11_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 11
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_11)
+        f1 = pext(a1, X32_11)
+        f2 = pext(a2, X32_11)
+        f3 = pext(a3, X32_11)
+        w0 = f0 | (f1 << U22) | (f2 << U44)
+        w1 = (f2 >> U20) | (f3 << U2)
+        store_u64(dst, p + 0, w0)
+        store_u16(dst, p + 8, w1)
+        store_u8(dst, p + 10, w1 >> U16)
+        i += 8
+    return bad & NX32_11
 
 
 @njit(cache=True, nogil=True)
@@ -540,7 +1474,67 @@ def pack_12(vals, dst, g0, g1, i):
         store_u64(dst, p + 0, w0)
         store_u32(dst, p + 8, w1)
         i += 8
-    return bad
+    return bad >> U12
+
+
+@njit(cache=True, nogil=True)
+def unpack_12_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 12
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_12))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 6), X16_12))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_12_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 12
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_12)
+        f1 = pext(a1, X16_12)
+        w0 = f0 | (f1 << U48)
+        w1 = (f1 >> U16)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        i += 8
+    return bad & NX16_12
+
+
+@njit(cache=True, nogil=True)
+def unpack_12_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 12
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_12))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 3), X32_12))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 6), X32_12))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 9), X32_12))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_12_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 12
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_12)
+        f1 = pext(a1, X32_12)
+        f2 = pext(a2, X32_12)
+        f3 = pext(a3, X32_12)
+        w0 = f0 | (f1 << U24) | (f2 << U48)
+        w1 = (f2 >> U16) | (f3 << U8)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        i += 8
+    return bad & NX32_12
 
 
 @njit(cache=True, nogil=True)
@@ -578,7 +1572,69 @@ def pack_13(vals, dst, g0, g1, i):
         store_u32(dst, p + 8, w1)
         store_u8(dst, p + 12, w1 >> U32)
         i += 8
-    return bad
+    return bad >> U13
+
+
+@njit(cache=True, nogil=True)
+def unpack_13_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 13
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_13))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 6) >> U4), X16_13))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_13_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 13
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_13)
+        f1 = pext(a1, X16_13)
+        w0 = f0 | (f1 << U52)
+        w1 = (f1 >> U12)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        store_u8(dst, p + 12, w1 >> U32)
+        i += 8
+    return bad & NX16_13
+
+
+@njit(cache=True, nogil=True)
+def unpack_13_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 13
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_13))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 3) >> U2), X32_13))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 6) >> U4), X32_13))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 9) >> U6), X32_13))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_13_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 13
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_13)
+        f1 = pext(a1, X32_13)
+        f2 = pext(a2, X32_13)
+        f3 = pext(a3, X32_13)
+        w0 = f0 | (f1 << U26) | (f2 << U52)
+        w1 = (f2 >> U12) | (f3 << U14)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        store_u8(dst, p + 12, w1 >> U32)
+        i += 8
+    return bad & NX32_13
 
 
 @njit(cache=True, nogil=True)
@@ -616,7 +1672,69 @@ def pack_14(vals, dst, g0, g1, i):
         store_u32(dst, p + 8, w1)
         store_u16(dst, p + 12, w1 >> U32)
         i += 8
-    return bad
+    return bad >> U14
+
+
+@njit(cache=True, nogil=True)
+def unpack_14_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 14
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_14))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 7), X16_14))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_14_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 14
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_14)
+        f1 = pext(a1, X16_14)
+        w0 = f0 | (f1 << U56)
+        w1 = (f1 >> U8)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        store_u16(dst, p + 12, w1 >> U32)
+        i += 8
+    return bad & NX16_14
+
+
+@njit(cache=True, nogil=True)
+def unpack_14_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 14
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_14))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 3) >> U4), X32_14))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 7), X32_14))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 10) >> U4), X32_14))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_14_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 14
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_14)
+        f1 = pext(a1, X32_14)
+        f2 = pext(a2, X32_14)
+        f3 = pext(a3, X32_14)
+        w0 = f0 | (f1 << U28) | (f2 << U56)
+        w1 = (f2 >> U8) | (f3 << U20)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        store_u16(dst, p + 12, w1 >> U32)
+        i += 8
+    return bad & NX32_14
 
 
 @njit(cache=True, nogil=True)
@@ -655,7 +1773,71 @@ def pack_15(vals, dst, g0, g1, i):
         store_u16(dst, p + 12, w1 >> U32)
         store_u8(dst, p + 14, w1 >> U48)
         i += 8
-    return bad
+    return bad >> U15
+
+
+@njit(cache=True, nogil=True)
+def unpack_15_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 15
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_15))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 7) >> U4), X16_15))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_15_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 15
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_15)
+        f1 = pext(a1, X16_15)
+        w0 = f0 | (f1 << U60)
+        w1 = (f1 >> U4)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        store_u16(dst, p + 12, w1 >> U32)
+        store_u8(dst, p + 14, w1 >> U48)
+        i += 8
+    return bad & NX16_15
+
+
+@njit(cache=True, nogil=True)
+def unpack_15_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 15
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_15))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 3) >> U6), X32_15))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 7) >> U4), X32_15))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 11) >> U2), X32_15))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_15_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 15
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_15)
+        f1 = pext(a1, X32_15)
+        f2 = pext(a2, X32_15)
+        f3 = pext(a3, X32_15)
+        w0 = f0 | (f1 << U30) | (f2 << U60)
+        w1 = (f2 >> U4) | (f3 << U26)
+        store_u64(dst, p + 0, w0)
+        store_u32(dst, p + 8, w1)
+        store_u16(dst, p + 12, w1 >> U32)
+        store_u8(dst, p + 14, w1 >> U48)
+        i += 8
+    return bad & NX32_15
 
 
 @njit(cache=True, nogil=True)
@@ -692,7 +1874,67 @@ def pack_16(vals, dst, g0, g1, i):
         store_u64(dst, p + 0, w0)
         store_u64(dst, p + 8, w1)
         i += 8
-    return bad
+    return bad >> U16
+
+
+@njit(cache=True, nogil=True)
+def unpack_16_x16(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 16
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X16_16))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 8), X16_16))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_16_x16(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 16
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 4)
+        bad |= a0 | a1
+        f0 = pext(a0, X16_16)
+        f1 = pext(a1, X16_16)
+        w0 = f0
+        w1 = f1
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        i += 8
+    return bad & NX16_16
+
+
+@njit(cache=True, nogil=True)
+def unpack_16_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 16
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_16))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 4), X32_16))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 8), X32_16))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 12), X32_16))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_16_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 16
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_16)
+        f1 = pext(a1, X32_16)
+        f2 = pext(a2, X32_16)
+        f3 = pext(a3, X32_16)
+        w0 = f0 | (f1 << U32)
+        w1 = f2 | (f3 << U32)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        i += 8
+    return bad & NX32_16
 
 
 @njit(cache=True, nogil=True)
@@ -731,7 +1973,42 @@ def pack_17(vals, dst, g0, g1, i):
         store_u64(dst, p + 8, w1)
         store_u8(dst, p + 16, w2)
         i += 8
-    return bad
+    return bad >> U17
+
+
+@njit(cache=True, nogil=True)
+def unpack_17_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 17
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_17))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 4) >> U2), X32_17))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 8) >> U4), X32_17))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 12) >> U6), X32_17))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_17_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 17
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_17)
+        f1 = pext(a1, X32_17)
+        f2 = pext(a2, X32_17)
+        f3 = pext(a3, X32_17)
+        w0 = f0 | (f1 << U34)
+        w1 = (f1 >> U30) | (f2 << U4) | (f3 << U38)
+        w2 = (f3 >> U26)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u8(dst, p + 16, w2)
+        i += 8
+    return bad & NX32_17
 
 
 @njit(cache=True, nogil=True)
@@ -770,7 +2047,42 @@ def pack_18(vals, dst, g0, g1, i):
         store_u64(dst, p + 8, w1)
         store_u16(dst, p + 16, w2)
         i += 8
-    return bad
+    return bad >> U18
+
+
+@njit(cache=True, nogil=True)
+def unpack_18_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 18
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_18))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 4) >> U4), X32_18))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 9), X32_18))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 13) >> U4), X32_18))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_18_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 18
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_18)
+        f1 = pext(a1, X32_18)
+        f2 = pext(a2, X32_18)
+        f3 = pext(a3, X32_18)
+        w0 = f0 | (f1 << U36)
+        w1 = (f1 >> U28) | (f2 << U8) | (f3 << U44)
+        w2 = (f3 >> U20)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u16(dst, p + 16, w2)
+        i += 8
+    return bad & NX32_18
 
 
 @njit(cache=True, nogil=True)
@@ -810,7 +2122,43 @@ def pack_19(vals, dst, g0, g1, i):
         store_u16(dst, p + 16, w2)
         store_u8(dst, p + 18, w2 >> U16)
         i += 8
-    return bad
+    return bad >> U19
+
+
+@njit(cache=True, nogil=True)
+def unpack_19_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 19
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_19))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 4) >> U6), X32_19))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 9) >> U4), X32_19))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 14) >> U2), X32_19))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_19_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 19
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_19)
+        f1 = pext(a1, X32_19)
+        f2 = pext(a2, X32_19)
+        f3 = pext(a3, X32_19)
+        w0 = f0 | (f1 << U38)
+        w1 = (f1 >> U26) | (f2 << U12) | (f3 << U50)
+        w2 = (f3 >> U14)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u16(dst, p + 16, w2)
+        store_u8(dst, p + 18, w2 >> U16)
+        i += 8
+    return bad & NX32_19
 
 
 @njit(cache=True, nogil=True)
@@ -849,7 +2197,42 @@ def pack_20(vals, dst, g0, g1, i):
         store_u64(dst, p + 8, w1)
         store_u32(dst, p + 16, w2)
         i += 8
-    return bad
+    return bad >> U20
+
+
+@njit(cache=True, nogil=True)
+def unpack_20_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 20
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_20))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 5), X32_20))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 10), X32_20))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 15), X32_20))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_20_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 20
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_20)
+        f1 = pext(a1, X32_20)
+        f2 = pext(a2, X32_20)
+        f3 = pext(a3, X32_20)
+        w0 = f0 | (f1 << U40)
+        w1 = (f1 >> U24) | (f2 << U16) | (f3 << U56)
+        w2 = (f3 >> U8)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u32(dst, p + 16, w2)
+        i += 8
+    return bad & NX32_20
 
 
 @njit(cache=True, nogil=True)
@@ -889,7 +2272,43 @@ def pack_21(vals, dst, g0, g1, i):
         store_u32(dst, p + 16, w2)
         store_u8(dst, p + 20, w2 >> U32)
         i += 8
-    return bad
+    return bad >> U21
+
+
+@njit(cache=True, nogil=True)
+def unpack_21_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 21
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_21))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 5) >> U2), X32_21))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 10) >> U4), X32_21))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 15) >> U6), X32_21))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_21_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 21
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_21)
+        f1 = pext(a1, X32_21)
+        f2 = pext(a2, X32_21)
+        f3 = pext(a3, X32_21)
+        w0 = f0 | (f1 << U42)
+        w1 = (f1 >> U22) | (f2 << U20) | (f3 << U62)
+        w2 = (f3 >> U2)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u32(dst, p + 16, w2)
+        store_u8(dst, p + 20, w2 >> U32)
+        i += 8
+    return bad & NX32_21
 
 
 @njit(cache=True, nogil=True)
@@ -929,7 +2348,43 @@ def pack_22(vals, dst, g0, g1, i):
         store_u32(dst, p + 16, w2)
         store_u16(dst, p + 20, w2 >> U32)
         i += 8
-    return bad
+    return bad >> U22
+
+
+@njit(cache=True, nogil=True)
+def unpack_22_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 22
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_22))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 5) >> U4), X32_22))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 11), X32_22))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 16) >> U4), X32_22))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_22_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 22
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_22)
+        f1 = pext(a1, X32_22)
+        f2 = pext(a2, X32_22)
+        f3 = pext(a3, X32_22)
+        w0 = f0 | (f1 << U44)
+        w1 = (f1 >> U20) | (f2 << U24)
+        w2 = (f2 >> U40) | (f3 << U4)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u32(dst, p + 16, w2)
+        store_u16(dst, p + 20, w2 >> U32)
+        i += 8
+    return bad & NX32_22
 
 
 @njit(cache=True, nogil=True)
@@ -970,7 +2425,44 @@ def pack_23(vals, dst, g0, g1, i):
         store_u16(dst, p + 20, w2 >> U32)
         store_u8(dst, p + 22, w2 >> U48)
         i += 8
-    return bad
+    return bad >> U23
+
+
+@njit(cache=True, nogil=True)
+def unpack_23_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 23
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_23))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 5) >> U6), X32_23))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 11) >> U4), X32_23))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 17) >> U2), X32_23))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_23_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 23
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_23)
+        f1 = pext(a1, X32_23)
+        f2 = pext(a2, X32_23)
+        f3 = pext(a3, X32_23)
+        w0 = f0 | (f1 << U46)
+        w1 = (f1 >> U18) | (f2 << U28)
+        w2 = (f2 >> U36) | (f3 << U10)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u32(dst, p + 16, w2)
+        store_u16(dst, p + 20, w2 >> U32)
+        store_u8(dst, p + 22, w2 >> U48)
+        i += 8
+    return bad & NX32_23
 
 
 @njit(cache=True, nogil=True)
@@ -1009,7 +2501,42 @@ def pack_24(vals, dst, g0, g1, i):
         store_u64(dst, p + 8, w1)
         store_u64(dst, p + 16, w2)
         i += 8
-    return bad
+    return bad >> U24
+
+
+@njit(cache=True, nogil=True)
+def unpack_24_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 24
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_24))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 6), X32_24))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 12), X32_24))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 18), X32_24))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_24_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 24
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_24)
+        f1 = pext(a1, X32_24)
+        f2 = pext(a2, X32_24)
+        f3 = pext(a3, X32_24)
+        w0 = f0 | (f1 << U48)
+        w1 = (f1 >> U16) | (f2 << U32)
+        w2 = (f2 >> U32) | (f3 << U16)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        i += 8
+    return bad & NX32_24
 
 
 @njit(cache=True, nogil=True)
@@ -1050,7 +2577,44 @@ def pack_25(vals, dst, g0, g1, i):
         store_u64(dst, p + 16, w2)
         store_u8(dst, p + 24, w3)
         i += 8
-    return bad
+    return bad >> U25
+
+
+@njit(cache=True, nogil=True)
+def unpack_25_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 25
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_25))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 6) >> U2), X32_25))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 12) >> U4), X32_25))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 18) >> U6), X32_25))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_25_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 25
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_25)
+        f1 = pext(a1, X32_25)
+        f2 = pext(a2, X32_25)
+        f3 = pext(a3, X32_25)
+        w0 = f0 | (f1 << U50)
+        w1 = (f1 >> U14) | (f2 << U36)
+        w2 = (f2 >> U28) | (f3 << U22)
+        w3 = (f3 >> U42)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u8(dst, p + 24, w3)
+        i += 8
+    return bad & NX32_25
 
 
 @njit(cache=True, nogil=True)
@@ -1091,7 +2655,44 @@ def pack_26(vals, dst, g0, g1, i):
         store_u64(dst, p + 16, w2)
         store_u16(dst, p + 24, w3)
         i += 8
-    return bad
+    return bad >> U26
+
+
+@njit(cache=True, nogil=True)
+def unpack_26_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 26
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_26))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 6) >> U4), X32_26))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 13), X32_26))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 19) >> U4), X32_26))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_26_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 26
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_26)
+        f1 = pext(a1, X32_26)
+        f2 = pext(a2, X32_26)
+        f3 = pext(a3, X32_26)
+        w0 = f0 | (f1 << U52)
+        w1 = (f1 >> U12) | (f2 << U40)
+        w2 = (f2 >> U24) | (f3 << U28)
+        w3 = (f3 >> U36)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u16(dst, p + 24, w3)
+        i += 8
+    return bad & NX32_26
 
 
 @njit(cache=True, nogil=True)
@@ -1133,7 +2734,45 @@ def pack_27(vals, dst, g0, g1, i):
         store_u16(dst, p + 24, w3)
         store_u8(dst, p + 26, w3 >> U16)
         i += 8
-    return bad
+    return bad >> U27
+
+
+@njit(cache=True, nogil=True)
+def unpack_27_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 27
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_27))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 6) >> U6), X32_27))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 13) >> U4), X32_27))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 20) >> U2), X32_27))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_27_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 27
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_27)
+        f1 = pext(a1, X32_27)
+        f2 = pext(a2, X32_27)
+        f3 = pext(a3, X32_27)
+        w0 = f0 | (f1 << U54)
+        w1 = (f1 >> U10) | (f2 << U44)
+        w2 = (f2 >> U20) | (f3 << U34)
+        w3 = (f3 >> U30)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u16(dst, p + 24, w3)
+        store_u8(dst, p + 26, w3 >> U16)
+        i += 8
+    return bad & NX32_27
 
 
 @njit(cache=True, nogil=True)
@@ -1174,7 +2813,44 @@ def pack_28(vals, dst, g0, g1, i):
         store_u64(dst, p + 16, w2)
         store_u32(dst, p + 24, w3)
         i += 8
-    return bad
+    return bad >> U28
+
+
+@njit(cache=True, nogil=True)
+def unpack_28_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 28
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_28))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 7), X32_28))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 14), X32_28))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 21), X32_28))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_28_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 28
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_28)
+        f1 = pext(a1, X32_28)
+        f2 = pext(a2, X32_28)
+        f3 = pext(a3, X32_28)
+        w0 = f0 | (f1 << U56)
+        w1 = (f1 >> U8) | (f2 << U48)
+        w2 = (f2 >> U16) | (f3 << U40)
+        w3 = (f3 >> U24)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u32(dst, p + 24, w3)
+        i += 8
+    return bad & NX32_28
 
 
 @njit(cache=True, nogil=True)
@@ -1216,7 +2892,45 @@ def pack_29(vals, dst, g0, g1, i):
         store_u32(dst, p + 24, w3)
         store_u8(dst, p + 28, w3 >> U32)
         i += 8
-    return bad
+    return bad >> U29
+
+
+@njit(cache=True, nogil=True)
+def unpack_29_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 29
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_29))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 7) >> U2), X32_29))
+        store_u64(out, o + 4, pdep((load_u64(src, p + 14) >> U4), X32_29))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 21) >> U6), X32_29))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_29_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 29
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_29)
+        f1 = pext(a1, X32_29)
+        f2 = pext(a2, X32_29)
+        f3 = pext(a3, X32_29)
+        w0 = f0 | (f1 << U58)
+        w1 = (f1 >> U6) | (f2 << U52)
+        w2 = (f2 >> U12) | (f3 << U46)
+        w3 = (f3 >> U18)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u32(dst, p + 24, w3)
+        store_u8(dst, p + 28, w3 >> U32)
+        i += 8
+    return bad & NX32_29
 
 
 @njit(cache=True, nogil=True)
@@ -1258,7 +2972,45 @@ def pack_30(vals, dst, g0, g1, i):
         store_u32(dst, p + 24, w3)
         store_u16(dst, p + 28, w3 >> U32)
         i += 8
-    return bad
+    return bad >> U30
+
+
+@njit(cache=True, nogil=True)
+def unpack_30_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 30
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_30))
+        store_u64(out, o + 2, pdep((load_u64(src, p + 7) >> U4), X32_30))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 15), X32_30))
+        store_u64(out, o + 6, pdep((load_u64(src, p + 22) >> U4), X32_30))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_30_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 30
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_30)
+        f1 = pext(a1, X32_30)
+        f2 = pext(a2, X32_30)
+        f3 = pext(a3, X32_30)
+        w0 = f0 | (f1 << U60)
+        w1 = (f1 >> U4) | (f2 << U56)
+        w2 = (f2 >> U8) | (f3 << U52)
+        w3 = (f3 >> U12)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u32(dst, p + 24, w3)
+        store_u16(dst, p + 28, w3 >> U32)
+        i += 8
+    return bad & NX32_30
 
 
 @njit(cache=True, nogil=True)
@@ -1301,7 +3053,35 @@ def pack_31(vals, dst, g0, g1, i):
         store_u16(dst, p + 28, w3 >> U32)
         store_u8(dst, p + 30, w3 >> U48)
         i += 8
-    return bad
+    return bad >> U31
+
+
+@njit(cache=True, nogil=True)
+def pack_31_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 31
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_31)
+        f1 = pext(a1, X32_31)
+        f2 = pext(a2, X32_31)
+        f3 = pext(a3, X32_31)
+        w0 = f0 | (f1 << U62)
+        w1 = (f1 >> U2) | (f2 << U60)
+        w2 = (f2 >> U4) | (f3 << U58)
+        w3 = (f3 >> U6)
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u32(dst, p + 24, w3)
+        store_u16(dst, p + 28, w3 >> U32)
+        store_u8(dst, p + 30, w3 >> U48)
+        i += 8
+    return bad & NX32_31
 
 
 @njit(cache=True, nogil=True)
@@ -1342,8 +3122,48 @@ def pack_32(vals, dst, g0, g1, i):
         store_u64(dst, p + 16, w2)
         store_u64(dst, p + 24, w3)
         i += 8
-    return bad
+    return bad >> U32
+
+
+@njit(cache=True, nogil=True)
+def unpack_32_x32(src, out, g0, g1, o):
+    for g in range(g0, g1):
+        p = g * 32
+        store_u64(out, o + 0, pdep(load_u64(src, p + 0), X32_32))
+        store_u64(out, o + 2, pdep(load_u64(src, p + 8), X32_32))
+        store_u64(out, o + 4, pdep(load_u64(src, p + 16), X32_32))
+        store_u64(out, o + 6, pdep(load_u64(src, p + 24), X32_32))
+        o += 8
+
+
+@njit(cache=True, nogil=True)
+def pack_32_x32(vals, dst, g0, g1, i):
+    bad = U0
+    for g in range(g0, g1):
+        p = g * 32
+        a0 = load_u64(vals, i + 0)
+        a1 = load_u64(vals, i + 2)
+        a2 = load_u64(vals, i + 4)
+        a3 = load_u64(vals, i + 6)
+        bad |= a0 | a1 | a2 | a3
+        f0 = pext(a0, X32_32)
+        f1 = pext(a1, X32_32)
+        f2 = pext(a2, X32_32)
+        f3 = pext(a3, X32_32)
+        w0 = f0
+        w1 = f1
+        w2 = f2
+        w3 = f3
+        store_u64(dst, p + 0, w0)
+        store_u64(dst, p + 8, w1)
+        store_u64(dst, p + 16, w2)
+        store_u64(dst, p + 24, w3)
+        i += 8
+    return bad & NX32_32
 
 
 UNPACK = (None, unpack_1, unpack_2, unpack_3, unpack_4, unpack_5, unpack_6, unpack_7, unpack_8, unpack_9, unpack_10, unpack_11, unpack_12, unpack_13, unpack_14, unpack_15, unpack_16, unpack_17, unpack_18, unpack_19, unpack_20, unpack_21, unpack_22, unpack_23, unpack_24, unpack_25, unpack_26, unpack_27, unpack_28, unpack_29, unpack_30, unpack_31, unpack_32)
 PACK = (None, pack_1, pack_2, pack_3, pack_4, pack_5, pack_6, pack_7, pack_8, pack_9, pack_10, pack_11, pack_12, pack_13, pack_14, pack_15, pack_16, pack_17, pack_18, pack_19, pack_20, pack_21, pack_22, pack_23, pack_24, pack_25, pack_26, pack_27, pack_28, pack_29, pack_30, pack_31, pack_32)
+# by lane width L (bits of the array element): BMI2 kernels, None where not applicable
+UNPACK_PDEP = {8: (None, unpack_1_x8, unpack_2_x8, unpack_3_x8, unpack_4_x8, unpack_5_x8, unpack_6_x8, unpack_7_x8, unpack_8_x8, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None), 16: (None, unpack_1_x16, unpack_2_x16, unpack_3_x16, unpack_4_x16, unpack_5_x16, unpack_6_x16, unpack_7_x16, unpack_8_x16, unpack_9_x16, unpack_10_x16, unpack_11_x16, unpack_12_x16, unpack_13_x16, unpack_14_x16, unpack_15_x16, unpack_16_x16, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None), 32: (None, unpack_1_x32, unpack_2_x32, unpack_3_x32, unpack_4_x32, unpack_5_x32, unpack_6_x32, unpack_7_x32, unpack_8_x32, unpack_9_x32, unpack_10_x32, unpack_11_x32, unpack_12_x32, unpack_13_x32, unpack_14_x32, unpack_15_x32, unpack_16_x32, unpack_17_x32, unpack_18_x32, unpack_19_x32, unpack_20_x32, unpack_21_x32, unpack_22_x32, unpack_23_x32, unpack_24_x32, unpack_25_x32, unpack_26_x32, unpack_27_x32, unpack_28_x32, unpack_29_x32, unpack_30_x32, None, unpack_32_x32)}
+PACK_PEXT = {8: (None, pack_1_x8, pack_2_x8, pack_3_x8, pack_4_x8, pack_5_x8, pack_6_x8, pack_7_x8, pack_8_x8, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None), 16: (None, pack_1_x16, pack_2_x16, pack_3_x16, pack_4_x16, pack_5_x16, pack_6_x16, pack_7_x16, pack_8_x16, pack_9_x16, pack_10_x16, pack_11_x16, pack_12_x16, pack_13_x16, pack_14_x16, pack_15_x16, pack_16_x16, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None), 32: (None, pack_1_x32, pack_2_x32, pack_3_x32, pack_4_x32, pack_5_x32, pack_6_x32, pack_7_x32, pack_8_x32, pack_9_x32, pack_10_x32, pack_11_x32, pack_12_x32, pack_13_x32, pack_14_x32, pack_15_x32, pack_16_x32, pack_17_x32, pack_18_x32, pack_19_x32, pack_20_x32, pack_21_x32, pack_22_x32, pack_23_x32, pack_24_x32, pack_25_x32, pack_26_x32, pack_27_x32, pack_28_x32, pack_29_x32, pack_30_x32, pack_31_x32, pack_32_x32)}

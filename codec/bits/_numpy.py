@@ -24,6 +24,7 @@ from numba import njit
 
 from ..errors import InvalidInputError
 from . import _kernels
+from ._intrinsics import HAVE_FAST_PDEP
 
 MAX_BITS = 32
 LITTLE_ENDIAN = sys.byteorder == "little"
@@ -60,7 +61,7 @@ def _pack_generic(vals, i0, m, bits, dst, p):  # pragma: no cover - compiled
     """Pack vals[i0:i0+m] into dst starting at byte p (a byte boundary of the stream).
 
     Writes exactly ceil(m*bits/8) bytes, the unused high bits of the last one zero.
-    Returns the OR of the values read (the caller checks it against 2**bits).
+    Returns a value that is non-zero iff some value read was >= 2**bits.
     """
     b = _U64(bits)
     mask = (_U64(1) << b) - _U64(1)
@@ -79,7 +80,7 @@ def _pack_generic(vals, i0, m, bits, dst, p):  # pragma: no cover - compiled
             nacc -= _U64(8)
     if nacc > _U64(0):
         dst[p] = np.uint8(acc & _U64(255))
-    return bad
+    return bad >> b
 
 
 # --------------------------------------------------------------------------- threads
@@ -178,6 +179,30 @@ def raise_bad_value(values_shape, flat, idx: int, bits: int):
     raise InvalidInputError(f"value {int(flat[idx])} at {where} is outside [0, 2**{bits}) for bits={bits}")
 
 
+# --------------------------------------------------------------------------- kernel choice
+
+#: use the BMI2 pdep/pext kernels where they apply (tests switch this off to cover both families)
+USE_PDEP = HAVE_FAST_PDEP
+
+
+def pack_kernel(bits: int, itemsize: int):
+    """The group kernel for packing values held in unsigned elements of ``itemsize`` bytes."""
+    if USE_PDEP and itemsize < 8:
+        k = _kernels.PACK_PEXT[8 * itemsize][bits]
+        if k is not None:
+            return k
+    return _kernels.PACK[bits]
+
+
+def unpack_kernel(bits: int, itemsize: int):
+    """The group kernel for unpacking into unsigned elements of ``itemsize`` bytes."""
+    if USE_PDEP and itemsize < 8:
+        k = _kernels.UNPACK_PDEP[8 * itemsize][bits]
+        if k is not None:
+            return k
+    return _kernels.UNPACK[bits]
+
+
 # --------------------------------------------------------------------------- pack
 
 
@@ -212,13 +237,13 @@ def pack_numpy(values: np.ndarray, bits: int, out=None) -> np.ndarray:
     bad = 0
     if ngroups:
         if LITTLE_ENDIAN:
-            for r in _run_groups(_kernels.PACK[bits], uvals, dst, 0, ngroups, 0):
+            for r in _run_groups(pack_kernel(bits, uvals.dtype.itemsize), uvals, dst, 0, ngroups, 0):
                 bad |= int(r)
         else:  # pragma: no cover - big-endian hosts
             bad |= int(_pack_generic(uvals, 0, 8 * ngroups, bits, dst, 0))
     if n - 8 * ngroups:
         bad |= int(_pack_generic(uvals, 8 * ngroups, n - 8 * ngroups, bits, dst, ngroups * bits))
-    if bad >> bits:
+    if bad:
         raise_bad_value(values.shape, flat, first_bad_index(flat, bits), bits)
     return result
 
@@ -270,7 +295,7 @@ def unpack_numpy(data, bits: int, count: int, start: int = 0, out=None) -> np.nd
     g1 = max(g0, min(end // 8, g_safe))
     if g1 > g0:
         if LITTLE_ENDIAN:
-            _run_groups(_kernels.UNPACK[bits], src, flat, g0, g1, head)
+            _run_groups(unpack_kernel(bits, flat.dtype.itemsize), src, flat, g0, g1, head)
         else:  # pragma: no cover - big-endian hosts
             _unpack_generic(src, flat, bits, 8 * g0, 8 * (g1 - g0), head)
     done = max(start + head, 8 * g1)
