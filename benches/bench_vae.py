@@ -1,0 +1,98 @@
+"""Int8 VAE decode vs fp32 diffusers decode, as ratios measured in the same run, with the decode error.
+
+Models: a small AutoencoderKL config ("small": block_out_channels [64, 128, 128], 2 layers
+per block, 4x downsampling) always; the SD-VAE-FT-MSE config ("sd", 83.7M parameters,
+random init) when ``DDZ_BENCH_SD=1`` (about 2 minutes on 2 cores). Inputs: 16 latents
+[4, 14, 14] (one 16-frame clip; 56x56 frames for "small", 112x112 for "sd").
+
+- reference: ``vae.decode`` of the fp32 diffusers model (``torch.inference_mode``);
+- ddz int8: the model rebuilt from the .ddz (weights dequantised once at load, fp32
+  kernels), same call;
+- ddz int8 + bf16 autocast (``decode_latents(..., autocast="bf16")``).
+
+Errors are against the fp32 decode, on frames in [0, 1]: max abs, relative L2, PSNR.
+Floor (issue 4): int8 decode no slower than fp32 (ratio >= 0.9, allowing timer noise: the
+kernels are the same).
+
+Run: ``pytest benches/bench_vae.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import register_table_finalizer
+
+import codec
+from codec.video.vae import (SD_VAE_FT_MSE_CONFIG, decode_error, decode_latents, read_vae, tiny_vae_config,
+                             vae_from_config, write_vae)
+
+CONFIGS = {"small": dict(tiny_vae_config(blocks=(64, 128, 128), groups=32), layers_per_block=2)}
+if os.environ.get("DDZ_BENCH_SD") == "1":
+    CONFIGS["sd"] = SD_VAE_FT_MSE_CONFIG
+TABLE = "VAE decode of 16 latents [4, 14, 14] (median of rounds; speed ratio = fp32 time / op time)"
+ROUNDS = dict(rounds=5, iterations=1, warmup_rounds=1)
+_T: dict[tuple[str, str], float] = {}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def models(request, tmp_path_factory):
+    name = request.param
+    ref = vae_from_config(CONFIGS[name], seed=0)
+    path = tmp_path_factory.mktemp("vae") / "v.ddz"
+    with codec.Writer(path) as w:
+        write_vae(w, "vae", ref)
+    with codec.open(path) as f:
+        q = read_vae(f)
+    z = torch.randn(16, 4, 14, 14, generator=torch.Generator().manual_seed(0)) * 3
+    return name, ref, q, z, decode_latents(ref, z)
+
+
+def _rec(bench_table, benchmark, name, what, out, ref):
+    med = benchmark.stats.stats.median
+    _T[(name, what)] = med
+    err = decode_error(ref, out)
+    bench_table(TABLE, {"model": name, "what": what, "median ms": med * 1e3, "max abs": err["max_abs"],
+                        "rel L2": err["rel_l2"], "PSNR dB": err["psnr_db"]})
+
+
+def _fin(rows):
+    for r in rows:
+        t = _T.get((r["model"], "fp32 diffusers"))
+        r["speed ratio"] = t / (r["median ms"] / 1e3) if t else ""
+    return rows
+
+
+register_table_finalizer(TABLE, _fin)
+
+
+def test_fp32(benchmark, bench_table, models):
+    name, ref, _, z, y = models
+    benchmark.group = f"vae {name}"
+    out = benchmark.pedantic(decode_latents, args=(ref, z), **ROUNDS)
+    _rec(bench_table, benchmark, name, "fp32 diffusers", out, y)
+
+
+def test_int8(benchmark, bench_table, models):
+    name, _, q, z, y = models
+    benchmark.group = f"vae {name}"
+    out = benchmark.pedantic(decode_latents, args=(q, z), **ROUNDS)
+    _rec(bench_table, benchmark, name, "ddz int8 (dequantised, fp32 kernels)", out, y)
+    _check_floor(name)
+
+
+def test_int8_bf16(benchmark, bench_table, models):
+    name, _, q, z, y = models
+    benchmark.group = f"vae {name}"
+    out = benchmark.pedantic(decode_latents, args=(q, z), kwargs={"autocast": "bf16"}, **ROUNDS)
+    _rec(bench_table, benchmark, name, "ddz int8 + bf16 autocast", out, y)
+
+
+def _check_floor(name):
+    # called from test_int8 (a benchmark test, so it also runs under --benchmark-only)
+    a, b = _T.get((name, "fp32 diffusers")), _T.get((name, "ddz int8 (dequantised, fp32 kernels)"))
+    if a is None or b is None:
+        return
+    assert a / b >= 0.9, f"int8 decode {a / b:.2f}x the speed of fp32"
