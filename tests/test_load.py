@@ -83,3 +83,18 @@ def test_bad_paths_and_options(archive, tmp_path):
     for kw in ({"cache": "gpu"}, {"decode_batch": 0}, {"autocast": "int4"}, {"vae_dtype": "f8"}):
         with pytest.raises(InvalidInputError):
             load(archive, **kw)
+
+
+def test_soft_labels_ride_along(tmp_path):
+    vae = vae_from_config(tiny_vae_config(), seed=0)
+    x, y = torch.randn(5, 2, 4, 8, 8), torch.tensor([0, 1, 0, 1, 0])
+    soft = torch.softmax(torch.randn(5, 2), 1)
+    pack_latents(tmp_path / "s.ddz", vae, x, y, soft_labels=soft, progress=False)
+    ds = load(tmp_path / "s.ddz")
+    v, lab, s = ds[3]
+    assert v.shape == (2, 3, 16, 16) and int(lab) == 1
+    torch.testing.assert_close(s, soft[3].half().float())
+    bv, by, bs = next(iter(DataLoader(ds, batch_size=5, num_workers=0)))
+    torch.testing.assert_close(bs, soft.half().float())
+    with pytest.raises(InvalidInputError):
+        pack_latents(tmp_path / "t.ddz", vae, x, y, soft_labels=soft[:4], progress=False)

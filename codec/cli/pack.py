@@ -24,6 +24,10 @@ def register(sub) -> None:
     src.add_argument("--videos", metavar="DIR", help="folder with one subfolder of clips (videos or frame folders) per class")
     src.add_argument("--csv", metavar="FILE", help="CSV with 'path,label' columns listing clips")
     p.add_argument("--labels", metavar="FILE", help="labels for .npy latents: .npy of ints, or CSV with a 'label' column")
+    p.add_argument("--soft-labels", metavar="FILE",
+                   help="per-sample soft labels [N, K] (.safetensors 'soft_labels' or .npy); a 'soft_labels' tensor "
+                        "in the --latents file is used automatically")
+    p.add_argument("--soft-kind", choices=("probs", "logits"), default="probs", help="what the soft labels hold")
     p.add_argument("-o", "--output", required=True, metavar="OUT.ddz")
     p.add_argument("--hosvd-rate", type=float, default=0.75, help="Tucker rank = int(rate * dim) on T, H, W (default 0.75)")
     p.add_argument("--chunk-size", type=int, default=400, help="samples per HOSVD chunk (default 400, as LVDD)")
@@ -105,8 +109,13 @@ def cmd_pack(args) -> int:
             labels = tensors["labels"]
         else:
             raise InvalidInputError(f"{args.latents}: no 'labels' tensor; add one or pass --labels")
-        class_names = None
-        plan = plan_latent_archive(vae.cpu(), latents, labels, class_names=class_names, progress=progress,
+        soft = tensors.get("soft_labels")
+        if args.soft_labels:
+            soft = load_tensors(args.soft_labels).get("soft_labels", None)
+            if soft is None:
+                soft = load_tensors(args.soft_labels).get("latents")  # a bare .npy loads under this name
+        plan = plan_latent_archive(vae.cpu(), latents, labels, soft_labels=soft, soft_labels_kind=args.soft_kind,
+                                   progress=progress,
                                    video={"source": {"latents_file": args.latents.rsplit('/', 1)[-1]}}, **opts)
         if args.dry_run:
             print(plan.report(budget))

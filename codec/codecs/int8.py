@@ -131,7 +131,7 @@ class Int8Codec(Codec):
     tensor on the device of the parts (or ``dtype`` given at construction).
     """
 
-    codec_id = "ddz.int8"
+    codec_id = "int8"
 
     def __init__(self, scheme: str = "asymmetric", axis: int | None = 0, dtype: str = "f32"):
         _check_scheme(scheme)
@@ -192,7 +192,7 @@ class Int8StateDictCodec(Codec):
     diffusers config), carried along and not interpreted here.
     """
 
-    codec_id = "ddz.int8-state"
+    codec_id = "int8-state"
 
     def __init__(self, scheme: str = "asymmetric", quantize: Mapping[str, int] | None = None,
                  float_dtype: str = "f32", zstd: int | None = None, tensors: Sequence[Any] | None = None,

@@ -227,7 +227,7 @@ class TuckerCodec(Codec):
         dtype: storage precision of core and factors, ``"f32"`` (paper), ``"f16"``, ``"bf16"``.
     """
 
-    codec_id = "ddz.tucker"
+    codec_id = "tucker"
 
     def __init__(self, rate: float = 0.75, ranks: Sequence[int] | None = None, keep: Sequence[int] | None = None,
                  chunk_size: int = 400, method: str = "hosvd", n_iter: int = 100, tol: float = 1e-4,

@@ -24,8 +24,11 @@ def archive_kind(path: str | os.PathLike) -> str:
         meta = f.metadata
         if isinstance(meta.get(VIDEO_META_KEY), dict) and meta[VIDEO_META_KEY].get("kind") == "latent-video":
             return "latent-video"
+        # codec.softlabels writes one of these metadata keys ("softlabels", "augment", "llm")
+        if any(k in meta for k in ("softlabels", "augment", "llm")):
+            return "soft-labels"
         ids = {str(o.get("codec", {}).get("id", "")) for o in f.objects.values()}
-        if any("soft" in k for k in meta) or any("soft" in i or i.startswith(("ddz.vq", "ddz.topk")) for i in ids):
+        if ids & {"vq", "topk", "pca", "quant", "lpld", "dense"}:
             return "soft-labels"
     return "unknown"
 
@@ -35,8 +38,11 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
 
     For a latent-video archive returns :class:`VideoDataset` (keyword options: ``cache``
     (None / "latents" / "frames"), ``decode_batch``, ``autocast`` ("bf16"/"fp16"),
-    ``vae_dtype``, ``transform``). For a soft-label archive, delegates to
-    ``codec.softlabels`` (its replay loader), passing ``device`` and the options on.
+    ``vae_dtype``, ``transform``). For a soft-label archive, returns
+    ``codec.softlabels.open_archive(path, device=device, **kwargs)`` (a ``ReplayArchive``
+    when augmentation records are stored, an ``LLMArchive`` for token-level labels, else a
+    ``SoftLabelArchive``); use ``codec.softlabels.replay.replay_loader`` to iterate
+    (epoch, step) batches.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -49,12 +55,11 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
             sl = importlib.import_module("codec.softlabels")
         except ImportError as exc:
             raise InvalidInputError(f"{path} holds soft labels but codec.softlabels cannot be imported: {exc}") from None
-        for name in ("load", "open_replay", "ReplayDataset"):
-            fn = getattr(sl, name, None)
-            if callable(fn):
-                return fn(path, device=device, **kwargs)
-        raise InvalidInputError(f"{path} holds soft labels, but this installation's codec.softlabels has no replay "
-                                "entry point (load / open_replay / ReplayDataset) yet")
+        opener = getattr(sl, "open_archive", None)
+        if not callable(opener):
+            raise InvalidInputError(f"{path} holds soft labels, but this installation's codec.softlabels has no "
+                                    "open_archive replay entry point")
+        return opener(path, device=device, **kwargs)
     with ddz_open(path) as f:
         keys = sorted(f.metadata)[:6]
     raise FormatError(f"{path}: neither a latent-video nor a soft-label archive (metadata keys: {keys})")

@@ -65,12 +65,19 @@ class VideoDataset(torch.utils.data.Dataset):
                 raise FormatError(f"{self.path} is not a latent-video archive (no {VIDEO_META_KEY!r} metadata)")
             names = meta.get("objects", {})
             self._names = {k: names.get(k, k) for k in ("vae", "latents", "labels")}
+            self._soft = names.get("soft_labels")  # dense section written by ddz pack
+            if self._soft is not None:
+                info = f.info(self._soft)
+                if len(info.shape) != 2 or info.shape[0] != int(f.info(f.objects[self._names["latents"]]["sections"]["core"]).shape[0]):
+                    raise FormatError(f"{self.path}: soft labels shape {info.shape} does not match the samples", section=self._soft)
+            sl = f.metadata.get("softlabels")  # a codec.softlabels object in the same archive (one row per sample)
+            self._soft_object = sl.get("object") if isinstance(sl, dict) and self._soft is None else None
             for key in ("vae", "latents"):
                 if self._names[key] not in f.objects:
                     raise FormatError(f"{self.path}: object {self._names[key]!r} ({key}) is missing")
             codec = object_codec(f, self._names["latents"])
             if not isinstance(codec, TuckerCodec):
-                raise FormatError(f"{self.path}: latents object uses codec {codec.codec_id!r}, expected ddz.tucker")
+                raise FormatError(f"{self.path}: latents object uses codec {codec.codec_id!r}, expected tucker")
             core = f.info(f.objects[self._names["latents"]]["sections"]["core"])
             self._n = int(core.shape[0])
             labels = f.get(self._names["labels"], framework="torch").clone()
@@ -100,7 +107,17 @@ class VideoDataset(torch.utils.data.Dataset):
                        TuckerCodec.factor_parts({p: f.get(s, framework="torch") for p, s in secs.items() if p != "core"}).items()}
             codec.check_parts(core.shape, factors)
             vae = read_vae(f, self._names["vae"], device=self.device, dtype=self.vae_dtype)
-            st = {"file": f, "codec": codec, "core": core, "factors": factors, "vae": vae, "latents": None}
+            st = {"file": f, "codec": codec, "core": core, "factors": factors, "vae": vae, "latents": None, "soft": None}
+            if self._soft is not None:
+                st["soft"] = f.get(self._soft, framework="torch")
+            elif self._soft_object is not None:
+                from ..softlabels.archive import SoftLabelArchive
+
+                arch = SoftLabelArchive(self.path, name=self._soft_object, device=self.device)
+                if len(arch) != self._n:
+                    raise FormatError(f"{self.path}: soft-label object {self._soft_object!r} has {len(arch)} rows "
+                                      f"for {self._n} samples (per-epoch replay archives: use codec.softlabels)")
+                st["soft"] = arch
             if self.cache == "latents":
                 st["latents"] = self._rebuild(st, torch.arange(self._n))
             self._local, self._pid = st, os.getpid()
@@ -152,8 +169,23 @@ class VideoDataset(torch.utils.data.Dataset):
             return st["latents"][ids.to(st["latents"].device)]
         return self._rebuild(st, ids)
 
-    def decode_batch(self, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Videos ``[B, T, 3, H, W]`` in [0, 1] and labels ``[B]`` of ``indices``, decoded together."""
+    @property
+    def has_soft_labels(self) -> bool:
+        return self._soft is not None or self._soft_object is not None
+
+    def soft_labels(self, indices: Any) -> torch.Tensor:
+        """Soft labels ``[B, K]`` (fp32, on ``device``) of ``indices``."""
+        st = self._state()
+        if st["soft"] is None:
+            raise InvalidInputError(f"{self.path} has no soft labels")
+        ids = self._check_ids(indices)
+        if isinstance(st["soft"], torch.Tensor):
+            return st["soft"][ids].to(self.device, torch.float32)
+        return st["soft"].rows_at(ids.tolist()).to(self.device, torch.float32)
+
+    def decode_batch(self, indices: Any) -> tuple[torch.Tensor, ...]:
+        """Videos ``[B, T, 3, H, W]`` in [0, 1] and labels ``[B]`` of ``indices``, decoded together
+        (plus soft labels ``[B, K]`` when the archive has them)."""
         ids = self._check_ids(indices)
         st = self._state()
         todo = [j for j, i in enumerate(ids.tolist()) if i not in self._frames]
@@ -170,19 +202,20 @@ class VideoDataset(torch.utils.data.Dataset):
                 if self.cache == "frames":
                     self._frames[int(sel[k])] = frames[k].cpu()
         videos = torch.stack([v.to(self.device) for v in out]) if out else torch.empty(0)
+        if self.has_soft_labels:
+            return videos, self.labels[ids], self.soft_labels(ids)
         return videos, self.labels[ids]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         if not isinstance(i, int) and not (isinstance(i, torch.Tensor) and i.dim() == 0):
             raise TypeError(f"index must be an int, got {type(i).__name__}")
-        v, y = self.decode_batch([int(i)])
-        item = (v[0], y[0])
+        item = tuple(t[0] for t in self.decode_batch([int(i)]))
         return self.transform(item) if self.transform is not None else item
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Batch fetch used by ``DataLoader``: one batched decode for the whole batch."""
-        v, y = self.decode_batch(list(indices))
-        items = [(v[k], y[k]) for k in range(len(indices))]
+        batch = self.decode_batch(list(indices))
+        items = [tuple(t[k] for t in batch) for k in range(len(indices))]
         return [self.transform(it) for it in items] if self.transform is not None else items
 
     def __repr__(self) -> str:

@@ -2,10 +2,10 @@
 
 The archive (LVDD's distilled dataset, B.4, made self-describing):
 
-* object ``vae``: the diffusers autoencoder, int8 per output channel (``ddz.int8-state``),
+* object ``vae``: the diffusers autoencoder, int8 per output channel (``int8-state``),
   with its diffusers config; full or decoder-only;
 * object ``latents``: the ``[N, T, C, h, w]`` latents as a chunked Tucker decomposition
-  (``ddz.tucker``: core rows per sample + per-chunk factors);
+  (``tucker``: core rows per sample + per-chunk factors);
 * section ``labels``: int64 ``[N]`` class ids;
 * metadata ``ddz.video``: layout, frames, resolution, normalisation, scaling factor, how
   latents were made, class names, the pad rule, and which objects hold what.
@@ -244,14 +244,30 @@ def plan_latent_archive(
     zstd: int | None = None,
     video: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    soft_labels: Any = None,
+    soft_labels_kind: str = "probs",
     progress: bool = True,
 ) -> ArchivePlan:
     """Encode everything for a latent-video archive in memory; see the module docstring.
 
     ``video``: extra facts for the ``ddz.video`` metadata (frames sampling, source, how
     latents were made). ``zstd``: level for the int8 VAE weights (default raw).
+    ``soft_labels``: optional ``[N, K]`` per-sample soft labels (``soft_labels_kind``:
+    ``"probs"`` or ``"logits"``), stored dense fp16 as section ``soft_labels``; the
+    Dataset then yields ``(video, label, soft_label)``.
     """
     latents, labels = _check_latents(latents, labels, vae)
+    soft = None
+    if soft_labels is not None:
+        soft = soft_labels if isinstance(soft_labels, torch.Tensor) else torch.as_tensor(np.asarray(soft_labels))
+        if soft.dim() != 2 or soft.shape[0] != latents.shape[0] or not soft.is_floating_point():
+            raise InvalidInputError(f"soft labels must be float [N, K] with N = {latents.shape[0]}, "
+                                    f"got {soft.dtype} shape {tuple(soft.shape)}")
+        if soft_labels_kind not in ("probs", "logits"):
+            raise InvalidInputError(f"soft_labels_kind must be 'probs' or 'logits', got {soft_labels_kind!r}")
+        soft = soft.to(torch.float16)
+        if not bool(torch.isfinite(soft).all()):
+            raise InvalidInputError("soft labels hold NaN/inf or overflow fp16")
     n_classes = int(labels.max()) + 1
     if class_names is not None:
         class_names = [str(c) for c in class_names]
@@ -268,13 +284,17 @@ def plan_latent_archive(
     tparts = tucker.encode(latents, progress=bar)
     plan.add_object("latents", tucker, tparts)
     plan.add("labels", labels.contiguous())
+    if soft is not None:
+        plan.add("soft_labels", soft.contiguous())
     vmeta = _vae_desc_meta(vae)
     n, t, c, h, w = latents.shape
     f = vmeta["spatial_factor"]
     meta = {
         "kind": "latent-video",
         "version": 1,
-        "objects": {"vae": "vae", "latents": "latents", "labels": "labels"},
+        "objects": {"vae": "vae", "latents": "latents", "labels": "labels",
+                    **({"soft_labels": "soft_labels"} if soft is not None else {})},
+        "soft_labels": {"kind": soft_labels_kind, "dtype": "f16", "classes": int(soft.shape[1])} if soft is not None else None,
         "num_samples": n,
         "num_classes": n_classes,
         "class_names": class_names if class_names is not None else [str(i) for i in range(n_classes)],

@@ -104,7 +104,10 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
         return full
 
     lat = ds.latents(torch.arange(len(ds))).cpu().contiguous()
-    save_file({"latents": lat, "labels": ds.labels.contiguous()}, out("latents.safetensors"))
+    tensors = {"latents": lat, "labels": ds.labels.contiguous()}
+    if ds.has_soft_labels:
+        tensors["soft_labels"] = ds.soft_labels(torch.arange(len(ds))).cpu().contiguous()
+    save_file(tensors, out("latents.safetensors"))
     with ddz_open(path) as f:
         secs = f.objects[ds._names["latents"]]["sections"]
         save_file({p: f.get(s, framework="torch").clone().contiguous() for p, s in secs.items()}, out("tucker.safetensors"))
@@ -134,7 +137,7 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
         bar = tqdm(total=len(ds), disable=not progress, desc=f"decoding to {frames}", unit="clip", leave=False)
         for s in range(0, len(ds), step):
             idx = list(range(s, min(len(ds), s + step)))
-            videos, labels = ds.decode_batch(idx)
+            videos, labels = ds.decode_batch(idx)[:2]
             for i, v, y in zip(idx, videos, labels.tolist()):
                 cname = _safe(names[y] if y < len(names) else y)
                 if frames == "mp4":
@@ -153,7 +156,7 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
             idx = (ds.labels == c).nonzero().reshape(-1)[:preview_samples].tolist()
             if not idx:
                 continue
-            videos, _ = ds.decode_batch(idx)
+            videos = ds.decode_batch(idx)[0]
             Image.fromarray(contact_sheet(videos)).save(out("preview", f"{_safe(names[c])}.png"))
     ds.close()
     return written
