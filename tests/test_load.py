@@ -98,3 +98,12 @@ def test_soft_labels_ride_along(tmp_path):
     torch.testing.assert_close(bs, soft.half().float())
     with pytest.raises(InvalidInputError):
         pack_latents(tmp_path / "t.ddz", vae, x, y, soft_labels=soft[:4], progress=False)
+
+
+def test_soft_label_archives_are_handed_to_codec_softlabels(tmp_path):
+    from codec.softlabels import SoftLabelArchive, TopKCodec, save_softlabels
+
+    logits = torch.randn(12, 10, generator=torch.Generator().manual_seed(0))
+    save_softlabels(tmp_path / "sl.ddz", TopKCodec(10, 3, input="logits"), logits)
+    arch = load(tmp_path / "sl.ddz")
+    assert isinstance(arch, SoftLabelArchive) and len(arch) == 12
