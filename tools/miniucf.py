@@ -74,14 +74,10 @@ def main(argv: list[str] | None = None) -> int:
           f"HOSVD rate {args.hosvd_rate}, int8 SD-VAE-FT-MSE{' decoder' if args.decoder_only else ''}")
     print(plan.report(budget=parse_size(args.budget)))
     print(f"file on disk: {os.path.getsize(args.output):,} B  ({args.output})")
-    try:  # the accountant's report, when codec.budget provides one
-        from codec import budget as accountant  # noqa: F401
+    print(f"\n$ ddz budget {args.output}")
+    from codec.cli import main as ddz_main
 
-        report = getattr(accountant, "report_file", None) or getattr(accountant, "file_report", None)
-        if callable(report):
-            print(report(args.output))
-    except ImportError:
-        pass
+    ddz_main(["budget", args.output])  # the accountant's byte-exact attribution of the written file
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 
