@@ -114,3 +114,18 @@ def test_vae_dir_roundtrip_and_malformed_dirs(tiny, tmp_path):
     (other / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(InvalidInputError):
         load_vae_dir(other)
+
+
+def test_other_diffusers_autoencoder_class(tmp_path):
+    """Any diffusers autoencoder given its config: AutoencoderTiny (no quant_conv, deterministic encoder)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    m = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                        num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4).eval()
+    with _write(tmp_path / "t.ddz", m) as f:
+        q = read_vae(f)
+    assert type(q).__name__ == "AutoencoderTiny"
+    z = torch.randn(2, 4, 8, 8)
+    assert torch.equal(decode_latents(q, z), decode_latents(fake_quantize(m), z))
+    assert encode_frames(q, torch.rand(1, 3, 16, 16)).shape[1] == 4

@@ -194,8 +194,10 @@ class ArchivePlan:
 
 def _vae_desc_meta(vae: torch.nn.Module) -> dict[str, Any]:
     cfg = dict(getattr(vae, "config", {}) or {})
-    boc = cfg.get("block_out_channels")
-    factor = 2 ** (len(boc) - 1) if isinstance(boc, (list, tuple)) and boc else None
+    factor = getattr(vae, "spatial_compression_ratio", None)
+    if not isinstance(factor, int):
+        boc = cfg.get("block_out_channels")
+        factor = 2 ** (len(boc) - 1) if isinstance(boc, (list, tuple)) and boc else None
     return {"class": type(vae).__name__, "spatial_factor": factor, "scaling_factor": cfg.get("scaling_factor"),
             "latent_channels": cfg.get("latent_channels")}
 

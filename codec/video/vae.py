@@ -88,6 +88,21 @@ def tiny_vae_config(latent_channels: int = 4, blocks: tuple[int, ...] = (32, 64)
     }
 
 
+@contextlib.contextmanager
+def _quiet_diffusers():
+    try:
+        from diffusers.utils import logging as dlog
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+
+
 def _diffusers_class(name: Any):
     try:
         import diffusers
@@ -271,7 +286,7 @@ def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device
     cls = _diffusers_class(desc.get("class"))
     decoder_only = bool(desc.get("decoder_only"))
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _quiet_diffusers():
             model = cls.from_config(dict(desc["config"]))
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
         raise FormatError(f"stored diffusers config does not build a {cls.__name__}: {exc}") from None
@@ -376,8 +391,14 @@ def encode_frames(vae: nn.Module, frames: torch.Tensor, *, batch_size: int = 32,
     with torch.inference_mode(), _autocast(dev, autocast):
         for s in range(0, frames.shape[0], batch_size):
             x = frames[s:s + batch_size].to(device=dev, dtype=wdt) * 2.0 - 1.0
-            dist = vae.encode(x).latent_dist
-            z = dist.mean if mode == "mean" else dist.sample(generator=gen)
+            enc = vae.encode(x)
+            dist = getattr(enc, "latent_dist", None)
+            if dist is not None:
+                z = dist.mean if mode == "mean" else dist.sample(generator=gen)
+            elif getattr(enc, "latents", None) is not None:  # deterministic encoders (e.g. AutoencoderTiny)
+                z = enc.latents
+            else:
+                raise InvalidInputError(f"{type(vae).__name__}.encode returned neither latent_dist nor latents")
             z = z.float()
             if scaling_factor:
                 z = z * scaling_factor
