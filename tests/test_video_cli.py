@@ -68,3 +68,14 @@ def test_cli_malformed_inputs_exit_2(inputs, tmp_path, capsys):
     assert main(["unpack", str(tmp_path / "none.ddz"), "-o", str(tmp_path / "u"), "-q"]) == 2
     assert not (tmp_path / "x.ddz").exists()
     assert "ddz: error" in capsys.readouterr().err
+
+
+def test_pack_from_frame_tensors(inputs, tmp_path):
+    frames = (torch.rand(3, 2, 3, 16, 16) * 255).to(torch.uint8)
+    save_file({"frames": frames, "labels": torch.tensor([1, 0, 1])}, tmp_path / "f.safetensors")
+    out = tmp_path / "f.ddz"
+    assert main(["pack", "--vae", str(inputs / "vae"), "--frames-file", str(tmp_path / "f.safetensors"), "-o", str(out), "-q"]) == 0
+    ds = load(out)
+    assert len(ds) == 3 and ds.labels.tolist() == [1, 0, 1] and ds[0][0].shape == (2, 3, 16, 16)
+    save_file({"frames": torch.rand(3, 2, 3, 16, 16) * 2, "labels": torch.tensor([1, 0, 1])}, tmp_path / "g.safetensors")
+    assert main(["pack", "--vae", str(inputs / "vae"), "--frames-file", str(tmp_path / "g.safetensors"), "-o", str(tmp_path / "g.ddz"), "-q"]) == 2

@@ -9,6 +9,7 @@ Heavy imports (torch, diffusers, PyAV) happen inside the handlers.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -23,6 +24,9 @@ def register(sub) -> None:
     src.add_argument("--latents", metavar="FILE", help=".safetensors ('latents', 'labels'), .npy or .npz of latents")
     src.add_argument("--videos", metavar="DIR", help="folder with one subfolder of clips (videos or frame folders) per class")
     src.add_argument("--csv", metavar="FILE", help="CSV with 'path,label' columns listing clips")
+    src.add_argument("--frames-file", metavar="FILE",
+                     help="decoded clips as tensors: .safetensors with 'frames' [N,T,3,H,W] (float in [0,1] or uint8) "
+                          "and 'labels' [N], or .npy (then --labels)")
     p.add_argument("--labels", metavar="FILE", help="labels for .npy latents: .npy of ints, or CSV with a 'label' column")
     p.add_argument("--soft-labels", metavar="FILE",
                    help="per-sample soft labels [N, K] (.safetensors 'soft_labels' or .npy); a 'soft_labels' tensor "
@@ -91,24 +95,32 @@ def cmd_pack(args) -> int:
 
 
     from ..errors import InvalidInputError
-    from ..video import load_tensors, load_vae_dir, pack_videos, parse_size, plan_latent_archive
+    from ..video import encode_frame_tensor, load_tensors, load_vae_dir, pack_videos, parse_size, plan_latent_archive
 
     budget = parse_size(args.budget) if args.budget is not None else None
     vae = load_vae_dir(args.vae, device=args.device)
     opts = dict(hosvd_rate=args.hosvd_rate, chunk_size=args.chunk_size, method=args.method, storage=args.storage,
                 scheme=args.scheme, decoder_only=args.decoder_only, zstd=args.vae_zstd)
     progress = not args.quiet
-    if args.latents:
-        tensors = load_tensors(args.latents)
-        if "latents" not in tensors:
-            raise InvalidInputError(f"{args.latents}: no 'latents' tensor (found {sorted(tensors)})")
-        latents = tensors["latents"]
+    if args.latents or args.frames_file:
+        src = args.latents or args.frames_file
+        tensors = load_tensors(src)
+        if args.frames_file:
+            frames = tensors.get("frames", tensors.get("latents"))  # a bare .npy loads under "latents"
+            if frames is None:
+                raise InvalidInputError(f"{src}: no 'frames' tensor (found {sorted(tensors)})")
+            latents = encode_frame_tensor(vae, frames, batch_size=args.batch_size, mode=args.encode_mode,
+                                          seed=args.seed, autocast=args.autocast, progress=progress)
+        elif "latents" not in tensors:
+            raise InvalidInputError(f"{src}: no 'latents' tensor (found {sorted(tensors)})")
+        else:
+            latents = tensors["latents"]
         if args.labels:
             labels = _labels_from(args.labels)
         elif "labels" in tensors:
             labels = tensors["labels"]
         else:
-            raise InvalidInputError(f"{args.latents}: no 'labels' tensor; add one or pass --labels")
+            raise InvalidInputError(f"{src}: no 'labels' tensor; add one or pass --labels")
         soft = tensors.get("soft_labels")
         if args.soft_labels:
             soft = load_tensors(args.soft_labels).get("soft_labels", None)
@@ -116,7 +128,9 @@ def cmd_pack(args) -> int:
                 soft = load_tensors(args.soft_labels).get("latents")  # a bare .npy loads under this name
         plan = plan_latent_archive(vae.cpu(), latents, labels, soft_labels=soft, soft_labels_kind=args.soft_kind,
                                    progress=progress,
-                                   video={"source": {"latents_file": args.latents.rsplit('/', 1)[-1]}}, **opts)
+                                   video={"source": {("frames_file" if args.frames_file else "latents_file"): os.path.basename(src)},
+                                          **({"encode": {"mode": args.encode_mode}} if args.frames_file else {})},
+                                   **opts)
         if args.dry_run:
             print(plan.report(budget))
             return 0
@@ -125,7 +139,7 @@ def cmd_pack(args) -> int:
         plan.write(args.output, progress=progress)
     else:
         if args.dry_run:
-            raise InvalidInputError("--dry-run is only available with --latents (videos must be encoded to know sizes)")
+            raise InvalidInputError("--dry-run needs --latents or --frames-file (video folders are planned while packing)")
         plan = pack_videos(args.output, vae, args.videos, csv=args.csv, frames=args.frames, resolution=args.resolution,
                            sampling=args.sampling, frame_gap=args.frame_gap, encode_mode=args.encode_mode,
                            seed=args.seed, batch_size=args.batch_size, autocast=args.autocast, budget=budget,

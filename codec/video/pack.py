@@ -41,7 +41,7 @@ from .io import find_clips, parse_resolution, read_clip
 from .vae import encode_frames, vae_parts
 
 __all__ = ["parse_size", "format_size", "ArchivePlan", "plan_latent_archive", "pack_latents",
-           "encode_clips", "pack_videos", "VIDEO_META_KEY"]
+           "encode_clips", "encode_frame_tensor", "pack_videos", "VIDEO_META_KEY"]
 
 VIDEO_META_KEY = "ddz.video"
 
@@ -345,6 +345,31 @@ def encode_clips(vae: torch.nn.Module, paths: Sequence[str], *, frames: int = 16
         out[i] = z
     if out is None:
         raise InvalidInputError("no clips to encode")
+    return out
+
+
+def encode_frame_tensor(vae: torch.nn.Module, frames: Any, *, batch_size: int = 32, mode: str = "mean",
+                        seed: int = 0, autocast: str | None = None, progress: bool = True) -> torch.Tensor:
+    """Frames ``[N, T, 3, H, W]`` (float in [0, 1], or uint8 0..255) -> latents ``[N, T, C, h, w]`` (no grad)."""
+    if not isinstance(frames, torch.Tensor):
+        frames = torch.as_tensor(np.asarray(frames))
+    if frames.dim() != 5 or frames.shape[2] != 3:
+        raise InvalidInputError(f"frames must be [N, T, 3, H, W], got shape {tuple(frames.shape)}")
+    if frames.dtype == torch.uint8:
+        scale = 1.0 / 255.0
+    elif frames.is_floating_point():
+        scale = 1.0
+        lo, hi = float(frames.min()), float(frames.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise InvalidInputError(f"float frames must lie in [0, 1] (got [{lo:.3g}, {hi:.3g}]); uint8 frames are also accepted")
+    else:
+        raise InvalidInputError(f"frames must be float in [0, 1] or uint8, got {frames.dtype}")
+    out = None
+    for i in _progress(progress and frames.shape[0] > 1, range(frames.shape[0]), desc="encoding clips", unit="clip"):
+        z = encode_frames(vae, frames[i].float() * scale, batch_size=batch_size, mode=mode, seed=seed + i, autocast=autocast)
+        if out is None:
+            out = torch.empty((frames.shape[0], *z.shape), dtype=torch.float32)
+        out[i] = z.cpu()
     return out
 
 
