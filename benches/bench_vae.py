@@ -11,8 +11,10 @@ random init) when ``DDZ_BENCH_SD=1`` (about 2 minutes on 2 cores). Inputs: 16 la
 - ddz int8 + bf16 autocast (``decode_latents(..., autocast="bf16")``).
 
 Errors are against the fp32 decode, on frames in [0, 1]: max abs, relative L2, PSNR.
-Floor (issue 4): int8 decode no slower than fp32 (ratio >= 0.9, allowing timer noise: the
-kernels are the same).
+Floor (issue 4): int8 decode no slower than fp32 (ratio of the *minimum* times >= 0.9,
+allowing timer noise: after load the kernels are the same). The table's "speed ratio" is of
+medians. ``python benches/bench_vae.py --config sd`` times the three decodes interleaved
+round by round instead (fairer on a busy machine).
 
 Run: ``pytest benches/bench_vae.py --benchmark-only``.
 """
@@ -23,7 +25,6 @@ import os
 
 import pytest
 import torch
-from conftest import register_table_finalizer
 
 import codec
 from codec.video.vae import (SD_VAE_FT_MSE_CONFIG, decode_error, decode_latents, read_vae, tiny_vae_config,
@@ -52,20 +53,31 @@ def models(request, tmp_path_factory):
 
 def _rec(bench_table, benchmark, name, what, out, ref):
     med = benchmark.stats.stats.median
-    _T[(name, what)] = med
+    _T[(name, what)] = benchmark.stats.stats.min  # the floor compares minima: same kernels, so noise only adds
     err = decode_error(ref, out)
-    bench_table(TABLE, {"model": name, "what": what, "median ms": med * 1e3, "max abs": err["max_abs"],
+    _table(bench_table, {"model": name, "what": what, "median ms": med * 1e3, "max abs": err["max_abs"],
                         "rel L2": err["rel_l2"], "PSNR dB": err["psnr_db"]})
 
 
 def _fin(rows):
     for r in rows:
-        t = _T.get((r["model"], "fp32 diffusers"))
-        r["speed ratio"] = t / (r["median ms"] / 1e3) if t else ""
+        t = next((x["median ms"] for x in rows if x["model"] == r["model"] and x["what"] == "fp32 diffusers"), None)
+        r["speed ratio"] = t / r["median ms"] if t else ""
     return rows
 
 
-register_table_finalizer(TABLE, _fin)
+
+
+def _table(bench_table, row):
+    """Add a row to this file's summary table (benches/conftest.py's bench_table fixture)."""
+    if hasattr(bench_table, "add"):
+        bench_table.set_finalizer(TABLE, _fin)
+        bench_table.add(TABLE, row)
+    else:  # older fixture API: a plain callable
+        import conftest
+
+        conftest.register_table_finalizer(TABLE, _fin)
+        bench_table(TABLE, row)
 
 
 def test_fp32(benchmark, bench_table, models):
