@@ -74,15 +74,15 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
 
 
 def _init_projection(y: torch.Tensor, dh: int, rotate: bool, gen: torch.Generator) -> torch.Tensor:
+    """Top-dh eigenvectors of the (uncentred) second moment ``Y^T Y`` (the right singular
+    vectors of Y, via a C x C eigh: cheaper than an SVD of the sample)."""
     C = y.shape[1]
-    _, _, vh = torch.linalg.svd(y.double(), full_matrices=False)
-    V = vh.T  # (C, r)
-    r = V.shape[1]
-    if dh > r:  # complete with an orthonormal complement
-        extra = torch.randn(C, dh - r, generator=gen, dtype=torch.float64)
-        extra -= V @ (V.T @ extra)
-        q, _ = torch.linalg.qr(extra)
-        V = torch.cat([V, q[:, : dh - r]], 1)
+    yd = y.double()
+    evals, evecs = torch.linalg.eigh(yd.T @ yd)
+    V = evecs[:, torch.argsort(evals, descending=True)]  # (C, C)
+    if dh > C:  # more latent dims than classes: complete with random orthonormal directions
+        extra = torch.randn(C, dh - C, generator=gen, dtype=torch.float64) / math.sqrt(C)
+        V = torch.cat([V, extra], 1)
     P = V[:, :dh]
     if rotate:
         R, _ = torch.linalg.qr(torch.randn(dh, dh, generator=gen, dtype=torch.float64))
