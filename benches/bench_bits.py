@@ -25,7 +25,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import register_table_finalizer
 
 from codec.bits import pack_bits, pack_bits_torch, unpack_bits, unpack_bits_torch
 
@@ -63,7 +62,8 @@ def _record(bench_table, benchmark, bits, what, refs=None):
     """refs: (name of the copy of the unpacked side, name of the copy of the same output size)."""
     med = benchmark.stats.stats.median
     benchmark.extra_info.update(bits=bits, n=N, g_idx_per_s=N / med / 1e9)
-    bench_table(TABLE, {"bits": bits, "what": what, "median ms": med * 1e3, "G idx/s": N / med / 1e9, "_refs": refs, "_s": med})
+    bench_table.set_finalizer(TABLE, _finalize)
+    bench_table.add(TABLE, {"bits": bits, "what": what, "median ms": med * 1e3, "G idx/s": N / med / 1e9, "_refs": refs, "_s": med})
 
 
 def _finalize(rows):
@@ -79,7 +79,6 @@ def _finalize(rows):
     return out
 
 
-register_table_finalizer(TABLE, _finalize)
 
 
 # --------------------------------------------------------------------------- references

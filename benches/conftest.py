@@ -1,8 +1,9 @@
 """Shared bench helpers: a per-run table of results printed at the end of the session.
 
-A bench records rows with the ``bench_table`` fixture (``bench_table(table, row_dict)``);
-``pytest_terminal_summary`` prints every table, so ratios to references measured in the
-same run are visible without digging through pytest-benchmark's JSON.
+A bench records rows with the ``bench_table`` fixture (``bench_table.add(table, row_dict)``,
+optionally ``bench_table.set_finalizer(table, fn)`` to post-process the rows, e.g. add ratio
+columns); ``pytest_terminal_summary`` prints every table, so ratios to references measured in
+the same run are visible without digging through pytest-benchmark's JSON.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ _TABLES: dict[str, list[dict]] = {}
 _FINALIZERS: dict[str, object] = {}
 
 
-def register_table_finalizer(table: str, fn) -> None:
-    """fn(rows) -> rows, called once before printing (e.g. to add ratio columns)."""
-    _FINALIZERS[table] = fn
+class _Registry:
+    @staticmethod
+    def add(table: str, row: dict) -> None:
+        _TABLES.setdefault(table, []).append(row)
+
+    @staticmethod
+    def set_finalizer(table: str, fn) -> None:
+        """fn(rows) -> rows, called once before printing."""
+        _FINALIZERS[table] = fn
 
 
 @pytest.fixture(scope="session")
 def bench_table():
-    def add(table: str, row: dict) -> None:
-        _TABLES.setdefault(table, []).append(row)
-
-    return add
+    return _Registry()
 
 
 def _fmt(v) -> str:

@@ -31,11 +31,6 @@ def _is_tensor(x) -> bool:
     return t is not None and isinstance(x, t.Tensor)
 
 
-def _torch_cpu_numpy_ok(t) -> bool:
-    # tensors the numba kernels can read zero-copy
-    return t.device.type == "cpu" and t.layout.__repr__() == "torch.strided" and not t.is_conj() and not t.is_neg()
-
-
 def pack_bits(values: Any, bits: int, out: Any = None):
     """Pack non-negative integers into the .ddz bit stream (spec/ddz.md, "bit-packed sections").
 
@@ -70,11 +65,9 @@ def pack_bits(values: Any, bits: int, out: Any = None):
             v = values.detach()
             if v.dtype == torch.bool:
                 v = v.to(torch.uint8)
-            if v.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) and v.dtype not in (
-                getattr(torch, "uint16", None), getattr(torch, "uint32", None), getattr(torch, "uint64", None)
-            ):
+            if v.is_floating_point() or v.is_complex():
                 raise InvalidInputError(f"pack_bits needs an integer tensor, got dtype {values.dtype}")
-            arr = v.contiguous().numpy()
+            arr = v.contiguous().numpy()  # zero-copy view for contiguous tensors
             if out is None:
                 return torch.from_numpy(pack_numpy(arr, bits))
             pack_numpy(arr, bits, out.numpy())

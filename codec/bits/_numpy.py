@@ -163,7 +163,7 @@ def as_byte_array(data) -> np.ndarray:
     except (TypeError, ValueError, BufferError) as e:
         try:  # non-contiguous memoryviews and the like
             return np.frombuffer(memoryview(data).tobytes(), dtype=np.uint8)
-        except TypeError:
+        except (TypeError, ValueError, BufferError):
             raise InvalidInputError(f"packed data must be bytes-like or a uint8 array, got {type(data).__name__}") from e
 
 
