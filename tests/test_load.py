@@ -107,3 +107,11 @@ def test_soft_label_archives_are_handed_to_codec_softlabels(tmp_path):
     save_softlabels(tmp_path / "sl.ddz", TopKCodec(10, 3, input="logits"), logits)
     arch = load(tmp_path / "sl.ddz")
     assert isinstance(arch, SoftLabelArchive) and len(arch) == 12
+
+
+def test_codec_load_is_callable_as_documented(archive):
+    import codec
+    import codec.load
+
+    ds = codec.load(archive)
+    assert len(ds) == 9 and ds[0][0].shape == (3, 3, 16, 16)
