@@ -182,3 +182,15 @@ def test_bad_video_inputs(vae, tmp_path):
     with pytest.raises(InvalidInputError, match="multiple"):
         pack_videos(tmp_path / "o.ddz", vae, root, frames=2, resolution=15, progress=False)
     assert isinstance(ArchivePlan().size, int)
+
+
+def test_exact_size_with_zstd_bf16_decoder_only(vae, tmp_path):
+    x, y = latents()
+    out = tmp_path / "z.ddz"
+    plan = pack_latents(out, vae, x, y, zstd=19, storage="bf16", decoder_only=True, method="hooi", progress=False)
+    assert os.path.getsize(out) == plan.size
+    with codec.open(out) as f:
+        f.verify()
+        assert f.info("vae/q").zstd and f.info("latents/core").dtype == "bf16"
+    v, _ = load(out)[0]
+    assert v.shape == (4, 3, 16, 16)
