@@ -27,7 +27,6 @@ import torch
 
 from ..errors import FileAccessError, InvalidInputError
 from ..format import open as ddz_open
-from .vae import _diffusers_class  # noqa: F401  (validates class names on load)
 
 __all__ = ["unpack_archive", "write_mp4", "contact_sheet"]
 
