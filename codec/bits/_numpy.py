@@ -98,9 +98,22 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():  # a forked child gets a fresh pool
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="codec-bits")
+            _pool = ThreadPoolExecutor(max_workers=max(workers, os.cpu_count() or 1), thread_name_prefix="codec-bits")
             _pool_pid = os.getpid()
         return _pool
+
+
+def run_split(total: int, nt: int, fn) -> list:
+    """fn(lo, hi) over nt contiguous parts of [0, total): nt-1 on the pool, one on this thread."""
+    nt = max(1, min(nt, total))
+    step = -(-total // nt)
+    bounds = [(k * step, min(total, (k + 1) * step)) for k in range(nt)]
+    if nt == 1:
+        return [fn(0, total)]
+    pool = _get_pool(nt - 1)
+    futs = [pool.submit(fn, lo, hi) for lo, hi in bounds[1:]]
+    first = fn(*bounds[0])
+    return [first] + [f.result() for f in futs]
 
 
 def _run_groups(kernel, a, b, g0: int, g1: int, o0: int) -> list:
@@ -110,12 +123,7 @@ def _run_groups(kernel, a, b, g0: int, g1: int, o0: int) -> list:
     if nt == 1 or ngroups * 8 < PARALLEL_MIN_VALUES:
         return [kernel(a, b, g0, g1, o0)]
     nt = min(nt, ngroups * 8 // (PARALLEL_MIN_VALUES // 2))
-    step = -(-ngroups // nt)
-    bounds = [(g0 + k * step, min(g1, g0 + (k + 1) * step)) for k in range(nt)]
-    pool = _get_pool(nt - 1)
-    futs = [pool.submit(kernel, a, b, gs, ge, o0 + 8 * (gs - g0)) for gs, ge in bounds[1:]]
-    first = kernel(a, b, bounds[0][0], bounds[0][1], o0)
-    return [first] + [f.result() for f in futs]
+    return run_split(ngroups, nt, lambda lo, hi: kernel(a, b, g0 + lo, g0 + hi, o0 + 8 * lo))
 
 
 # --------------------------------------------------------------------------- argument checks

@@ -17,10 +17,14 @@ word ``w_k + 1``. Both directions then use only static per-column tables:
   bits that belong to the value (int64 ``>>`` is arithmetic, so the sign-fill bits
   must go), plus ``(W[:, w_k + 1] << (64 - s_k)) & hmask_k`` for the straddlers.
 
-Work is done in chunks of rows with reused scratch buffers so that, on CPU, every
-intermediate stays in cache and no large temporary is allocated (first-touch page
-faults of fresh large tensors cost more than the arithmetic). Values are returned
-as int64 (so they can index an embedding directly).
+Work is done in chunks of rows with reused scratch buffers, so that no large temporary
+is allocated (first-touch page faults of fresh large tensors cost more than the
+arithmetic). On accelerators the chunks are large (few launches). On CPU they are
+small enough (< torch's 32768-element grain) that every op runs serially, in cache,
+and the chunks are spread over ``torch.get_num_threads()`` Python threads (torch ops
+release the GIL): this avoids thousands of short OpenMP parallel regions, whose
+spin-waiting collapses throughput 5-10x when another process shares the cores.
+Values are returned as int64 (so they can index an embedding directly).
 """
 
 from __future__ import annotations
@@ -36,8 +40,19 @@ _INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, t
 
 
 def _chunk_rows(device: torch.device) -> int:
-    # CPU: ~2 MB of int64 per scratch buffer; accelerators: few, large launches
-    return 4096 if device.type == "cpu" else 1 << 16
+    # CPU: 480 rows x 64 values = 30720 elements, under at::internal::GRAIN_SIZE (32768),
+    # so each op runs serially on its calling thread; accelerators: few, large launches
+    return 480 if device.type == "cpu" else 1 << 16
+
+
+def _for_chunks(nrows: int, rows: int, device: torch.device, work) -> None:
+    """work(r0, r1) over [0, nrows): CPU splits it across threads (see module docstring)."""
+    if device.type != "cpu" or nrows <= 2 * rows:
+        work(0, nrows)
+        return
+    from ._numpy import run_split
+
+    run_split(nrows, min(torch.get_num_threads(), nrows // rows), work)
 
 
 class _Tables:
@@ -149,18 +164,22 @@ def pack_bits_torch(values: torch.Tensor, bits: int, out: torch.Tensor | None = 
         full = dst[: m * 8 * bits]
         direct = full.data_ptr() % 8 == 0
         words = full.view(torch.int64).view(m, bits) if direct else torch.empty(m, bits, dtype=torch.int64, device=device)
-        rows = min(tb.rows, m)
-        Vb = torch.empty(rows, 64, dtype=torch.int64, device=device)
-        Sb = torch.empty(rows, 64, dtype=torch.int64, device=device)
-        Hb = torch.empty(rows, tb.strad.numel(), dtype=torch.int64, device=device)
-        Pb = torch.empty(rows, max(bits - 1, 0), dtype=torch.int64, device=device)
         src = flat[: m * 64].view(m, 64)
-        for r0 in range(0, m, rows):
-            r1 = min(m, r0 + rows)
-            k = r1 - r0
-            V = Vb[:k]
-            V.copy_(src[r0:r1])
-            _pack_groups(tb, V, words[r0:r1], Sb[:k], Hb[:k], Pb[:k])
+
+        def work(lo: int, hi: int) -> None:
+            rows = min(tb.rows, hi - lo)
+            Vb = torch.empty(rows, 64, dtype=torch.int64, device=device)
+            Sb = torch.empty(rows, 64, dtype=torch.int64, device=device)
+            Hb = torch.empty(rows, tb.strad.numel(), dtype=torch.int64, device=device)
+            Pb = torch.empty(rows, max(bits - 1, 0), dtype=torch.int64, device=device)
+            for r0 in range(lo, hi, rows):
+                r1 = min(hi, r0 + rows)
+                k = r1 - r0
+                V = Vb[:k]
+                V.copy_(src[r0:r1])
+                _pack_groups(tb, V, words[r0:r1], Sb[:k], Hb[:k], Pb[:k])
+
+        _for_chunks(m, tb.rows, device, work)
         if not direct:
             full.copy_(words.view(-1).view(torch.uint8))
     rem = n - 64 * m
@@ -230,22 +249,26 @@ def unpack_bits_torch(data: torch.Tensor, bits: int, count: int, start: int = 0,
     end = start + count
     ga = -(-start // 64)  # first group entirely inside [start, end)
     gz = end // 64  # one past the last such group
-    Hb = torch.empty(tb.rows, tb.strad.numel(), dtype=torch.int64, device=device)
-
     def one_group(g: int) -> torch.Tensor:
         raw = src[g * gb : min((g + 1) * gb, src.numel())]
         buf = torch.zeros(gb, dtype=torch.uint8, device=device)
         buf[: raw.numel()] = raw
         L = torch.empty(1, 64, dtype=torch.int64, device=device)
-        _unpack_rows(tb, buf.view(torch.int64).view(1, bits), L, Hb[:1])
+        H = torch.empty(1, tb.strad.numel(), dtype=torch.int64, device=device)
+        _unpack_rows(tb, buf.view(torch.int64).view(1, bits), L, H)
         return L.view(-1)
 
     if gz > ga:
         words = _words_view(src[ga * gb : gz * gb]).view(gz - ga, bits)
         vals = dst[ga * 64 - start : gz * 64 - start].view(gz - ga, 64)
-        for r0 in range(0, gz - ga, tb.rows):
-            r1 = min(gz - ga, r0 + tb.rows)
-            _unpack_rows(tb, words[r0:r1], vals[r0:r1], Hb[: r1 - r0])
+
+        def work(lo: int, hi: int) -> None:
+            Hb = torch.empty(min(tb.rows, hi - lo), tb.strad.numel(), dtype=torch.int64, device=device)
+            for r0 in range(lo, hi, tb.rows):
+                r1 = min(hi, r0 + tb.rows)
+                _unpack_rows(tb, words[r0:r1], vals[r0:r1], Hb[: r1 - r0])
+
+        _for_chunks(gz - ga, tb.rows, device, work)
         if start % 64:
             dst[: ga * 64 - start] = one_group(ga - 1)[start % 64 :]
         if end % 64:
