@@ -79,3 +79,15 @@ def test_pack_from_frame_tensors(inputs, tmp_path):
     assert len(ds) == 3 and ds.labels.tolist() == [1, 0, 1] and ds[0][0].shape == (2, 3, 16, 16)
     save_file({"frames": torch.rand(3, 2, 3, 16, 16) * 2, "labels": torch.tensor([1, 0, 1])}, tmp_path / "g.safetensors")
     assert main(["pack", "--vae", str(inputs / "vae"), "--frames-file", str(tmp_path / "g.safetensors"), "-o", str(tmp_path / "g.ddz"), "-q"]) == 2
+
+
+def test_decoder_only_unpacks_to_a_loadable_folder(inputs, tmp_path):
+    out = tmp_path / "d.ddz"
+    assert main(["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "-o", str(out),
+                 "--decoder-only", "--scheme", "symmetric", "--storage", "f16", "-q"]) == 0
+    assert main(["unpack", str(out), "-o", str(tmp_path / "u"), "-q"]) == 0
+    cfg = json.loads((tmp_path / "u" / "vae" / "config.json").read_text())
+    assert cfg["_ddz_decoder_only"] is True
+    dec = load_vae_dir(tmp_path / "u" / "vae")
+    assert not any(k.startswith("encoder.") for k in dec.state_dict())
+    assert dec.decode(torch.randn(1, 4, 8, 8)).sample.shape == (1, 3, 16, 16)
