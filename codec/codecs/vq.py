@@ -36,54 +36,77 @@ try:  # numba is a hard dependency of the package, but keep the torch path impor
 except Exception:  # pragma: no cover
     _nb = None
 
-_LANES = 16
-_TILE = 64
-
-if _nb is not None:
-
-    @_nb.njit(parallel=True, fastmath=False, cache=True, boundscheck=False)
-    def _nearest_small_kernel(x, cbT, bias, out):  # pragma: no cover - compiled
-        n, dc = x.shape
-        k = cbT.shape[1]
-        ntiles = (n + _TILE - 1) // _TILE
-        for t in _nb.prange(ntiles):
-            bv = np.empty(_LANES, np.float32)
-            bi = np.empty(_LANES, np.int32)
-            s = np.empty(_LANES, np.float32)
-            r0 = t * _TILE
-            r1 = min(n, r0 + _TILE)
-            for r in range(r0, r1):
-                for l in range(_LANES):
-                    bv[l] = -np.inf
-                    bi[l] = 0
-                for j0 in range(0, k, _LANES):
-                    for l in range(_LANES):
-                        s[l] = bias[j0 + l]
-                    for c in range(dc):
-                        xc = x[r, c]
-                        for l in range(_LANES):
-                            s[l] += xc * cbT[c, j0 + l]
-                    for l in range(_LANES):
-                        if s[l] > bv[l]:
-                            bv[l] = s[l]
-                            bi[l] = j0 + l
-                best = bv[0]
-                besti = bi[0]
-                for l in range(1, _LANES):
-                    if bv[l] > best or (bv[l] == best and bi[l] < besti):
-                        best = bv[l]
-                        besti = bi[l]
-                out[r] = besti
+_KERNELS: dict[tuple[int, int], Any] = {}
 
 
-def _prep_small(codebook: np.ndarray):
-    k, dc = codebook.shape
-    kp = ((k + _LANES - 1) // _LANES) * _LANES
-    cbT = np.zeros((dc, kp), np.float32)
-    cbT[:, :k] = codebook.T
-    bias = np.full(kp, -np.inf, np.float32)
-    bias[:k] = -0.5 * np.einsum("kd,kd->k", codebook.astype(np.float64), codebook.astype(np.float64))
-    return cbT, bias
+def _tree(terms: list[str]) -> str:
+    """Balanced sum expression (shorter dependency chains than a left fold)."""
+    while len(terms) > 1:
+        nxt = [f"({terms[i]} + {terms[i + 1]})" for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            nxt.append(terms[-1])
+        terms = nxt
+    return terms[0]
+
+
+def _tile_rows(dc: int) -> int:
+    """Rows per tile so the transposed x tile (dc x T fp32) stays in L1 (~24 KiB)."""
+    return int(min(512, max(32, (6144 // dc) // 16 * 16)))
+
+
+def _nearest_kernel(dc: int):
+    """A numba kernel specialised to ``dc`` (unrolled): for a tile of T rows held transposed,
+    loop over codes j and, vectorised over the rows, compute ``s = h.mu_j - |mu_j|^2/2`` and
+    keep the running max and its index (strict ``>``: ties keep the lower index).  The
+    (n, k) score matrix is never materialised."""
+    T = _tile_rows(dc)
+    key = (dc, T)
+    f = _KERNELS.get(key)
+    if f is not None:
+        return f
+    xs = "\n        ".join(f"x{c} = np.empty({T}, np.float32)" for c in range(dc))
+    fill = "\n            ".join(f"x{c}[r] = x[r0 + r, {c}] if r < m else np.float32(0)" for c in range(dc))
+    cs = "\n            ".join(f"c{c} = cb[j, {c}]" for c in range(dc))
+    dot = _tree(["bj"] + [f"x{c}[r] * c{c}" for c in range(dc)])
+    src = f"""
+def kern(x, cb, bias, out):
+    n = x.shape[0]
+    k = cb.shape[0]
+    ntiles = (n + {T} - 1) // {T}
+    for t in nb.prange(ntiles):
+        r0 = t * {T}
+        m = min(n, r0 + {T}) - r0
+        {xs}
+        for r in range({T}):
+            {fill}
+        best = np.full({T}, -np.inf, np.float32)
+        bi = np.zeros({T}, np.int32)
+        for j in range(k):
+            bj = bias[j]
+            {cs}
+            jj = np.int32(j)
+            for r in range({T}):
+                d = {dot}
+                g = np.int32(d > best[r])
+                best[r] = max(d, best[r])
+                bi[r] = g * jj + (np.int32(1) - g) * bi[r]
+        for r in range(m):
+            out[r0 + r] = bi[r]
+"""
+    ns = {"nb": _nb, "np": np}
+    exec(compile(src, f"<ddz nearest-code kernel dc={dc}>", "exec"), ns)  # noqa: S102 - generated from integers only
+    f = _nb.njit(parallel=True, boundscheck=False, fastmath=False)(ns["kern"])
+    _KERNELS[key] = f
+    return f
+
+
+def _prep_codebook(codebook: np.ndarray):
+    cb = np.ascontiguousarray(codebook, dtype=np.float32)
+    bias = (-0.5 * np.einsum("kd,kd->k", cb.astype(np.float64), cb.astype(np.float64))).astype(np.float32)
+    return cb, bias
+
+
+NUMBA_MAX_DC = 128
 
 
 def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=None):
@@ -101,14 +124,19 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     n, dc = xt.shape
     k = cb.shape[0]
     if method == "auto":
-        method = "numba" if (_nb is not None and xt.device.type == "cpu" and dc <= 16) else "torch"
+        method = "numba" if (_nb is not None and xt.device.type == "cpu" and dc <= NUMBA_MAX_DC) else "torch"
     if method == "numba":
+        if not (torch.isfinite(xt).all() and torch.isfinite(cb).all()):
+            raise InvalidInputError("nearest_code: non-finite values in the latents or the codebook")
         xn = np.ascontiguousarray(xt.detach().to(torch.float32).numpy())
-        cbT, bias = _prep_small(cb.detach().to(torch.float32).cpu().numpy())
+        cbn, bias = _prep_codebook(cb.detach().to(torch.float32).cpu().numpy())
         res = np.empty(n, np.int32)
-        if n:
-            _nearest_small_kernel(xn, cbT, bias, res)
+        if n and k:
+            _nearest_kernel(dc)(xn, cbn, bias, res)
         res = res.astype(np.int64)
+        if out is not None:
+            out[:] = torch.from_numpy(res) if isinstance(out, torch.Tensor) else res
+            return out
         return res if is_np else torch.from_numpy(res)
     # torch path: scores = h.mu - |mu|^2/2, then max
     dtype = torch.float32 if xt.dtype not in (torch.float64,) else torch.float64
@@ -136,7 +164,7 @@ def renorm_(y: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: float, *,
-                 dtype: torch.dtype = torch.float32, chunk: int = 2048, out: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float32, chunk: int = 4096, out: torch.Tensor | None = None,
                  renorm: bool = True) -> torch.Tensor:
     """Eq. 6 + Eq. 9: indices (n, m) -> renormalised probabilities (n, C) float32.
 
@@ -159,6 +187,22 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
     res = out if out is not None else torch.empty((n, C), dtype=torch.float32, device=dev)
     if n == 0:
         return res
+    c = max(1, min(chunk, n))
+    tmp = torch.empty((c, C), dtype=dtype, device=dev) if dtype != torch.float32 else None
+    zbuf = torch.empty((c * m, dc), dtype=dtype, device=dev)
+    flat = idx.reshape(-1)
+    for s in range(0, n, c):
+        e = min(n, s + c)
+        r = e - s
+        z = torch.index_select(cb, 0, flat[s * m:e * m], out=zbuf[: r * m]).view(r, dh)  # Eq. 5
+        if tmp is None:
+            torch.mm(z, D, out=res[s:e])  # Eq. 6
+        else:
+            torch.mm(z, D, out=tmp[:r])
+            res[s:e].copy_(tmp[:r])
+        if renorm:
+            renorm_(res[s:e], eps)  # Eq. 9
+    return res
     c = max(1, min(chunk, n))
     z = torch.empty((c * m, dc), dtype=dtype, device=dev)
     tmp = torch.empty((c, C), dtype=dtype, device=dev) if dtype != torch.float32 else None
