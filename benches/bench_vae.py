@@ -110,7 +110,7 @@ def _check_floor(name):
     assert a / b >= 0.9, f"int8 decode {a / b:.2f}x the speed of fp32"
 
 
-def interleaved(config_name: str = "sd", rounds: int = 3) -> list[dict]:
+def interleaved(config_name: str = "sd", rounds: int = 3, n_latents: int = 16) -> list[dict]:
     """fp32 / int8 / int8+bf16 decodes taken in turn each round (fair on a noisy shared machine)."""
     import time
 
@@ -123,14 +123,15 @@ def interleaved(config_name: str = "sd", rounds: int = 3) -> list[dict]:
             write_vae(w, "vae", ref)
         with codec.open(os.path.join(tmp, "v.ddz")) as f:
             q = read_vae(f)
-    z = torch.randn(16, 4, 14, 14, generator=torch.Generator().manual_seed(0)) * 3
+    z = torch.randn(n_latents, 4, 14, 14, generator=torch.Generator().manual_seed(0)) * 3
     runs = {"fp32 diffusers": (ref, None), "ddz int8 (fp32 kernels)": (q, None), "ddz int8 + bf16 autocast": (q, "bf16")}
     times: dict[str, list[float]] = {k: [] for k in runs}
     outs = {}
     for k, (m, ac) in runs.items():  # warm-up
         outs[k] = decode_latents(m, z, autocast=ac)
-    for _ in range(rounds):
-        for k, (m, ac) in runs.items():
+    for r in range(rounds):
+        order = list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]  # alternate the order
+        for k, (m, ac) in order:
             t = time.perf_counter()
             decode_latents(m, z, autocast=ac)
             times[k].append(time.perf_counter() - t)
@@ -139,17 +140,17 @@ def interleaved(config_name: str = "sd", rounds: int = 3) -> list[dict]:
     for k in runs:
         med = sorted(times[k])[rounds // 2]
         err = decode_error(outs["fp32 diffusers"], outs[k])
-        rows.append({"what": k, "median s": med, "all s": [round(t, 2) for t in times[k]], "speed vs fp32": base / med, **err})
+        rows.append({"what": k, "median s": med, "min s": min(times[k]), "all s": [round(t, 2) for t in times[k]], "speed vs fp32": base / med, **err})
     return rows
 
 
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(description="interleaved VAE decode timing (16 latents [4,14,14])")
+    ap = argparse.ArgumentParser(description="interleaved VAE decode timing (latents [4,14,14])")
     ap.add_argument("--config", choices=("sd", "small"), default="sd")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latents", type=int, default=16, help="latents decoded per call (frames of one clip)")
     a = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    for r in interleaved(a.config, a.rounds):
+    for r in interleaved(a.config, a.rounds, a.latents):
         print(r)
