@@ -7,8 +7,17 @@ from .format import DDZFile, SectionInfo, Writer, open, save_file
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # codec.load pulls in torch and diffusers; import it on first use so `import codec` stays light.
+    if name == "load":
+        from .loader import load
+
+        return load
+    raise AttributeError(f"module 'codec' has no attribute {name!r}")
+
 __all__ = [
-    "pack_bits", "unpack_bits", "open", "save_file", "Writer", "DDZFile", "SectionInfo",
+    "load", "pack_bits", "unpack_bits", "open", "save_file", "Writer", "DDZFile", "SectionInfo",
     "DDZError", "FormatError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "LimitError",
     "UnknownCodecError", "InvalidInputError", "SectionNotFoundError", "BudgetError", "FileAccessError",
 ]

@@ -157,6 +157,15 @@ def test_failed_write_leaves_target_untouched(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_published_file_mode_follows_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        codec.save_file({"x": np.zeros(1)}, tmp_path / "m.ddz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.ddz").stat().st_mode & 0o777 == 0o640
+
+
 def test_abandoned_writer_removes_temp_file(tmp_path):
     w = codec.Writer(tmp_path / "never.ddz")
     w.add("x", np.zeros(3, np.float32))

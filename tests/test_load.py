@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from codec.errors import FormatError, InvalidInputError
-from codec.load import load
+from codec.loader import load
 from codec.video import decode_latents, pack_latents, tiny_vae_config, vae_from_config
 
 
@@ -111,7 +111,7 @@ def test_soft_label_archives_are_handed_to_codec_softlabels(tmp_path):
 
 def test_codec_load_is_callable_as_documented(archive):
     import codec
-    import codec.load
+    import codec.loader.video  # importing the subpackage must not shadow the function
 
     ds = codec.load(archive)
     assert len(ds) == 9 and ds[0][0].shape == (3, 3, 16, 16)

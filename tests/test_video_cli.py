@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codec.cli import main
-from codec.load import load
+from codec.loader import load
 from codec.video import load_vae_dir, save_vae_dir, tiny_vae_config, vae_from_config
 
 

@@ -10,7 +10,7 @@ import torch
 
 import codec
 from codec.errors import BudgetError, InvalidInputError
-from codec.load import load
+from codec.loader import load
 from codec.video import (find_clips, load_tensors, pack_latents, pack_videos, parse_size, plan_latent_archive,
                          read_clip, tiny_vae_config, vae_from_config)
 from codec.video.pack import ArchivePlan

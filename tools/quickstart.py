@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import torch
 
-    from codec.load import load
+    from codec import load
     from codec.video import decode_error, decode_latents, pack_videos, tiny_vae_config, vae_from_config
 
     torch.manual_seed(0)

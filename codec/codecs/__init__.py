@@ -3,5 +3,8 @@
 from .base import Codec, Part, codec_from_config, register_codec, registered_codecs
 from .objects import object_codec, read_object, write_object
 
+# every built-in codec registers its id on import, so any stored config can be rebuilt
+from . import int8, lpld, pca, quant, topk, tucker, vq  # noqa: E402,F401  isort: skip
+
 __all__ = ["Codec", "Part", "codec_from_config", "register_codec", "registered_codecs",
            "object_codec", "read_object", "write_object"]

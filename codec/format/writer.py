@@ -132,6 +132,7 @@ class Writer:
             self._f.seek(0)
             self._f.write(pre.to_bytes())
             self._f.flush()
+            os.fchmod(self._f.fileno(), 0o666 & ~_umask())  # mkstemp made it 0600; publish like open() would
             os.fsync(self._f.fileno())
             self._f.close()
             os.replace(self._tmp, self.path)
@@ -249,6 +250,12 @@ class SectionWriter:
         if len(data):
             self._crc = crc32(data, self._crc)
             self._w._write(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: str) -> None:

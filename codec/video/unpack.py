@@ -83,7 +83,7 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from ..load.video import VideoDataset
+    from ..loader.video import VideoDataset
 
     if frames not in (None, "mp4", "png"):
         raise InvalidInputError(f"frames must be 'mp4' or 'png', got {frames!r}")

@@ -1,7 +1,7 @@
 """``codec.load(path, ...)``: a .ddz as something training code can iterate.
 
 * Latent-video archives (``ddz pack``): a map-style :class:`VideoDataset` giving
-  ``(video float [T, 3, H, W] in [0, 1], label)``; see :mod:`codec.load.video`.
+  ``(video float [T, 3, H, W] in [0, 1], label)``; see :mod:`codec.loader.video`.
 * Soft-label archives: handed to :mod:`codec.softlabels`' replay API.
 """
 
@@ -63,17 +63,3 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
     with ddz_open(path) as f:
         keys = sorted(f.metadata)[:6]
     raise FormatError(f"{path}: neither a latent-video nor a soft-label archive (metadata keys: {keys})")
-
-
-class _CallableModule(__import__("types").ModuleType):
-    """``codec.load`` is both this subpackage and the function: calling the module calls :func:`load`.
-
-    (Importing ``codec.load.video`` binds the *module* to the attribute ``codec.load``; this
-    keeps ``codec.load("x.ddz")`` working whichever of the two the attribute holds.)
-    """
-
-    def __call__(self, path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
-        return load(path, device, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
