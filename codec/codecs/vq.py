@@ -106,7 +106,7 @@ def _prep_codebook(codebook: np.ndarray):
     return cb, bias
 
 
-NUMBA_MAX_DC = 128
+NUMBA_MAX_DC = 32  # above this, chunked BLAS (torch.addmm + torch.max) is faster
 
 
 def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=None):

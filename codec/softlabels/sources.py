@@ -11,6 +11,7 @@ A source yields float tensors of shape (rows, C).  Three kinds cover data larger
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -43,6 +44,28 @@ def _to_tensor(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a, copy=True) if not a.flags.writeable else np.ascontiguousarray(a))
 
 
+def _release(data, s: int, e: int) -> None:
+    """Drop the pages of rows s:e of a file-backed np.memmap from this process's resident set
+    (madvise MADV_DONTNEED; the kernel page cache keeps them), so streaming a memmap larger
+    than RAM keeps RSS at O(chunk)."""
+    if not isinstance(data, np.memmap) or e <= s or not hasattr(os, "sysconf"):
+        return
+    try:
+        import ctypes
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        row = data.strides[0]
+        a0 = data.ctypes.data + s * row
+        a1 = data.ctypes.data + e * row
+        lo = a0 - a0 % page
+        hi = a1 - a1 % page  # keep the (shared) last partial page
+        if hi > lo:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+    except Exception:  # advisory only
+        pass
+
+
 class ArraySource(Source):
     def __init__(self, data: Any):
         if not isinstance(data, (np.ndarray, torch.Tensor)):
@@ -59,18 +82,26 @@ class ArraySource(Source):
         nb = (self.rows + batch_size - 1) // batch_size
         order = torch.randperm(nb, generator=generator) if generator is not None else torch.arange(nb)
         for b in order.tolist():
-            yield self._slice(b * batch_size, min(self.rows, (b + 1) * batch_size))
+            s, e = b * batch_size, min(self.rows, (b + 1) * batch_size)
+            out = self._slice(s, e)
+            _release(self.data, s, e)
+            yield out
 
     def sample(self, n, generator):
         n = min(n, self.rows)
         idx = torch.randperm(self.rows, generator=generator)[:n].sort().values.numpy()
         if isinstance(self.data, torch.Tensor):
             return self.data[torch.from_numpy(idx)]
-        return _to_tensor(self.data[idx])
+        out = _to_tensor(self.data[idx])
+        _release(self.data, 0, self.rows)
+        return out
 
     def sequential(self, chunk):
         for s in range(0, self.rows, chunk):
-            yield self._slice(s, min(self.rows, s + chunk))
+            e = min(self.rows, s + chunk)
+            out = self._slice(s, e)
+            _release(self.data, s, e)
+            yield out
 
 
 class DDZSource(Source):
@@ -89,8 +120,15 @@ class DDZSource(Source):
     def _slice(self, s, e):
         return _to_tensor(self.file.get_rows(self.section, s, e))
 
-    batches = ArraySource.batches
-    sequential = ArraySource.sequential
+    def batches(self, batch_size, generator):
+        nb = (self.rows + batch_size - 1) // batch_size
+        order = torch.randperm(nb, generator=generator) if generator is not None else torch.arange(nb)
+        for b in order.tolist():
+            yield self._slice(b * batch_size, min(self.rows, (b + 1) * batch_size))
+
+    def sequential(self, chunk):
+        for s in range(0, self.rows, chunk):
+            yield self._slice(s, min(self.rows, s + chunk))
 
     def sample(self, n, generator):
         n = min(n, self.rows)

@@ -65,7 +65,7 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
 def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
     c = centres.clone()
     for _ in range(iters):
-        q = nearest_code(x, c, method="torch")
+        q = nearest_code(x, c)
         sums = torch.zeros_like(c).index_add_(0, q, x)
         cnt = torch.bincount(q, minlength=c.shape[0]).to(x.dtype)
         nz = cnt > 0
@@ -153,7 +153,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                 y = to_probs(batch, input, temperature, classes=C).to(dev)
                 h = (y @ P).reshape(-1, dc)
                 with torch.no_grad():
-                    q = nearest_code(h.detach(), mu.detach(), method="torch")
+                    q = nearest_code(h.detach(), mu.detach())
                     usage += torch.bincount(q, minlength=k)
                 muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
                 l_vq = ((h.detach() - muq) ** 2).sum() + beta * ((h - muq.detach()) ** 2).sum()
@@ -191,7 +191,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
     # (zstd over byte planes) turns into fewer bits per index.
     with torch.no_grad():
         Pc, muc = P.detach().cpu(), mu.detach().cpu()
-        q = nearest_code((ys @ Pc).reshape(-1, dc), muc, method="torch")
+        q = nearest_code((ys @ Pc).reshape(-1, dc), muc)
         cnt = torch.bincount(q, minlength=k)
         order = torch.sort(-cnt, stable=True).indices
         muc = muc[order].contiguous()
