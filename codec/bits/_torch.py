@@ -80,8 +80,9 @@ class _Tables:
         self.hw = t([w[i] + 1 for i in strad])
         self.hs = t([64 - s[i] for i in strad])
         self.hmask = t([mask & ~lomask[i] for i in strad])
-        self.ends = t([max(i for i in k if w[i] == j) for j in range(b)])  # last column of word j
-        self.prev = t([min(i for i in k if w[i] == j) - 1 for j in range(1, b)])  # column before word j's first
+        self.ends = t([max(i for i in k if w[i] == j) for j in range(b)])  # last column of word j (b <= 32: never empty)
+        # right shift that leaves the high part of value k (0 unless it straddles; shifts >= 64 give 0)
+        self.hs_all = t([64 - s[i] for i in range(63)])
         self.rows = _chunk_rows(device)
         r = torch.arange(self.rows, dtype=torch.int64, device=device)[:, None]
         self.flat_w = (r * b + self.w[None, :]).reshape(-1)  # gather index into a (rows, b) block
@@ -104,21 +105,21 @@ def _words_view(data: torch.Tensor) -> torch.Tensor:
     return data.view(torch.int64)
 
 
-def _pack_groups(tb: _Tables, V: torch.Tensor, W: torch.Tensor, S: torch.Tensor, H: torch.Tensor, P: torch.Tensor):
-    """V: (r, 64) int64 values (overwritten); W: (r, bits) int64 output words."""
-    r = V.shape[0]
-    if tb.strad.numel():
-        torch.index_select(V, 1, tb.strad, out=H)
-        H >>= tb.hs
+def _pack_groups(tb: _Tables, V: torch.Tensor, W: torch.Tensor, S: torch.Tensor, H: torch.Tensor, E: torch.Tensor):
+    """V: (r, 64) int64 values (overwritten); W: (r, bits) int64 output words.
+
+    A straddling value k is the last value of its word, so its high part belongs to the
+    word of value k+1: it is added to column k+1 (``H`` is zero for the other columns,
+    whose values are shifted right by >= bits), then words are run sums of columns.
+    """
+    torch.bitwise_right_shift(V[:, :63], tb.hs_all, out=H)
     V <<= tb.s
+    V[:, 1:] += H
     torch.cumsum(V, 1, out=S)
     torch.index_select(S, 1, tb.ends, out=W)
     if tb.bits > 1:
-        torch.index_select(S, 1, tb.prev, out=P)
-        W[:, 1:] -= P
-    if tb.strad.numel():
-        W.index_add_(1, tb.hw, H)
-    return r
+        torch.index_select(S, 1, tb.ends[:-1], out=E)  # run sum up to the previous word
+        W[:, 1:] -= E
 
 
 def pack_bits_torch(values: torch.Tensor, bits: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,14 +171,14 @@ def pack_bits_torch(values: torch.Tensor, bits: int, out: torch.Tensor | None = 
             rows = min(tb.rows, hi - lo)
             Vb = torch.empty(rows, 64, dtype=torch.int64, device=device)
             Sb = torch.empty(rows, 64, dtype=torch.int64, device=device)
-            Hb = torch.empty(rows, tb.strad.numel(), dtype=torch.int64, device=device)
-            Pb = torch.empty(rows, max(bits - 1, 0), dtype=torch.int64, device=device)
+            Hb = torch.empty(rows, 63, dtype=torch.int64, device=device)
+            Eb = torch.empty(rows, bits - 1, dtype=torch.int64, device=device)
             for r0 in range(lo, hi, rows):
                 r1 = min(hi, r0 + rows)
                 k = r1 - r0
                 V = Vb[:k]
                 V.copy_(src[r0:r1])
-                _pack_groups(tb, V, words[r0:r1], Sb[:k], Hb[:k], Pb[:k])
+                _pack_groups(tb, V, words[r0:r1], Sb[:k], Hb[:k], Eb[:k])
 
         _for_chunks(m, tb.rows, device, work)
         if not direct:
@@ -188,8 +189,8 @@ def pack_bits_torch(values: torch.Tensor, bits: int, out: torch.Tensor | None = 
         V[0, :rem] = flat[64 * m :]
         W = torch.empty(1, bits, dtype=torch.int64, device=device)
         _pack_groups(
-            tb, V, W, torch.empty_like(V), torch.empty(1, tb.strad.numel(), dtype=torch.int64, device=device),
-            torch.empty(1, max(bits - 1, 0), dtype=torch.int64, device=device),
+            tb, V, W, torch.empty_like(V), torch.empty(1, 63, dtype=torch.int64, device=device),
+            torch.empty(1, bits - 1, dtype=torch.int64, device=device),
         )
         dst[m * 8 * bits :].copy_(W.view(-1).view(torch.uint8)[: nbytes - m * 8 * bits])
     return result
