@@ -279,3 +279,16 @@ def test_open_reads_header_only(tmp_path):
         assert f.header_length < 1000 and f.file_size > 16 << 20
         assert f.header_offset == PREAMBLE_SIZE + (16 << 20)
         json.dumps(f.info("big").to_json())
+
+
+def test_codec_config_errors_are_codec_errors():
+    from codec.codecs import codec_from_config
+
+    with pytest.raises(codec.UnknownCodecError, match="no-such"):
+        codec_from_config({"id": "no-such"})
+    with pytest.raises(codec.InvalidInputError, match="string 'id'"):
+        codec_from_config({"k": 1})
+    with pytest.raises(codec.InvalidInputError, match="bad config for codec 'tucker'"):
+        codec_from_config({"id": "tucker", "no_such_option": 1})
+    with pytest.raises(codec.DDZError):
+        codec_from_config({"id": "tucker", "tol": "abc"})

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from ..errors import InvalidInputError, UnknownCodecError
+from ..errors import DDZError, InvalidInputError, UnknownCodecError
 
 _REGISTRY: dict[str, type["Codec"]] = {}
 
@@ -46,7 +46,9 @@ class Codec:
         cfg.pop("id", None)
         try:
             return cls(**cfg)
-        except TypeError as exc:
+        except (TypeError, ValueError, AttributeError) as exc:  # wrong keys or wrongly typed values
+            if isinstance(exc, DDZError):
+                raise
             raise InvalidInputError(f"bad config for codec {cls.codec_id!r}: {exc}") from None
 
     def __eq__(self, other: object) -> bool:
