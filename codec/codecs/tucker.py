@@ -35,8 +35,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, LimitError
 from .base import Codec, Part, register_codec
+from .int8 import _as_tensor  # the one shared array -> tensor helper
 
 __all__ = [
     "TuckerCodec",
@@ -48,6 +49,17 @@ __all__ = [
 
 _STORE = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 _METHODS = ("hosvd", "hooi")
+
+#: Decode refuses factors that expand one sample's core more than this many times (a rank-1
+#: Tucker of a 32x32x32 latent is 32768x; LVDD's rate 0.75 is about 2.4x), the same bound the
+#: format puts on zstd, so a small hostile file cannot make a reader allocate gigabytes.
+MAX_EXPANSION = 32768
+#: ... nor rebuild a single sample of more than this many elements (1 GiB of fp32).
+MAX_SAMPLE_ELEMENTS = 1 << 28
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def tucker_ranks(shape: Sequence[int], rate: float = 0.75, keep: Sequence[int] | None = None,
@@ -132,12 +144,24 @@ def hosvd(
     The chunk axis 0 keeps full rank (identity factor). Returns ``(core, factors)`` where
     ``factors`` maps each truncated axis ``k`` to ``U_k`` ``[d_k, r_k]`` (orthonormal columns)
     and ``core = x x_k U_k^T`` (fp32, on ``x``'s device). Full-rank axes are left out of
-    ``factors`` (identity). ``method="hooi"`` refines the HOSVD by alternating updates.
+    ``factors`` (identity).
+
+    ``method="hosvd"``: truncated HOSVD (De Lathauwer et al. 2000): ``U_k`` = the top-``r_k``
+    left singular vectors of the mode-``k`` unfolding ``X_(k)`` (eigenvectors of
+    ``X_(k) X_(k)^T``), which gives ``||X - X_hat||^2 <= sum_k sum_{i > r_k} sigma_{k,i}^2``.
+    ``method="hooi"``: HOSVD followed by up to ``n_iter`` alternating (HOOI) sweeps, stopping
+    when the relative error changes by less than ``tol``; ``n_iter=0`` is plain HOSVD (as
+    tensorly's ``n_iter_max=0``).
     """
     if method not in _METHODS:
         raise InvalidInputError(f"Tucker method must be one of {_METHODS}, got {method!r}")
+    if not (_is_int(n_iter) and n_iter >= 0):
+        raise InvalidInputError(f"Tucker n_iter must be a non-negative int, got {n_iter!r}")
     if x.dim() != len(ranks) + 1:
         raise InvalidInputError(f"Tucker ranks {list(ranks)} do not match a chunk of shape {tuple(x.shape)}")
+    for k, r in enumerate(ranks, start=1):
+        if not (_is_int(r) and 1 <= r <= x.shape[k]):
+            raise InvalidInputError(f"Tucker rank {r!r} for axis {k} is not in 1..{x.shape[k]} (chunk shape {tuple(x.shape)})")
     x = x.to(torch.float32)
     axes = [k for k in range(1, x.dim()) if ranks[k - 1] < x.shape[k]]
     factors: dict[int, torch.Tensor] = {}
@@ -151,7 +175,7 @@ def hosvd(
             t = _mode_apply(t, k, factors[k].T)
         return t
 
-    if method == "hooi" and axes:
+    if method == "hooi" and axes and n_iter > 0:
         norm_x = float(torch.linalg.vector_norm(x))
         prev = None
         for _ in range(int(n_iter)):
@@ -203,16 +227,6 @@ def reconstruct_rows(
     return reconstruct(core_rows.to(dev), facs, dtype)
 
 
-def _as_tensor(x: Any, what: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind == "V" or x.dtype == np.dtype("V2"):
-            raise InvalidInputError(f"{what}: cannot read raw bf16 numpy arrays; ask for torch tensors")
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise InvalidInputError(f"{what}: expected a numpy array or torch tensor, got {type(x).__name__}")
-
-
 @register_codec
 class TuckerCodec(Codec):
     """Chunked HOSVD/HOOI of ``[N, ...]`` latents (LVDD's Tucker compression).
@@ -236,18 +250,26 @@ class TuckerCodec(Codec):
             raise InvalidInputError(f"Tucker method must be one of {_METHODS}, got {method!r}")
         if dtype not in _STORE:
             raise InvalidInputError(f"Tucker storage dtype must be one of {sorted(_STORE)}, got {dtype!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if not _is_int(chunk_size) or chunk_size < 1:
             raise InvalidInputError(f"Tucker chunk_size must be a positive int, got {chunk_size!r}")
-        if not (isinstance(rate, (int, float)) and 0 < float(rate) <= 1):
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < float(rate) <= 1):
             raise InvalidInputError(f"Tucker compression rate must be in (0, 1], got {rate!r}")
-        if not (isinstance(n_iter, int) and n_iter >= 0):
-            raise InvalidInputError(f"Tucker n_iter must be a non-negative int, got {n_iter!r}")
+        if not (_is_int(n_iter) and n_iter >= 0):
+            raise InvalidInputError(f"Tucker n_iter must be a non-negative int (0: plain HOSVD), got {n_iter!r}")
+        if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol) and tol >= 0):
+            raise InvalidInputError(f"Tucker tol must be a finite number >= 0, got {tol!r}")
+        if ranks is not None:
+            if not isinstance(ranks, (list, tuple)) or not all(r is None or _is_int(r) for r in ranks):
+                raise InvalidInputError(f"Tucker ranks must be a list of ints or None, got {ranks!r:.80}")
+        if keep is not None:
+            if not isinstance(keep, (list, tuple)) or not all(_is_int(k) for k in keep):
+                raise InvalidInputError(f"Tucker keep must be a list of axis numbers, got {keep!r:.80}")
         self.rate = float(rate)
         self.ranks = None if ranks is None else [None if r is None else int(r) for r in ranks]
         self.keep = None if keep is None else [int(k) for k in keep]
-        self.chunk_size = chunk_size
+        self.chunk_size = int(chunk_size)
         self.method = method
-        self.n_iter = n_iter
+        self.n_iter = int(n_iter)
         self.tol = float(tol)
         self.dtype = dtype
 
@@ -314,15 +336,30 @@ class TuckerCodec(Codec):
         return out
 
     def check_parts(self, core_shape: Sequence[int], factors: Mapping[int, torch.Tensor]) -> None:
+        """Check that stored parts fit together, before anything is allocated.
+
+        Raises :class:`InvalidInputError` when the factors do not match the core and
+        :class:`LimitError` when they would expand a sample more than :data:`MAX_EXPANSION`
+        times or beyond :data:`MAX_SAMPLE_ELEMENTS` elements.
+        """
+        if len(core_shape) < 2:
+            raise InvalidInputError(f"Tucker core must be [N, ...] with at least 2 axes, got shape {tuple(core_shape)}")
         n = int(core_shape[0])
         n_chunks = -(-n // self.chunk_size)
         for k, f in factors.items():
             if not 1 <= k < len(core_shape):
                 raise InvalidInputError(f"Tucker factor_{k} names no axis of a core of shape {tuple(core_shape)}")
-            if f.shape[0] != n_chunks or f.shape[2] != core_shape[k]:
+            if f.dim() != 3 or f.shape[0] != n_chunks or f.shape[2] != core_shape[k] or f.shape[1] < 1:
                 raise InvalidInputError(
                     f"Tucker factor_{k} shape {tuple(f.shape)} does not fit core {tuple(core_shape)} "
                     f"with chunk_size {self.chunk_size} ({n_chunks} chunks)")
+        row = math.prod(int(d) for d in core_shape[1:])
+        out_row = math.prod(self.output_shape(core_shape, factors)[1:])
+        if out_row > MAX_SAMPLE_ELEMENTS:
+            raise LimitError(f"Tucker parts rebuild {out_row:,} elements per sample, over the limit of {MAX_SAMPLE_ELEMENTS:,}")
+        if row and out_row > MAX_EXPANSION * row:
+            raise LimitError(f"Tucker factors expand a core row of {row:,} elements to {out_row:,} "
+                             f"(over {MAX_EXPANSION}x): refusing to decode")
 
     def output_shape(self, core_shape: Sequence[int], factors: Mapping[int, torch.Tensor]) -> tuple[int, ...]:
         shape = list(core_shape)
@@ -334,6 +371,8 @@ class TuckerCodec(Codec):
         if "core" not in parts:
             raise InvalidInputError("Tucker object is missing its 'core' part")
         core = _as_tensor(parts["core"], "Tucker part 'core'")
+        if not core.is_floating_point():
+            raise InvalidInputError(f"Tucker part 'core' must be floating point, got {core.dtype}")
         factors = self.factor_parts(parts)
         self.check_parts(core.shape, factors)
         out = torch.empty(self.output_shape(core.shape, factors), dtype=torch.float32, device=core.device)
