@@ -33,14 +33,24 @@ _SCHEMES = ("asymmetric", "symmetric")
 
 
 def _as_tensor(x: Any, what: str = "input") -> torch.Tensor:
+    """``x`` as a torch tensor (numpy arrays zero-copy; lists/scalars converted); the one copy
+    shared by the int8 and Tucker codecs. Raw bf16 numpy arrays (dtype ``V2``/uint16 bits from a
+    .ddz read with ``framework="numpy"``) are refused: read bf16 sections as torch tensors."""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
+        if x.dtype.kind == "V":
+            raise InvalidInputError(f"{what}: cannot read raw bf16 numpy arrays; ask for torch tensors")
+        if x.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{what}: unsupported numpy dtype {x.dtype}")
         return torch.from_numpy(np.ascontiguousarray(x))
     try:
-        return torch.as_tensor(np.asarray(x))
+        arr = np.asarray(x)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure as bad input
         raise InvalidInputError(f"{what}: cannot convert {type(x).__name__} to a tensor: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{what}: cannot convert {type(x).__name__} to a numeric tensor (got dtype {arr.dtype})")
+    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _check_scheme(scheme: str) -> None:
@@ -95,10 +105,12 @@ def quantize_int8(
     hi = rows.amax(dim=1)
     _check_finite(lo)
     _check_finite(hi)
-    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    scale = (hi - lo) / 255.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = torch.round(-128.0 - lo / scale).clamp_(-128, 127)
+    # the range in float64: hi - lo overflows fp32 for weights near +-3.4e38
+    lo, hi = lo.clamp(max=0.0).double(), hi.clamp(min=0.0).double()
+    scale64 = (hi - lo) / 255.0
+    scale64 = torch.where(scale64 > 0, scale64, torch.ones_like(scale64))
+    zp = torch.round(-128.0 - lo / scale64).clamp_(-128, 127).float()
+    scale = scale64.float()
     q = (torch.round(xf / scale.reshape(bshape)) + zp.reshape(bshape)).clamp_(-128, 127).to(torch.int8)
     return q, scale, zp.to(torch.int8)
 
@@ -178,6 +190,37 @@ _OUT_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat1
 _FLOAT_STORE = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_manifest(tensors: Any) -> list[list[Any]]:
+    """Validate a state-dict manifest: entries ``[name, shape, "q", axis]`` or ``[name, shape, "f"]``
+    with a unique str name, a list of ints >= 0 as shape and ``0 <= axis < len(shape)``."""
+    if not isinstance(tensors, (list, tuple)):
+        raise InvalidInputError(f"int8 state dict manifest must be a list, got {type(tensors).__name__}")
+    out, seen = [], set()
+    for i, ent in enumerate(tensors):
+        bad = f"int8 state dict manifest entry {i} ({str(ent)[:60]})"
+        if not isinstance(ent, (list, tuple)) or len(ent) not in (3, 4):
+            raise InvalidInputError(f"{bad}: expected [name, shape, 'q', axis] or [name, shape, 'f']")
+        name, shape, kind = ent[0], ent[1], ent[2]
+        if not isinstance(name, str) or not name or name in seen:
+            raise InvalidInputError(f"{bad}: name must be a unique non-empty string")
+        seen.add(name)
+        if not isinstance(shape, (list, tuple)) or len(shape) > 16 or not all(_is_int(d) and d >= 0 for d in shape):
+            raise InvalidInputError(f"{bad}: shape must be a list of at most 16 ints >= 0")
+        if kind == "q":
+            if len(ent) != 4 or not _is_int(ent[3]) or not 0 <= ent[3] < len(shape):
+                raise InvalidInputError(f"{bad}: a 'q' entry needs an axis int in 0..{len(shape) - 1}")
+            out.append([name, [int(d) for d in shape], "q", int(ent[3])])
+        elif kind == "f" and len(ent) == 3:
+            out.append([name, [int(d) for d in shape], "f"])
+        else:
+            raise InvalidInputError(f"{bad}: kind must be 'q' (with an axis) or 'f'")
+    return out
+
+
 @register_codec
 class Int8StateDictCodec(Codec):
     """A dict of named tensors (a model's state dict) with chosen tensors int8-quantised (Eq. 6).
@@ -202,11 +245,14 @@ class Int8StateDictCodec(Codec):
             raise InvalidInputError(f"float_dtype must be one of {sorted(_FLOAT_STORE)}, got {float_dtype!r}")
         if zstd is not None and not (isinstance(zstd, int) and 1 <= zstd <= 22):
             raise InvalidInputError(f"zstd level must be 1..22 or None, got {zstd!r}")
+        if quantize is not None and not (isinstance(quantize, Mapping)
+                                         and all(isinstance(k, str) and _is_int(v) for k, v in quantize.items())):
+            raise InvalidInputError(f"int8-state quantize must map tensor names to axis ints, got {quantize!r:.80}")
         self.scheme = scheme
         self.quantize = {str(k): int(v) for k, v in (quantize or {}).items()}
         self.float_dtype = float_dtype
         self.zstd = zstd
-        self.tensors = None if tensors is None else [list(t) for t in tensors]
+        self.tensors = None if tensors is None else _check_manifest(tensors)
         self.model = model
 
     def get_config(self) -> dict[str, Any]:
@@ -295,15 +341,20 @@ class Int8StateDictCodec(Codec):
         if self.tensors is None:
             raise InvalidInputError("int8 state dict config has no tensor manifest")
         get = {k: _as_tensor(v, f"int8 state part {k!r}") for k, v in parts.items()}
-        try:
-            need = self._sizes(self.tensors)
-        except (TypeError, IndexError, ValueError) as exc:
-            raise InvalidInputError(f"int8 state dict manifest is malformed: {exc}") from None
+        need = self._sizes(self.tensors)
+        unexpected = sorted(set(get) - set(need))
+        if unexpected:  # e.g. a zero point stored but the config says symmetric: decoding would be wrong
+            raise InvalidInputError(f"int8 state dict object has parts {unexpected} that its config "
+                                    f"(scheme {self.scheme!r}, manifest) does not use; expected {sorted(need)}")
         for name, (count, _) in need.items():
             if name not in get:
                 raise InvalidInputError(f"int8 state dict object is missing its {name!r} part")
             if get[name].numel() != count:
                 raise InvalidInputError(f"int8 state part {name!r} has {get[name].numel()} elements, manifest needs {count}")
+        for name, want in (("q", (torch.int8,)), ("zero_point", (torch.int8,)), ("scale", (torch.float32,)),
+                           ("float", tuple(_FLOAT_STORE.values()))):
+            if name in get and get[name].dtype not in want:
+                raise InvalidInputError(f"int8 state part {name!r} has dtype {get[name].dtype}, expected {want[0]}")
         if device is not None:
             get = {k: v.to(device) for k, v in get.items()}
         out: dict[str, torch.Tensor] = {}
