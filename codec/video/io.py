@@ -29,11 +29,38 @@ import torch
 
 from ..errors import InvalidInputError
 
-__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "Clip", "find_clips", "read_clip", "read_video",
+__all__ = ["parse_device", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "Clip", "find_clips", "read_clip", "read_video",
            "read_frame_folder", "load_tensors", "parse_resolution"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv", ".3gp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def parse_device(device: Any) -> torch.device:
+    """``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / a ``torch.device`` -> ``torch.device``, checked usable here.
+
+    Raises :class:`InvalidInputError` for a name torch does not know, for CUDA (or MPS/XPU)
+    when this torch build or machine has none, and for a device index that does not exist
+    (instead of torch's RuntimeError / AssertionError deep inside a model call).
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N, ...") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if dev.type not in ("cuda", "mps", "xpu") or not callable(is_available):
+        raise InvalidInputError(f"device {device!r} is not supported here; use cpu or cuda")
+    if not is_available():
+        raise InvalidInputError(f"device {device!r} was asked for, but this torch build or machine has no {dev.type.upper()} device")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if dev.index is not None and dev.index >= count:
+        raise InvalidInputError(f"device {device!r} does not exist ({count} {dev.type} device(s) visible)")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -95,13 +122,17 @@ def find_clips(root: str | os.PathLike, csv_path: str | os.PathLike | None = Non
 def _clips_from_csv(path: str) -> tuple[list[Clip], list[str]]:
     base = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate a BOM (Excel's CSV)
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInputError(f"{path}: cannot read CSV ({exc})") from None
     if not rows or "path" not in rows[0] or "label" not in rows[0]:
         raise InvalidInputError(f"{path}: CSV needs a header with 'path' and 'label' columns and at least one row")
-    labels = [r["label"] for r in rows]
+    for i, r in enumerate(rows):
+        # DictReader fills missing fields of a short row with None
+        if not isinstance(r.get("path"), str) or not isinstance(r.get("label"), str) or not r["path"].strip():
+            raise InvalidInputError(f"{path}: row {i + 2} needs both a path and a label, got {list(r.values())[:2]}")
+    labels = [r["label"].strip() for r in rows]
     if all(lb.strip().lstrip("-").isdigit() for lb in labels):
         ids = [int(lb) for lb in labels]
         if min(ids) < 0:

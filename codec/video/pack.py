@@ -38,7 +38,7 @@ from ..format.arrays import to_storage
 from ..format.header import Header, SectionInfo
 from ..format.layout import DEFAULT_ALIGNMENT, PREAMBLE_SIZE, align_up, crc32
 from .io import find_clips, parse_resolution, read_clip
-from .vae import encode_frames, vae_parts
+from .vae import encode_frames, stored_state, vae_codec, vae_parts
 
 __all__ = ["parse_size", "format_size", "ArchivePlan", "plan_latent_archive", "pack_latents",
            "encode_clips", "encode_frame_tensor", "pack_videos", "VIDEO_META_KEY"]
@@ -375,11 +375,9 @@ def encode_frame_tensor(vae: torch.nn.Module, frames: Any, *, batch_size: int = 
 
 def _lower_bound(vae: torch.nn.Module, n: int, latent_shape: Sequence[int], kw: Mapping[str, Any]) -> int:
     """Stored bytes of the data alone (no header), computed from shapes: a cheap early budget check."""
-    from .vae import vae_codec, _state
-
     dec = kw.get("decoder_only", False)
     vc = vae_codec(vae, scheme=kw.get("scheme", "asymmetric"), decoder_only=dec, float_dtype=kw.get("vae_float", "f32"))
-    sizes = vc.part_sizes({k: v.shape for k, v in _state(vae, dec).items()})
+    sizes = vc.part_sizes({k: v.shape for k, v in stored_state(vae, dec).items()})
     item = {"i8": 1, "f32": 4, "f16": 2, "bf16": 2}
     total = sum(c * item[d] for c, d in sizes.values()) if kw.get("zstd") is None else 0
     tc = TuckerCodec(rate=kw.get("hosvd_rate", 0.75), ranks=kw.get("ranks"), chunk_size=kw.get("chunk_size", 400),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -30,6 +31,7 @@ from torch import nn
 from ..codecs.int8 import Int8StateDictCodec, dequantize_int8, quantize_int8
 from ..codecs.objects import object_codec, write_object
 from ..errors import DDZError, FormatError, InvalidInputError
+from .io import parse_device
 
 __all__ = [
     "SD_VAE_FT_MSE_CONFIG",
@@ -43,6 +45,7 @@ __all__ = [
     "write_vae",
     "read_vae",
     "build_vae",
+    "stored_state",
     "fake_quantize",
     "decode_latents",
     "encode_frames",
@@ -127,9 +130,17 @@ def vae_from_config(config: Mapping[str, Any] | str | os.PathLike, seed: int | N
             torch.manual_seed(seed)
         try:
             model = cls.from_config(dict(config))
-        except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
-            raise InvalidInputError(f"cannot build {cls.__name__} from its config: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - diffusers raises anything (IndexError, ZeroDivisionError, ...)
+            raise InvalidInputError(f"cannot build {cls.__name__} from its config: {_short(exc)}") from None
     return model.eval().requires_grad_(False)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of ``exc``, first line only, at most ``limit`` characters (torch and
+    diffusers messages can run to thousands of lines)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_json(path: str) -> dict:
@@ -172,6 +183,7 @@ def load_vae_dir(path: str | os.PathLike, device: Any = None) -> nn.Module:
         raise InvalidInputError(f"{weights}: not a readable safetensors file ({exc})") from None
     decoder_only = bool(config.pop("_ddz_decoder_only", False))
     desc = {"library": "diffusers", "class": cls.__name__, "config": config, "decoder_only": decoder_only}
+    device = parse_device(device)
     try:
         return build_vae(desc, state, device=device, where=weights)
     except FormatError as exc:
@@ -216,7 +228,8 @@ def _model_desc(model: nn.Module, decoder_only: bool) -> dict[str, Any]:
             "decoder_only": bool(decoder_only), "diffusers_version": diffusers.__version__}
 
 
-def _state(model: nn.Module, decoder_only: bool) -> dict[str, torch.Tensor]:
+def stored_state(model: nn.Module, decoder_only: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict an archive stores for ``model`` (without ``encoder.*`` / ``quant_conv.*`` when decoder-only)."""
     sd = model.state_dict()
     if decoder_only:
         sd = {k: v for k, v in sd.items() if not k.startswith(ENCODER_PREFIXES)}
@@ -229,17 +242,16 @@ def vae_codec(model: nn.Module, *, scheme: str = "asymmetric", decoder_only: boo
               float_dtype: str = "f32", zstd: int | None = None) -> Int8StateDictCodec:
     """The codec that stores ``model`` (its manifest is filled by ``encode``)."""
     quant = quantizable_weights(model)
-    sd_keys = set(_state(model, decoder_only))
+    sd_keys = set(stored_state(model, decoder_only))
     return Int8StateDictCodec(scheme=scheme, quantize={k: a for k, a in quant.items() if k in sd_keys},
                               float_dtype=float_dtype, zstd=zstd, model=_model_desc(model, decoder_only))
 
 
 def vae_parts(model: nn.Module, **kw: Any):
-    """``(codec, parts)``: the encoded parts of ``model`` (see :func:`vae_codec` for options)."""
-    codec = vae_codec(model, decoder_only=kw.get("decoder_only", False), scheme=kw.get("scheme", "asymmetric"),
-                      float_dtype=kw.get("float_dtype", "f32"), zstd=kw.get("zstd"))
+    """``(codec, parts)``: the encoded parts of ``model`` (keyword options as :func:`vae_codec`)."""
+    codec = vae_codec(model, **kw)
     with torch.no_grad():
-        parts = codec.encode(_state(model, kw.get("decoder_only", False)))
+        parts = codec.encode(stored_state(model, kw.get("decoder_only", False)))
     return codec, parts
 
 
@@ -247,7 +259,7 @@ def write_vae(writer: Any, name: str, model: nn.Module, **kw: Any) -> dict[str, 
     """Quantise ``model`` (Eq. 6) and write it as object ``name`` of an open :class:`codec.Writer`."""
     codec = vae_codec(model, **kw)
     with torch.no_grad():
-        return write_object(writer, name, codec, _state(model, kw.get("decoder_only", False)))
+        return write_object(writer, name, codec, stored_state(model, kw.get("decoder_only", False)))
 
 
 class _Absent(nn.Module):
@@ -261,7 +273,9 @@ class _Absent(nn.Module):
         raise InvalidInputError(f"this VAE was stored decoder-only: its {self.what} is not in the archive")
 
 
-def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, where: str) -> None:
+def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool, where: str,
+            dtype: torch.dtype = torch.float32) -> None:
+    """Put ``state`` into ``model`` (built on the meta device); float weights become ``dtype``."""
     own = model.state_dict(keep_vars=True)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -269,18 +283,29 @@ def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool
         raise InvalidInputError(f"{where}: weights do not match the model config "
                                 f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
                                 f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''})")
+    cast = {}
     for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise InvalidInputError(f"{where}: weight {k!r} is not a tensor")
         if tuple(own[k].shape) != tuple(v.shape):
             raise InvalidInputError(f"{where}: weight {k!r} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
+        if own[k].is_floating_point():
+            if not v.is_floating_point():
+                raise InvalidInputError(f"{where}: weight {k!r} has dtype {v.dtype}; the model needs floating-point weights")
+            v = v.to(dtype)
+        elif v.dtype != own[k].dtype:
+            raise InvalidInputError(f"{where}: tensor {k!r} has dtype {v.dtype}, the model needs {own[k].dtype}")
+        cast[k] = v
     try:
-        model.load_state_dict(dict(state), strict=False, assign=True)
+        model.load_state_dict(cast, strict=False, assign=True)
     except RuntimeError as exc:
-        raise InvalidInputError(f"{where}: cannot load weights ({exc})") from None
+        raise InvalidInputError(f"{where}: cannot load weights ({_short(exc)})") from None
 
 
 def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: Any = None,
-              where: str = "stored VAE") -> nn.Module:
-    """A diffusers model from a stored description (class, config, decoder_only) and its weights."""
+              where: str = "stored VAE", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A diffusers model from a stored description (class, config, decoder_only) and its weights
+    (float weights cast to ``dtype``). A config diffusers cannot build raises :class:`FormatError`."""
     if not isinstance(desc, Mapping) or desc.get("library") != "diffusers" or not isinstance(desc.get("config"), Mapping):
         raise FormatError(f"VAE object has no diffusers description (got {str(desc)[:80]})")
     cls = _diffusers_class(desc.get("class"))
@@ -288,24 +313,25 @@ def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device
     try:
         with torch.device("meta"), _quiet_diffusers():
             model = cls.from_config(dict(desc["config"]))
-    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
-        raise FormatError(f"stored diffusers config does not build a {cls.__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - diffusers raises anything (IndexError, ZeroDivisionError, ...)
+        raise FormatError(f"stored diffusers config does not build a {cls.__name__}: {_short(exc)}") from None
     if decoder_only:
         for prefix in ENCODER_PREFIXES:
             attr = prefix[:-1]
             if isinstance(getattr(model, attr, None), nn.Module):
                 setattr(model, attr, _Absent(attr))
         model._ddz_decoder_only = True
-    _assign(model, state, strict=True, where=where)
+    _assign(model, state, strict=True, where=where, dtype=dtype)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:
         raise FormatError(f"stored VAE leaves tensors uninitialised: {leftovers[:4]}")
     model = model.eval().requires_grad_(False)
-    return model if device is None else model.to(device)
+    return model if device is None else model.to(parse_device(device))
 
 
 def read_vae(file: Any, name: str = "vae", device: Any = None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild the diffusers model stored as object ``name`` of an open .ddz (weights dequantised to ``dtype``)."""
+    device = parse_device(device) if device is not None else None
     codec = object_codec(file, name)
     if not isinstance(codec, Int8StateDictCodec):
         raise FormatError(f"object {name!r} is a {codec.codec_id!r}, not an int8 VAE", section=name)
@@ -316,7 +342,7 @@ def read_vae(file: Any, name: str = "vae", device: Any = None, dtype: torch.dtyp
         raise
     except (KeyError, ValueError, RuntimeError, IndexError) as exc:
         raise FormatError(f"object {name!r} does not decode: {exc}", section=name) from None
-    return build_vae(codec.model, state, device=device)
+    return build_vae(codec.model, state, device=device, dtype=dtype)
 
 
 def fake_quantize(model: nn.Module, scheme: str = "asymmetric") -> nn.Module:
@@ -342,6 +368,11 @@ def _autocast(device: torch.device, autocast: str | None):
     return torch.autocast(device_type=device.type, dtype=dt)
 
 
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch size must be a positive int, got {batch_size!r}")
+
+
 def decode_latents(vae: nn.Module, latents: torch.Tensor, *, batch_size: int = 32, autocast: str | None = None,
                    scaling_factor: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode latents ``[B, C, h, w]`` to frames ``[B, 3, H, W]`` in [0, 1] (fp32), ``batch_size`` at a time.
@@ -352,6 +383,7 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor, *, batch_size: int = 3
     """
     if latents.dim() != 4:
         raise InvalidInputError(f"decode_latents needs [B, C, h, w] latents, got shape {tuple(latents.shape)}")
+    _check_batch_size(batch_size)
     p = next(vae.parameters())
     dev, wdt = p.device, p.dtype
     res = []
@@ -382,6 +414,7 @@ def encode_frames(vae: nn.Module, frames: torch.Tensor, *, batch_size: int = 32,
         raise InvalidInputError(f"encode_frames needs [B, 3, H, W] frames, got shape {tuple(frames.shape)}")
     if mode not in ("mean", "sample"):
         raise InvalidInputError(f"encode mode must be 'mean' or 'sample', got {mode!r}")
+    _check_batch_size(batch_size)
     if getattr(vae, "_ddz_decoder_only", False):
         raise InvalidInputError("this VAE was stored decoder-only: it cannot encode")
     p = next(vae.parameters())
@@ -411,8 +444,6 @@ def decode_error(reference: torch.Tensor, approx: torch.Tensor, peak: float = 1.
     ref, app = reference.double(), approx.double()
     diff = app - ref
     mse = float(diff.pow(2).mean())
-    import math
-
     return {
         "max_abs": float(diff.abs().max()),
         "rel_l2": float(diff.norm() / ref.norm().clamp_min(1e-30)),
