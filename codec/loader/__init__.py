@@ -15,7 +15,19 @@ from ..errors import FormatError, InvalidInputError
 from ..format import open as ddz_open
 from .video import VIDEO_META_KEY, VideoDataset
 
-__all__ = ["load", "VideoDataset", "archive_kind"]
+__all__ = ["load", "VideoDataset", "archive_kind", "unpack_archive"]
+
+# What codec.softlabels writes (it offers no "is this a soft-label archive" predicate; keep
+# these two lists the one place that knows its metadata keys and codec ids).
+SOFTLABEL_META_KEYS = ("softlabels", "augment", "llm")
+SOFTLABEL_CODEC_IDS = ("vq", "topk", "pca", "quant", "lpld", "dense")
+
+
+def unpack_archive(*args: Any, **kwargs: Any) -> list[str]:
+    """:func:`codec.loader.unpack.unpack_archive` (imported on first use: it pulls in safetensors/tqdm)."""
+    from .unpack import unpack_archive as impl
+
+    return impl(*args, **kwargs)
 
 
 def archive_kind(path: str | os.PathLike) -> str:
@@ -24,11 +36,10 @@ def archive_kind(path: str | os.PathLike) -> str:
         meta = f.metadata
         if isinstance(meta.get(VIDEO_META_KEY), dict) and meta[VIDEO_META_KEY].get("kind") == "latent-video":
             return "latent-video"
-        # codec.softlabels writes one of these metadata keys ("softlabels", "augment", "llm")
-        if any(k in meta for k in ("softlabels", "augment", "llm")):
+        if any(k in meta for k in SOFTLABEL_META_KEYS):
             return "soft-labels"
         ids = {str(o.get("codec", {}).get("id", "")) for o in f.objects.values()}
-        if ids & {"vq", "topk", "pca", "quant", "lpld", "dense"}:
+        if ids & set(SOFTLABEL_CODEC_IDS):
             return "soft-labels"
     return "unknown"
 

@@ -12,28 +12,41 @@ VAE and returns ``(video float32 [T, 3, H, W] in [0, 1], label int64)``.
 * Workers: the Dataset holds only the path and options until first use; each process
   (DataLoader worker, DDP rank) opens its own memory map and rebuilds the VAE lazily, and
   pickling drops all of that, so nothing large travels to workers. ``DistributedSampler``
-  works as with any map-style dataset.
+  works as with any map-style dataset. With ``device="cuda"`` and ``num_workers > 0`` the
+  workers must be started with ``DataLoader(..., multiprocessing_context="spawn")``: CUDA
+  cannot be used in a forked child once the parent has initialised it (a forked worker
+  raises :class:`InvalidInputError` saying so). The usual alternative is ``device="cpu"``
+  workers and moving batches to the GPU in the training loop, or ``num_workers=0`` with
+  GPU decode in the main process.
+* Hostile or damaged archives: everything ``__init__`` reads (metadata, objects table,
+  codec configs, section shapes and dtypes) is checked before use, and the latents' shape
+  implied by the stored core and factors must equal the metadata's ``latent_shape`` and the
+  VAE's ``latent_channels``; every failure is a :class:`codec.errors.DDZError`.
 * Cache: ``cache="latents"`` rebuilds all latents once (small: N x T x C x h x w fp32);
   ``cache="frames"`` (or True) keeps each decoded video (on CPU) after first access.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..codecs.objects import object_codec
 from ..codecs.tucker import TuckerCodec, reconstruct_rows
-from ..errors import FormatError, InvalidInputError
+from ..errors import DDZError, FormatError, InvalidInputError
 from ..format import open as ddz_open
+from ..video.io import parse_device
+from ..video.pack import VIDEO_META_KEY
 from ..video.vae import decode_latents, read_vae
 
 __all__ = ["VideoDataset", "VIDEO_META_KEY"]
 
-VIDEO_META_KEY = "ddz.video"
+_FLOAT_SECTIONS = ("f32", "f16", "bf16")
+_INT_SECTIONS = ("u8", "i8", "u16", "i16", "u32", "i32", "i64")
 _DTYPES = {"fp32": torch.float32, "f32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "f16": torch.float16}
 
 
@@ -43,7 +56,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __init__(self, path: str | os.PathLike, *, device: Any = "cpu", cache: Any = None, decode_batch: int = 32,
                  autocast: str | None = None, vae_dtype: Any = "fp32", transform: Any = None):
         self.path = os.fspath(path)
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         if cache not in (None, False, True, "latents", "frames"):
             raise InvalidInputError(f"cache must be None, 'latents' or 'frames', got {cache!r}")
         self.cache = "frames" if cache is True else (cache or None)
@@ -60,37 +73,88 @@ class VideoDataset(torch.utils.data.Dataset):
         self.vae_dtype = vae_dtype
         self.transform = transform
         with ddz_open(self.path) as f:
-            meta = f.metadata.get(VIDEO_META_KEY)
-            if not isinstance(meta, dict) or meta.get("kind") != "latent-video":
-                raise FormatError(f"{self.path} is not a latent-video archive (no {VIDEO_META_KEY!r} metadata)")
-            names = meta.get("objects", {})
-            self._names = {k: names.get(k, k) for k in ("vae", "latents", "labels")}
-            self._soft = names.get("soft_labels")  # dense section written by ddz pack
-            if self._soft is not None:
-                info = f.info(self._soft)
-                if len(info.shape) != 2 or info.shape[0] != int(f.info(f.objects[self._names["latents"]]["sections"]["core"]).shape[0]):
-                    raise FormatError(f"{self.path}: soft labels shape {info.shape} does not match the samples", section=self._soft)
-            sl = f.metadata.get("softlabels")  # a codec.softlabels object in the same archive (one row per sample)
-            self._soft_object = sl.get("object") if isinstance(sl, dict) and self._soft is None else None
-            for key in ("vae", "latents"):
-                if self._names[key] not in f.objects:
-                    raise FormatError(f"{self.path}: object {self._names[key]!r} ({key}) is missing")
-            codec = object_codec(f, self._names["latents"])
-            if not isinstance(codec, TuckerCodec):
-                raise FormatError(f"{self.path}: latents object uses codec {codec.codec_id!r}, expected tucker")
-            core = f.info(f.objects[self._names["latents"]]["sections"]["core"])
-            self._n = int(core.shape[0])
-            labels = f.get(self._names["labels"], framework="torch").clone()
-            if labels.shape != (self._n,):
-                raise FormatError(f"{self.path}: labels shape {tuple(labels.shape)} does not match {self._n} samples",
-                                  section=self._names["labels"])
+            meta, labels = self._validate(f)
         self.labels = labels.to(torch.int64)
         self.meta = meta
         self.class_names = list(meta.get("class_names") or [])
+        self.object_names = dict(self._names)  # role ("vae", "latents", "labels") -> object / section name
         self._local: dict[str, Any] | None = None
         self._pid: int | None = None
         self._frames: dict[int, torch.Tensor] = {}
         self._lock = threading.Lock()
+
+    def _fail(self, msg: str, section: str | None = None) -> FormatError:
+        return FormatError(f"{self.path}: {msg}", section=section)
+
+    def _validate(self, f: Any) -> tuple[dict, torch.Tensor]:
+        """Check everything the Dataset will rely on (header only, plus the labels); returns (meta, labels)."""
+        meta = f.metadata.get(VIDEO_META_KEY)
+        if not isinstance(meta, dict) or meta.get("kind") != "latent-video":
+            raise self._fail(f"not a latent-video archive (no {VIDEO_META_KEY!r} metadata)")
+        names = meta.get("objects", {})
+        if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+            raise self._fail(f"metadata {VIDEO_META_KEY}.objects must map roles to object names (strings), got {str(names)[:60]}")
+        self._names = {k: names.get(k, k) for k in ("vae", "latents", "labels")}
+        for key in ("vae", "latents"):
+            if self._names[key] not in f.objects:
+                raise self._fail(f"object {self._names[key]!r} ({key}) is missing")
+        cn = meta.get("class_names")
+        if cn is not None and not (isinstance(cn, list) and all(isinstance(c, str) for c in cn)):
+            raise self._fail(f"metadata class_names must be a list of strings, got {str(cn)[:60]}")
+        secs = f.objects[self._names["latents"]]["sections"]
+        if "core" not in secs:
+            raise self._fail(f"latents object {self._names['latents']!r} has no 'core' part (parts: {sorted(secs)})")
+        codec = object_codec(f, self._names["latents"])
+        if not isinstance(codec, TuckerCodec):
+            raise self._fail(f"latents object uses codec {codec.codec_id!r}, expected tucker")
+        core = f.info(secs["core"])
+        if core.dtype not in _FLOAT_SECTIONS or len(core.shape) != 5:
+            raise self._fail(f"Tucker core must be a float [N, T, C, h, w] section, got {core.dtype} {core.shape}", secs["core"])
+        shapes = {}
+        for part, sec in secs.items():
+            if part == "core":
+                continue
+            info = f.info(sec)
+            if info.dtype not in _FLOAT_SECTIONS:
+                raise self._fail(f"Tucker part {part!r} must be floating point, got {info.dtype}", sec)
+            shapes[part] = torch.empty(info.shape, device="meta")  # shapes only: nothing is allocated
+        if set(shapes) - {f"factor_{k}" for k in range(1, 5)}:
+            raise self._fail(f"latents object has unknown parts {sorted(set(shapes) - {f'factor_{k}' for k in range(1, 5)})}")
+        factors = TuckerCodec.factor_parts(shapes)
+        codec.check_parts(core.shape, factors)  # InvalidInputError / LimitError (amplification cap)
+        out = codec.output_shape(core.shape, factors)
+        self._n = int(out[0])
+        ls = meta.get("latent_shape")
+        if not (isinstance(ls, list) and len(ls) == 4 and all(type(d) is int and d > 0 for d in ls)):
+            raise self._fail(f"metadata latent_shape must be 4 positive ints [T, C, h, w], got {str(ls)[:60]}")
+        if list(out[1:]) != ls:
+            raise self._fail(f"stored Tucker parts rebuild latents of shape {list(out[1:])}, metadata latent_shape is {ls}",
+                             secs["core"])
+        model = f.objects[self._names["vae"]]["codec"].get("model")
+        cfg = model.get("config") if isinstance(model, dict) else None
+        lc = cfg.get("latent_channels") if isinstance(cfg, dict) else None
+        if type(lc) is int and lc != ls[1]:
+            raise self._fail(f"latents have C = {ls[1]} channels but the stored VAE's latent_channels is {lc}")
+        linfo = f.info(self._names["labels"])
+        if linfo.dtype not in _INT_SECTIONS or linfo.shape != (self._n,):
+            raise self._fail(f"labels must be an integer [{self._n}] section, got {linfo.dtype} {linfo.shape}",
+                             self._names["labels"])
+        labels = f.get(self._names["labels"], framework="torch").to(torch.int64)
+        if self._n and int(labels.min()) < 0:
+            raise self._fail("labels hold negative class ids", self._names["labels"])
+        self._soft = names.get("soft_labels")  # dense section written by ddz pack
+        if self._soft is not None:
+            info = f.info(self._soft)
+            if len(info.shape) != 2 or info.shape[0] != self._n or info.dtype not in _FLOAT_SECTIONS:
+                raise self._fail(f"soft labels must be a float [{self._n}, K] section, got {info.dtype} {info.shape}", self._soft)
+        sl = f.metadata.get("softlabels")  # a codec.softlabels object in the same archive (one row per sample)
+        self._soft_object = sl.get("object") if isinstance(sl, dict) and self._soft is None else None
+        return meta, labels
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """``(T, C, h, w)`` of one sample's latents (checked against the stored parts)."""
+        return tuple(self.meta["latent_shape"])
 
     # -- lazy per-process state ---------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -99,30 +163,45 @@ class VideoDataset(torch.utils.data.Dataset):
         with self._lock:
             if self._local is not None and self._pid == os.getpid():
                 return self._local
+            if self.device.type == "cuda" and torch.cuda._is_in_bad_fork():
+                raise InvalidInputError(
+                    "VideoDataset(device='cuda') cannot decode in a forked DataLoader worker (CUDA does not survive "
+                    "fork); use DataLoader(..., multiprocessing_context='spawn'), num_workers=0, or device='cpu'")
             f = ddz_open(self.path)
-            secs = f.objects[self._names["latents"]]["sections"]
-            codec = object_codec(f, self._names["latents"])
-            core = f.get(secs["core"], framework="torch")  # zero-copy mmap view (raw sections)
-            factors = {k: v.to(self.device, torch.float32) for k, v in
-                       TuckerCodec.factor_parts({p: f.get(s, framework="torch") for p, s in secs.items() if p != "core"}).items()}
-            codec.check_parts(core.shape, factors)
-            vae = read_vae(f, self._names["vae"], device=self.device, dtype=self.vae_dtype)
-            st = {"file": f, "codec": codec, "core": core, "factors": factors, "vae": vae, "latents": None, "soft": None}
-            if self._soft is not None:
-                st["soft"] = f.get(self._soft, framework="torch")
-            elif self._soft_object is not None:
-                from ..softlabels.archive import SoftLabelArchive
-
-                arch = SoftLabelArchive(self.path, name=self._soft_object, device=self.device)
-                if len(arch) != self._n:
-                    raise FormatError(f"{self.path}: soft-label object {self._soft_object!r} has {len(arch)} rows "
-                                      f"for {self._n} samples (per-epoch replay archives: use codec.softlabels)")
-                st["soft"] = arch
-            if self.cache == "latents":
-                st["latents"] = self._rebuild(st, torch.arange(self._n))
+            try:
+                st = self._open_state(f)
+                if self.cache == "latents":
+                    st["latents"] = self._rebuild(st, torch.arange(self._n))
+            except BaseException:
+                f.close()  # a failed build must not leak the memory map
+                raise
             self._local, self._pid = st, os.getpid()
             self._frames = {}
             return st
+
+    def _open_state(self, f: Any) -> dict[str, Any]:
+        secs = f.objects[self._names["latents"]]["sections"]
+        codec = object_codec(f, self._names["latents"])
+        core = f.get(secs["core"], framework="torch")  # zero-copy mmap view (raw sections)
+        factors = {k: v.to(self.device, torch.float32) for k, v in
+                   TuckerCodec.factor_parts({p: f.get(s, framework="torch") for p, s in secs.items() if p != "core"}).items()}
+        codec.check_parts(core.shape, factors)
+        vae = read_vae(f, self._names["vae"], device=self.device, dtype=self.vae_dtype)
+        lc = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if isinstance(lc, int) and lc != self.latent_shape[1]:
+            raise self._fail(f"latents have C = {self.latent_shape[1]} channels but the stored VAE takes {lc}")
+        st = {"file": f, "codec": codec, "core": core, "factors": factors, "vae": vae, "latents": None, "soft": None}
+        if self._soft is not None:
+            st["soft"] = f.get(self._soft, framework="torch")
+        elif self._soft_object is not None:
+            from ..softlabels.archive import SoftLabelArchive
+
+            arch = SoftLabelArchive(self.path, name=self._soft_object, device=self.device)
+            if len(arch) != self._n:
+                raise FormatError(f"{self.path}: soft-label object {self._soft_object!r} has {len(arch)} rows "
+                                  f"for {self._n} samples (per-epoch replay archives: use codec.softlabels)")
+            st["soft"] = arch
+        return st
 
     def __getstate__(self) -> dict[str, Any]:
         d = self.__dict__.copy()
@@ -207,10 +286,22 @@ class VideoDataset(torch.utils.data.Dataset):
         return videos, self.labels[ids]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        if not isinstance(i, int) and not (isinstance(i, torch.Tensor) and i.dim() == 0):
-            raise TypeError(f"index must be an int, got {type(i).__name__}")
-        item = tuple(t[0] for t in self.decode_batch([int(i)]))
+        if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.is_floating_point():
+            i = int(i)
+        try:
+            i = operator.index(i)  # ints, numpy integers
+        except TypeError:
+            raise TypeError(f"index must be an int, got {type(i).__name__}") from None
+        ids = self._check_ids([i])  # the only IndexError: out of range
+        try:
+            item = tuple(t[0] for t in self.decode_batch(ids))
+        except IndexError as exc:  # would silently end `for x in ds` / list(ds): report it as a damaged archive
+            raise FormatError(f"{self.path}: decoding sample {i} failed ({type(exc).__name__}: {exc})") from None
         return self.transform(item) if self.transform is not None else item
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for i in range(self._n):
+            yield self[i]
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Batch fetch used by ``DataLoader``: one batched decode for the whole batch."""
