@@ -9,8 +9,19 @@ Heavy imports (torch, diffusers, PyAV) happen inside the handlers.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
 
 
 def register(sub) -> None:
@@ -34,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--soft-kind", choices=("probs", "logits"), default="probs", help="what the soft labels hold")
     p.add_argument("-o", "--output", required=True, metavar="OUT.ddz")
     p.add_argument("--hosvd-rate", type=float, default=0.75, help="Tucker rank = int(rate * dim) on T, H, W (default 0.75)")
-    p.add_argument("--chunk-size", type=int, default=400, help="samples per HOSVD chunk (default 400, as LVDD)")
+    p.add_argument("--chunk-size", type=_positive_int, default=400, help="samples per HOSVD chunk (default 400, as LVDD)")
     p.add_argument("--method", choices=("hosvd", "hooi"), default="hosvd", help="Tucker fitting (default: true HOSVD)")
     p.add_argument("--storage", choices=("f32", "f16", "bf16"), default="f32", help="core/factor precision (default f32)")
     p.add_argument("--scheme", choices=("asymmetric", "symmetric"), default="asymmetric",
@@ -42,17 +53,18 @@ def register(sub) -> None:
     p.add_argument("--decoder-only", action="store_true", help="store only the VAE decoder (enough for training)")
     p.add_argument("--vae-zstd", type=int, default=None, metavar="LEVEL", help="zstd level for the int8 weights (default raw)")
     p.add_argument("--budget", metavar="SIZE", help="refuse to write above this size: 115MB (10^6 B), 110MiB (2^20 B) or bytes")
-    p.add_argument("--frames", type=int, default=16, help="frames per clip for --videos (default 16)")
+    p.add_argument("--frames", type=_positive_int, default=16, help="frames per clip for --videos (default 16)")
     p.add_argument("--resolution", default="112", help="frame size for --videos: 112 or HxW (default 112)")
     p.add_argument("--sampling", choices=("gap", "uniform"), default="gap", help="frame sampling (default: every --frame-gap-th from 0)")
-    p.add_argument("--frame-gap", type=int, default=4, help="frame gap for --sampling gap (default 4, as LVDD)")
+    p.add_argument("--frame-gap", type=_positive_int, default=4, help="frame gap for --sampling gap (default 4, as LVDD)")
     p.add_argument("--encode-mode", choices=("mean", "sample"), default="mean",
                    help="latents = latent_dist.mean (default) or a seeded latent_dist.sample")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="frames per VAE encode call")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="frames per VAE encode call")
     p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="encode under torch.autocast")
     p.add_argument("--device", default="cpu", help="torch device for encoding (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--dry-run", action="store_true", help="print the size report and write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the size report and write nothing (exit status 1 when over --budget)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or report")
     p.set_defaults(func=cmd_pack)
 
@@ -63,7 +75,7 @@ def register(sub) -> None:
     u.add_argument("-o", "--output", required=True, metavar="DIR")
     u.add_argument("--frames", choices=("mp4", "png"), default=None, help="also decode every video to mp4 or PNG frames")
     u.add_argument("--preview", action="store_true", help="write a PNG contact sheet per class")
-    u.add_argument("--fps", type=int, default=8)
+    u.add_argument("--fps", type=_positive_int, default=8, help="frame rate of --frames mp4 videos (default 8)")
     u.add_argument("--device", default="cpu")
     u.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="decode under torch.autocast")
     u.add_argument("-q", "--quiet", action="store_true")
@@ -74,7 +86,7 @@ def _labels_from(path: str):
     import csv
 
     import numpy as np
-
+    import torch
 
     from ..errors import InvalidInputError
 
@@ -84,21 +96,20 @@ def _labels_from(path: str):
         except (OSError, ValueError) as exc:
             raise InvalidInputError(f"{path}: cannot read labels ({exc})") from None
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
         return torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInputError(f"{path}: labels CSV needs an integer 'label' column ({exc})") from None
 
 
 def cmd_pack(args) -> int:
-
-
     from ..errors import InvalidInputError
     from ..video import encode_frame_tensor, load_tensors, load_vae_dir, pack_videos, parse_size, plan_latent_archive
+    from ..video.io import parse_device
 
     budget = parse_size(args.budget) if args.budget is not None else None
-    vae = load_vae_dir(args.vae, device=args.device)
+    vae = load_vae_dir(args.vae, device=parse_device(args.device))
     opts = dict(hosvd_rate=args.hosvd_rate, chunk_size=args.chunk_size, method=args.method, storage=args.storage,
                 scheme=args.scheme, decoder_only=args.decoder_only, zstd=args.vae_zstd)
     progress = not args.quiet
@@ -123,9 +134,10 @@ def cmd_pack(args) -> int:
             raise InvalidInputError(f"{src}: no 'labels' tensor; add one or pass --labels")
         soft = tensors.get("soft_labels")
         if args.soft_labels:
-            soft = load_tensors(args.soft_labels).get("soft_labels", None)
+            st = load_tensors(args.soft_labels)
+            soft = st.get("soft_labels", st.get("latents"))  # a bare .npy loads under "latents"
             if soft is None:
-                soft = load_tensors(args.soft_labels).get("latents")  # a bare .npy loads under this name
+                raise InvalidInputError(f"{args.soft_labels}: no 'soft_labels' tensor (found {sorted(st)})")
         plan = plan_latent_archive(vae.cpu(), latents, labels, soft_labels=soft, soft_labels_kind=args.soft_kind,
                                    progress=progress,
                                    video={"source": {("frames_file" if args.frames_file else "latents_file"): os.path.basename(src)},
@@ -133,6 +145,9 @@ def cmd_pack(args) -> int:
                                    **opts)
         if args.dry_run:
             print(plan.report(budget))
+            if budget is not None and plan.size > budget:
+                print(f"ddz: the planned archive is over the budget by {plan.size - budget:,} B", file=sys.stderr)
+                return 1
             return 0
         if budget is not None:
             plan.check_budget(budget)
@@ -151,8 +166,10 @@ def cmd_pack(args) -> int:
 
 
 def cmd_unpack(args) -> int:
-    from ..video.unpack import unpack_archive
+    from ..loader.unpack import unpack_archive
+    from ..video.io import parse_device
 
+    parse_device(args.device)
     files = unpack_archive(args.file, args.output, frames=args.frames, preview=args.preview, fps=args.fps,
                            device=args.device, autocast=args.autocast, progress=not args.quiet)
     if not args.quiet:
