@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -91,3 +92,74 @@ def test_decoder_only_unpacks_to_a_loadable_folder(inputs, tmp_path):
     dec = load_vae_dir(tmp_path / "u" / "vae")
     assert not any(k.startswith("encoder.") for k in dec.state_dict())
     assert dec.decode(torch.randn(1, 4, 8, 8)).sample.shape == (1, 3, 16, 16)
+
+
+def test_npy_latents_with_labels_npy_or_csv(inputs, tmp_path):
+    lat = load_file(inputs / "lat.safetensors")
+    np.save(tmp_path / "lat.npy", lat["latents"].numpy())
+    np.save(tmp_path / "lab.npy", np.array([2, 2, 1, 1, 0, 0]))
+    (tmp_path / "lab.csv").write_text("\ufefflabel\n1\n0\n1\n0\n1\n0\n", encoding="utf-8")  # with an Excel BOM
+    base = ["pack", "--vae", str(inputs / "vae"), "--latents", str(tmp_path / "lat.npy"), "-q"]
+    assert main(base + ["--labels", str(tmp_path / "lab.npy"), "-o", str(tmp_path / "n.ddz")]) == 0
+    assert load(tmp_path / "n.ddz").labels.tolist() == [2, 2, 1, 1, 0, 0]
+    assert main(base + ["--labels", str(tmp_path / "lab.csv"), "-o", str(tmp_path / "c.ddz")]) == 0
+    assert load(tmp_path / "c.ddz").labels.tolist() == [1, 0, 1, 0, 1, 0]
+    (tmp_path / "bad.csv").write_text("label\n1\nx\n")
+    assert main(base + ["--labels", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "b.ddz")]) == 2
+
+
+def test_videos_and_csv_pack_then_unpack_mp4(inputs, tmp_path):
+    from codec.video.unpack import write_mp4
+
+    g = torch.Generator().manual_seed(0)
+    for c in ("run", "jump"):
+        os.makedirs(tmp_path / "v" / c)
+        write_mp4(str(tmp_path / "v" / c / "a.mp4"), torch.rand(5, 3, 16, 16, generator=g), fps=5)
+    common = ["--vae", str(inputs / "vae"), "--frames", "2", "--resolution", "16", "--frame-gap", "2", "-q"]
+    assert main(["pack", "--videos", str(tmp_path / "v"), "-o", str(tmp_path / "v.ddz")] + common) == 0
+    assert load(tmp_path / "v.ddz").class_names == ["jump", "run"]
+    (tmp_path / "l.csv").write_text("path,label\nv/run/a.mp4,run\nv/jump/a.mp4,jump\n")
+    assert main(["pack", "--csv", str(tmp_path / "l.csv"), "-o", str(tmp_path / "c.ddz")] + common) == 0
+    ds = load(tmp_path / "c.ddz")
+    assert ds.labels.tolist() == [1, 0] and ds.class_names == ["jump", "run"]
+    assert main(["unpack", str(tmp_path / "c.ddz"), "-o", str(tmp_path / "u"), "--frames", "mp4", "--fps", "4", "-q"]) == 0
+    assert sorted(os.listdir(tmp_path / "u" / "videos")) == ["jump", "run"]
+    import av
+
+    with av.open(str(tmp_path / "u" / "videos" / "run" / "000000.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 2
+
+
+@pytest.mark.parametrize("extra", [["--batch-size", "0"], ["--device", "bogus"], ["--device", "cuda:99"],
+                                   ["--chunk-size", "0"]])
+def test_bad_pack_arguments_exit_2_with_a_message(inputs, tmp_path, capsys, extra):
+    args = ["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"),
+            "-o", str(tmp_path / "x.ddz"), "-q"] + extra
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse rejects malformed numbers itself (exit 2, one usage error line)
+        rc = exc.code
+    assert rc == 2 and not (tmp_path / "x.ddz").exists()
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
+def test_cuda_without_cuda_is_a_clean_error(inputs, tmp_path, capsys):
+    assert main(["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"),
+                 "-o", str(tmp_path / "x.ddz"), "--device", "cuda", "-q"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_unpack_bad_fps_and_device(inputs, tmp_path, capsys):
+    out = tmp_path / "o.ddz"
+    assert main(["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "-o", str(out), "-q"]) == 0
+    with pytest.raises(SystemExit):
+        main(["unpack", str(out), "-o", str(tmp_path / "u"), "--frames", "mp4", "--fps", "0"])
+    assert main(["unpack", str(out), "-o", str(tmp_path / "u"), "--device", "bogus", "-q"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("ddz: error:")
+
+
+def test_dry_run_over_budget_exits_1(inputs, tmp_path, capsys):
+    args = ["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "-o", str(tmp_path / "x.ddz")]
+    assert main(args + ["--dry-run", "--budget", "100kB"]) == 1
+    assert "OVER" in capsys.readouterr().out and not (tmp_path / "x.ddz").exists()
