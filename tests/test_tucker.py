@@ -125,3 +125,72 @@ def test_bad_config_and_parts():
         c.decode({**parts, "factor_1": parts["factor_1"][:1]})
     with pytest.raises(InvalidInputError):
         TuckerCodec(chunk_size=3).decode(parts)
+
+
+def test_hooi_with_zero_iterations_is_hosvd():
+    x = smooth_latents(6)
+    ranks = [5, 4, 4, 4]
+    core0, f0 = hosvd(x, ranks, method="hooi", n_iter=0)
+    core1, f1 = hosvd(x, ranks, method="hosvd")
+    assert torch.equal(core0, core1) and all(torch.equal(f0[k], f1[k]) for k in f1)
+    c = TuckerCodec(method="hooi", n_iter=0, chunk_size=4)
+    y = c.decode({k: v.array for k, v in c.encode(x).items()})
+    assert y.shape == x.shape
+
+
+def test_hosvd_quasi_optimality_bound():
+    # De Lathauwer et al. (2000), Property 10: ||X - X_hat||^2 <= sum_k sum_{i > r_k} sigma_{k,i}^2
+    x = smooth_latents(7) + 0.2 * torch.randn(7, 8, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+    ranks = [3, 2, 3, 2]
+    core, f = hosvd(x, ranks)
+    err2 = float((reconstruct(core, f).double() - x.double()).pow(2).sum())
+    bound = 0.0
+    for k, r in enumerate(ranks, start=1):
+        sv = torch.linalg.svdvals(x.double().movedim(k, 0).reshape(x.shape[k], -1))
+        bound += float(sv[r:].pow(2).sum())
+    assert err2 <= bound * (1 + 1e-6)
+    assert err2 >= max(float(torch.linalg.svdvals(x.double().movedim(k, 0).reshape(x.shape[k], -1))[r:].pow(2).sum())
+                       for k, r in enumerate(ranks, start=1)) * (1 - 1e-6)  # and at least the worst single mode
+
+
+@pytest.mark.parametrize("ranks", [[0, 4, 4, 4], [9, 4, 4, 4], [2.5, 4, 4, 4]])
+def test_hosvd_rejects_ranks_out_of_range(ranks):
+    with pytest.raises(InvalidInputError):
+        hosvd(smooth_latents(3), ranks)
+
+
+@pytest.mark.parametrize("kw", [{"n_iter": -1}, {"n_iter": 1.5}, {"tol": "abc"}, {"tol": float("nan")}, {"ranks": 3},
+                                {"ranks": ["x"]}, {"keep": ["x"]}, {"chunk_size": 2.5}, {"rate": True}])
+def test_bad_config_values_are_invalid_input(kw):
+    with pytest.raises(InvalidInputError):
+        TuckerCodec(**kw)
+    with pytest.raises(InvalidInputError):
+        codec_from_config({**TuckerCodec().get_config(), **kw})
+
+
+def test_decode_refuses_amplifying_factors():
+    from codec.codecs.tucker import MAX_EXPANSION
+    from codec.errors import LimitError
+
+    c = TuckerCodec(chunk_size=4)
+    core = torch.randn(2, 1, 4, 6, 6)
+    big = torch.randn(1, 2000, 6)
+    with pytest.raises(LimitError):
+        c.decode({"core": core, "factor_3": big, "factor_4": big})  # 144 -> 16M elements per sample
+    assert MAX_EXPANSION >= 16 * 14 * 14  # rank-1 T, H, W of an LVDD latent still decodes
+    ok = c.decode({"core": torch.randn(2, 1, 4, 1, 1), "factor_1": torch.randn(1, 16, 1),
+                   "factor_3": torch.randn(1, 14, 1), "factor_4": torch.randn(1, 14, 1)})
+    assert ok.shape == (2, 16, 4, 14, 14)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_rows_on_cuda_matches_cpu():
+    x = smooth_latents(9)
+    c = TuckerCodec(chunk_size=4)
+    parts = {k: v.array for k, v in c.encode(x.cuda()).items()}
+    facs = {k: f.cuda() for k, f in c.factor_parts(parts).items()}
+    ids = torch.tensor([8, 1, 4])
+    rows = c.decode_rows(parts["core"].cuda()[ids.cuda()], facs, ids)
+    assert rows.device.type == "cuda"
+    cpu = TuckerCodec(chunk_size=4).decode({k: v.cpu() for k, v in parts.items()})
+    torch.testing.assert_close(rows.cpu(), cpu[ids], atol=1e-4, rtol=1e-4)
