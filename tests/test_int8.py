@@ -105,3 +105,52 @@ def test_state_dict_codec_rejects_corrupt_manifest(tmp_path):
         codec_from_config(cfg).decode(parts)
     with pytest.raises(InvalidInputError):
         Int8StateDictCodec(quantize={"missing": 0}).encode(sd)
+
+
+def _stored_state_parts():
+    sd = {"w": torch.randn(4, 4, generator=torch.Generator().manual_seed(1)), "b": torch.randn(4)}
+    c = Int8StateDictCodec(quantize={"w": 0})
+    parts = {k: v.array for k, v in c.encode(sd).items()}
+    return c.get_config(), parts
+
+
+@pytest.mark.parametrize("tensors", [3, [["w", [4.0, 4], "q", 0], ["b", [4], "f"]], [["w", [4, 4], "q", 5], ["b", [4], "f"]],
+                                     [["w", [4, 4], "q", "0"], ["b", [4], "f"]], [["w", [4, 4], "x"], ["b", [4], "f"]],
+                                     [["w", [4, 4], "q", 0], ["w", [4], "f"]], [[5, [4, 4], "q", 0]], [["w", "ab", "f"]],
+                                     [["w", [-4, 4], "q", 0]]])
+def test_malformed_manifest_entries_are_invalid_input(tensors):
+    cfg, parts = _stored_state_parts()
+    with pytest.raises(InvalidInputError):
+        codec_from_config({**cfg, "tensors": tensors}).decode(parts)
+
+
+def test_quantize_map_must_map_names_to_ints():
+    for q in ({"a": "x"}, [1], {"a": 1.5}):
+        with pytest.raises(InvalidInputError):
+            Int8StateDictCodec(quantize=q)
+
+
+def test_parts_the_config_does_not_use_are_refused():
+    cfg, parts = _stored_state_parts()  # asymmetric: has a zero_point part
+    with pytest.raises(InvalidInputError, match="zero_point"):
+        codec_from_config({**cfg, "scheme": "symmetric"}).decode(parts)  # would silently ignore the zero points
+    with pytest.raises(InvalidInputError):
+        codec_from_config(cfg).decode({**parts, "extra": torch.zeros(1)})
+    with pytest.raises(InvalidInputError):
+        codec_from_config(cfg).decode({**parts, "q": parts["q"].to(torch.int16)})
+
+
+def test_huge_weights_do_not_overflow_the_scale():
+    x = torch.tensor([[3.0e38, -3.0e38, 1.0], [2.0, -1.0, 0.5]])
+    q, s, z = quantize_int8(x, axis=0)
+    assert bool(torch.isfinite(s).all())
+    y = dequantize_int8(q, s, z, axis=0)
+    assert bool(torch.isfinite(y).all())
+    assert float((y[0] - x[0]).abs().max()) <= 0.5001 * float(s[0])
+
+
+def test_raw_bf16_numpy_is_refused_with_advice():
+    parts = {k: v.array.numpy() for k, v in Int8Codec().encode(torch.randn(3, 2)).items()}
+    parts["scale"] = parts["scale"].astype(np.float16).view("V2")
+    with pytest.raises(InvalidInputError, match="bf16"):
+        Int8Codec().decode(parts)
