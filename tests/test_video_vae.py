@@ -129,3 +129,57 @@ def test_other_diffusers_autoencoder_class(tmp_path):
     z = torch.randn(2, 4, 8, 8)
     assert torch.equal(decode_latents(q, z), decode_latents(fake_quantize(m), z))
     assert encode_frames(q, torch.rand(1, 3, 16, 16)).shape[1] == 4
+
+
+def _edited_dir(tiny, tmp_path, name, cfg_edit=None, sd_edit=None):
+    from safetensors.torch import load_file, save_file
+
+    d = save_vae_dir(tiny, tmp_path / name)
+    if cfg_edit is not None:
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        cfg_edit(cfg)
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    if sd_edit is not None:
+        f = tmp_path / name / "diffusion_pytorch_model.safetensors"
+        save_file(sd_edit(load_file(f)), f)
+    return d
+
+
+@pytest.mark.parametrize("case", ["groups 0", "blocks []", "int64 weights"])
+def test_vae_folders_diffusers_cannot_build_are_invalid_input(tiny, tmp_path, case):
+    edits = {"groups 0": ({"norm_num_groups": 0}, None), "blocks []": ({"block_out_channels": []}, None),
+             "int64 weights": (None, lambda sd: {k: (v * 0).long() for k, v in sd.items()})}
+    cfg, sd = edits[case]
+    d = _edited_dir(tiny, tmp_path, "v", (lambda c: c.update(cfg)) if cfg else None, sd)
+    with pytest.raises(InvalidInputError) as exc:
+        load_vae_dir(d)
+    assert len(str(exc.value)) < 400  # not torch's thousands-of-lines load_state_dict report
+
+
+def test_fp16_folder_loads_as_fp32_model(tiny, tmp_path):
+    d = _edited_dir(tiny, tmp_path, "h", sd_edit=lambda sd: {k: (v.half() if "decoder" in k else v) for k, v in sd.items()})
+    m = load_vae_dir(d)
+    assert {p.dtype for p in m.parameters()} == {torch.float32}
+    assert decode_latents(m, torch.randn(1, 4, 8, 8)).dtype == torch.float32
+
+
+def test_batch_size_must_be_positive(tiny):
+    with pytest.raises(InvalidInputError):
+        decode_latents(tiny, torch.randn(1, 4, 8, 8), batch_size=0)
+    with pytest.raises(InvalidInputError):
+        encode_frames(tiny, torch.rand(1, 3, 16, 16), batch_size=0)
+
+
+def test_read_vae_bf16_keeps_dtype(tiny, tmp_path):
+    with _write(tmp_path / "b.ddz", tiny) as f:
+        q = read_vae(f, dtype=torch.bfloat16)
+    assert {p.dtype for p in q.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_read_vae_on_cuda_matches_cpu(tiny, tmp_path):
+    with _write(tmp_path / "c.ddz", tiny) as f:
+        gpu, cpu = read_vae(f, device="cuda"), read_vae(f)
+    assert next(gpu.parameters()).device.type == "cuda"
+    z = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(decode_latents(gpu, z).cpu(), decode_latents(cpu, z), atol=1e-3, rtol=1e-3)
