@@ -115,3 +115,55 @@ def test_codec_load_is_callable_as_documented(archive):
 
     ds = codec.load(archive)
     assert len(ds) == 9 and ds[0][0].shape == (3, 3, 16, 16)
+
+
+def test_failed_state_build_closes_the_file(archive, monkeypatch):
+    import codec.loader.video as lv
+    from codec.errors import FormatError as FE
+
+    opened = []
+    real_open = lv.ddz_open
+
+    def spy(path):
+        f = real_open(path)
+        opened.append(f)
+        return f
+
+    def boom(*a, **k):
+        raise FE("stored VAE is broken")
+
+    monkeypatch.setattr(lv, "ddz_open", spy)
+    monkeypatch.setattr(lv, "read_vae", boom)
+    ds = load(archive)
+    with pytest.raises(FE):
+        ds[0]
+    assert opened and all(f._mm is None for f in opened)  # no memory map left behind
+
+
+def test_numpy_and_tensor_indices_and_iteration(archive):
+    import numpy as np
+
+    ds = load(archive)
+    a, b, c = ds[np.int64(2)][0], ds[torch.tensor(2)][0], ds[2][0]
+    torch.testing.assert_close(a, c)
+    torch.testing.assert_close(b, c)
+    with pytest.raises(TypeError):
+        ds[1.5]
+    assert sum(1 for _ in ds) == len(ds) == 9
+    assert ds.latent_shape == (3, 4, 8, 8) and ds.object_names["latents"] == "latents"
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_bad_device_is_invalid_input(archive, device):
+    with pytest.raises(InvalidInputError):
+        load(archive, device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_dataset_matches_cpu_and_spawn_workers(archive):
+    cpu, gpu = load(archive), load(archive, device="cuda")
+    v, y = gpu.decode_batch([0, 5])
+    assert v.device.type == "cuda"
+    torch.testing.assert_close(v.cpu(), cpu.decode_batch([0, 5])[0], atol=1e-3, rtol=1e-3)
+    dl = DataLoader(load(archive, device="cuda"), batch_size=3, num_workers=1, multiprocessing_context="spawn")
+    assert next(iter(dl))[0].shape == (3, 3, 3, 16, 16)
