@@ -194,3 +194,14 @@ def test_exact_size_with_zstd_bf16_decoder_only(vae, tmp_path):
         assert f.info("vae/q").zstd and f.info("latents/core").dtype == "bf16"
     v, _ = load(out)[0]
     assert v.shape == (4, 3, 16, 16)
+
+
+def test_csv_short_rows_are_named_and_bom_is_tolerated(tmp_path):
+    root = tmp_path / "v"
+    _make_videos(root, classes=("a",), per_class=1, frames=2)
+    (tmp_path / "short.csv").write_text("path,label\nv/a/clip0.mp4,a\nv/a/clip0.mp4\n")
+    with pytest.raises(InvalidInputError, match="row 3"):
+        find_clips(None, tmp_path / "short.csv")
+    (tmp_path / "bom.csv").write_text("\ufeffpath,label\nv/a/clip0.mp4,a\n", encoding="utf-8")
+    clips, classes = find_clips(None, tmp_path / "bom.csv")
+    assert classes == ["a"] and len(clips) == 1
