@@ -3,7 +3,7 @@
 LPLD keeps the soft labels of a *prefix pool* of ``floor(E * batches_per_epoch / ratio)``
 global batches (generated with ``drop_last=True``) and, at training time, draws each epoch's
 batches uniformly **with replacement** from that pool (see
-:class:`codec.softlabels.replay.LPLDSampler`).  Stored: the kept rows as fp16 (``labels``),
+:class:`codec.softlabels.replay.LPLDBatchSampler`).  Stored: the kept rows as fp16 (``labels``),
 as raw logits (``input="logits"``, LPLD/SRe2L's choice, with the temperature declared) or
 probabilities.  With ``ratio=1`` this is the uncompressed fp16 baseline of Eq. S11.
 """
