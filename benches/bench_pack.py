@@ -55,18 +55,10 @@ def _fin(rows):
     return rows
 
 
-
-
 def _table(bench_table, row):
-    """Add a row to this file's summary table (benches/conftest.py's bench_table fixture)."""
-    if hasattr(bench_table, "add"):
-        bench_table.set_finalizer(TABLE, _fin)
-        bench_table.add(TABLE, row)
-    else:  # older fixture API: a plain callable
-        import conftest
-
-        conftest.register_table_finalizer(TABLE, _fin)
-        bench_table(TABLE, row)
+    """Add a row to this file's summary table (benches/conftest.py's ``bench_table`` fixture)."""
+    bench_table.set_finalizer(TABLE, _fin)
+    bench_table.add(TABLE, row)
 
 
 def test_safetensors_raw(benchmark, bench_table, inputs, tmp_path):

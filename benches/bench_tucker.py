@@ -73,18 +73,10 @@ def _finalize(rows):
     return rows
 
 
-
-
 def _table(bench_table, row):
-    """Add a row to this file's summary table (benches/conftest.py's bench_table fixture)."""
-    if hasattr(bench_table, "add"):
-        bench_table.set_finalizer(TABLE, _finalize)
-        bench_table.add(TABLE, row)
-    else:  # older fixture API: a plain callable
-        import conftest
-
-        conftest.register_table_finalizer(TABLE, _finalize)
-        bench_table(TABLE, row)
+    """Add a row to this file's summary table (benches/conftest.py's ``bench_table`` fixture)."""
+    bench_table.set_finalizer(TABLE, _finalize)
+    bench_table.add(TABLE, row)
 
 
 def test_tensorly_default(benchmark, bench_table, data):
@@ -138,6 +130,6 @@ def _check_floor(kind):
     # called from test_ours (a benchmark test, so it also runs under --benchmark-only)
     ref, ours = _RESULTS.get((kind, "tensorly tucker default")), _RESULTS.get((kind, "ddz hosvd (torch cpu)"))
     if ref is None or ours is None:
-        return
+        pytest.skip("floor not checked: tensorly's reference (or our HOSVD) was not measured in this run")
     assert ref[0] / ours[0] >= 10.0, f"HOSVD only {ref[0] / ours[0]:.1f}x faster than tensorly's default"
     assert abs(ours[1] - ref[1]) <= 0.005 * ref[1], f"rel error {ours[1]:.5f} vs tensorly {ref[1]:.5f}"

@@ -66,18 +66,10 @@ def _fin(rows):
     return rows
 
 
-
-
 def _table(bench_table, row):
-    """Add a row to this file's summary table (benches/conftest.py's bench_table fixture)."""
-    if hasattr(bench_table, "add"):
-        bench_table.set_finalizer(TABLE, _fin)
-        bench_table.add(TABLE, row)
-    else:  # older fixture API: a plain callable
-        import conftest
-
-        conftest.register_table_finalizer(TABLE, _fin)
-        bench_table(TABLE, row)
+    """Add a row to this file's summary table (benches/conftest.py's ``bench_table`` fixture)."""
+    bench_table.set_finalizer(TABLE, _fin)
+    bench_table.add(TABLE, row)
 
 
 def test_fp32(benchmark, bench_table, models):
@@ -106,7 +98,7 @@ def _check_floor(name):
     # called from test_int8 (a benchmark test, so it also runs under --benchmark-only)
     a, b = _T.get((name, "fp32 diffusers")), _T.get((name, "ddz int8 (dequantised, fp32 kernels)"))
     if a is None or b is None:
-        return
+        pytest.skip("floor not checked: the fp32 reference was not measured in this run")
     assert a / b >= 0.9, f"int8 decode {a / b:.2f}x the speed of fp32"
 
 
