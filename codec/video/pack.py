@@ -11,8 +11,13 @@ The archive (LVDD's distilled dataset, B.4, made self-describing):
   latents were made, class names, the pad rule, and which objects hold what.
 
 Everything is encoded in memory first (an :class:`ArchivePlan`), so the exact file size is
-known *before* anything is written: the plan computes every section's stored length and
-CRC and the canonical header bytes, i.e. the same layout :class:`codec.Writer` produces.
+known *before* anything is written. The plan does not re-implement the container: offsets
+come from :func:`codec.format.layout.align_up` after ``PREAMBLE_SIZE``, the header length
+from :class:`codec.format.header.Header` ``.to_bytes()`` over :class:`SectionInfo` rows,
+and a zstd section's stored length and CRC from the format's own :class:`codec.Writer`
+(into a scratch file that is then discarded). :meth:`ArchivePlan.write` checks every
+section the Writer produces against the plan and aborts (nothing published) on any
+difference, so a change in the format can never silently desync the planned size.
 A budget (``"115MB"``, ``"110MiB"``) is checked against it and an over-budget plan raises
 :class:`codec.errors.BudgetError` listing the largest sections, with no file written. The
 write itself goes through the atomic Writer: an exception or Ctrl-C leaves nothing at
@@ -32,7 +37,7 @@ import torch
 
 from ..codecs.base import Codec, Part
 from ..codecs.tucker import TuckerCodec
-from ..errors import BudgetError, InvalidInputError
+from ..errors import BudgetError, FormatError, InvalidInputError
 from ..format import Writer
 from ..format.arrays import to_storage
 from ..format.header import Header, SectionInfo
@@ -86,6 +91,7 @@ class _Planned:
     length: int
     decoded_length: int
     crc: int
+    encoding: tuple = ()
 
 
 @dataclass
@@ -106,14 +112,11 @@ class ArchivePlan:
         arr, dtype = to_storage(array, f"section {name!r}")
         flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
         if zstd is None:
-            length, crc = flat.nbytes, crc32(flat)
+            length, crc, enc = flat.nbytes, crc32(flat), ()  # a raw section stores its bytes as they are
         else:
-            import zstandard
-
-            c = zstandard.ZstdCompressor(level=zstd).compressobj()
-            data = c.compress(flat) + c.flush()  # what the Writer's streaming compressor emits for one append
-            length, crc = len(data), crc32(data)
-        self.sections.append(_Planned(name, array, zstd, dtype, tuple(arr.shape), length, flat.nbytes, crc))
+            info = _writer_measure(name, array, zstd)
+            length, crc, enc = info.length, info.crc32, info.encoding
+        self.sections.append(_Planned(name, array, zstd, dtype, tuple(arr.shape), length, flat.nbytes, crc, enc))
 
     def add_object(self, name: str, codec: Codec, parts: Mapping[str, Part]) -> None:
         """Plan the sections ``name/part`` of an encoded object and its objects-table entry."""
@@ -128,14 +131,9 @@ class ArchivePlan:
         pos, infos = PREAMBLE_SIZE, []
         for s in self.sections:
             pos = align_up(pos, self.alignment)
-            enc = ({"id": "zstd", "level": s.zstd},) if s.zstd is not None else ()
-            infos.append(SectionInfo(s.name, s.dtype, s.shape, pos, s.length, s.decoded_length, enc, s.crc))
+            infos.append(SectionInfo(s.name, s.dtype, s.shape, pos, s.length, s.decoded_length, s.encoding, s.crc))
             pos += s.length
         return infos, pos
-
-    def header_bytes(self) -> int:
-        infos, _ = self._layout()
-        return len(Header(tuple(infos), self.objects, self.metadata).to_bytes())
 
     @property
     def size(self) -> int:
@@ -180,16 +178,38 @@ class ArchivePlan:
         return size
 
     def write(self, path: str | os.PathLike, *, progress: bool = True) -> str:
-        """Write the planned file atomically (nothing at ``path`` on any failure or Ctrl-C)."""
+        """Write the planned file atomically (nothing at ``path`` on any failure or Ctrl-C).
+
+        Every section the Writer emits is compared with the plan (offset, length, CRC); a
+        difference raises :class:`FormatError` before the file is published.
+        """
         total = sum(s.decoded_length for s in self.sections)
+        planned, _ = self._layout()
         with Writer(path, metadata=self.metadata, alignment=self.alignment) as w:
             with _progress(progress and total > 32 << 20, total=total, unit="B", unit_scale=True, desc="writing") as bar:
-                for s in self.sections:
-                    w.add(s.name, s.array, zstd=s.zstd)
+                for s, want in zip(self.sections, planned):
+                    got = w.add(s.name, s.array, zstd=s.zstd)
+                    if (got.offset, got.length, got.crc32, got.encoding) != (want.offset, want.length, want.crc32, want.encoding):
+                        raise FormatError(f"internal error: the Writer stored section {s.name!r} as (offset {got.offset}, "
+                                          f"length {got.length}, crc {got.crc32:#x}), the plan expected ({want.offset}, "
+                                          f"{want.length}, {want.crc32:#x}); nothing was written")
                     bar.update(s.decoded_length)
             for name, ent in self.objects.items():
                 w.add_object(name, ent["codec"], ent["sections"], must_understand=ent["must_understand"])
         return os.fspath(path)
+
+
+def _writer_measure(name: str, array: Any, zstd: int) -> SectionInfo:
+    """The section-table row (stored length, CRC, encoding) of a zstd section, from the format's own Writer."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ddz-plan-") as d:
+        w = Writer(os.path.join(d, "scratch.ddz"))
+        try:
+            info = w.add(name, array, zstd=zstd)
+        finally:
+            w.abort()
+    return info
 
 
 def _vae_desc_meta(vae: torch.nn.Module) -> dict[str, Any]:
