@@ -12,7 +12,8 @@ Frames come out as float32 ``[T, 3, H, W]`` in [0, 1]. Frame sampling is determi
 ``sampling="gap"`` takes frames ``0, gap, 2*gap, ...`` (LVDD uses 16 frames with gap 4,
 from a random start; we start at 0 so the same input always gives the same archive);
 ``sampling="uniform"`` spreads ``T`` frames evenly over the clip. Clips shorter than
-needed are padded by repeating their last frame (LVDD's pad rule). Frames are resized
+needed are padded by repeating the clip's last frame (our rule; the LVDD code samples from
+a random start inside long enough clips). Frames are resized
 so the short side is the target size (bilinear, by libswscale inside PyAV) and then
 centre-cropped to ``H x W``.
 """
@@ -172,6 +173,11 @@ def _cover(h: int, w: int, hw: tuple[int, int]) -> tuple[int, int]:
     return max(hw[0], int(round(h * s))), max(hw[1], int(round(w * s)))
 
 
+def _rgb(fr: Any, hw: tuple[int, int]) -> np.ndarray:
+    ch, cw = _cover(fr.height, fr.width, hw)
+    return _fit(fr.to_ndarray(format="rgb24", width=cw, height=ch), hw)
+
+
 def read_video(path: str, frames: int = 16, resolution: Any = 112, *, sampling: str = "gap",
                frame_gap: int = 4) -> torch.Tensor:
     """Decode ``frames`` frames of a video file with PyAV -> float32 ``[T, 3, H, W]`` in [0, 1]."""
@@ -195,25 +201,24 @@ def read_video(path: str, frames: int = 16, resolution: Any = 112, *, sampling: 
         wanted = set(want)
         last = max(want)
         got: dict[int, np.ndarray] = {}
+        tail = None  # the clip's last decoded frame, for padding
         try:
             for i, fr in enumerate(container.decode(video=0)):
+                tail = fr
                 if i in wanted:
-                    ch, cw = _cover(fr.height, fr.width, hw)
-                    got[i] = _fit(fr.to_ndarray(format="rgb24", width=cw, height=ch), hw)
+                    got[i] = _rgb(fr, hw)
                 if i >= last:
                     break
+            pad = _rgb(tail, hw) if tail is not None and len(got) < len(wanted) else None
         except InvalidInputError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise InvalidInputError(f"{path}: video decoding failed ({exc})") from None
     finally:
         container.close()
-    if not got:
+    if not got and pad is None:
         raise InvalidInputError(f"{path}: no frames could be decoded")
-    out, prev = [], None
-    for i in want:
-        prev = got.get(i, prev) if i in got else prev  # pad: repeat the last decoded frame
-        out.append(prev if prev is not None else got[min(got)])
+    out = [got[i] if i in got else pad for i in want]  # indices past the clip's end: its last frame
     arr = np.stack(out)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -237,7 +242,7 @@ def read_frame_folder(path: str, frames: int = 16, resolution: Any = 112, *, sam
                     im = im.convert("RGB")
                     ch, cw = _cover(im.height, im.width, hw)
                     cache[i] = _fit(np.asarray(im.resize((cw, ch), Image.BILINEAR)), hw)
-            except OSError as exc:
+            except (OSError, Image.DecompressionBombError) as exc:
                 raise InvalidInputError(f"{os.path.join(path, files[i])}: cannot read image ({exc})") from None
         out.append(cache[i])
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -329,12 +329,11 @@ def plan_latent_archive(
         "vae_input": "2*x-1 (frames in [0,1] mapped to [-1,1])",
         "vae": {**vmeta, "quantization": {"scheme": scheme, "granularity": "per-output-channel", "bits": 8,
                                           "scale_dtype": "f32", "zero_point_dtype": "i8" if scheme == "asymmetric" else None,
-                                          "weights_only": True, "equation": "LVDD Eq. 6: x_q = round(x/s) + z"},
+                                          "activations": "float (weights dequantised at load)", "equation": "LVDD Eq. 6: x_q = round(x/s) + z"},
                 "decoder_only": bool(decoder_only)},
         "latent_scaling_applied": False,
         "tucker": {"method": method, "rate": hosvd_rate, "ranks": [n if n <= chunk_size else chunk_size] + ranks_used,
                    "chunk_size": chunk_size, "chunk_axis_rank": "full (identity, not stored)", "storage": storage},
-        "pad_rule": "clips shorter than `frames` repeat their last frame",
     }
     if video:
         meta.update(dict(video))
@@ -433,6 +432,7 @@ def pack_videos(out: str | os.PathLike, vae: torch.nn.Module, video_dir: str | o
     root = os.fspath(video_dir) if video_dir is not None else os.fspath(csv)
     video = {"frame_sampling": {"method": sampling, "frame_gap": frame_gap if sampling == "gap" else None,
                                 "start": 0, "resize": "short side, bilinear (libswscale), centre crop"},
+             "pad_rule": "clips with fewer frames than needed repeat the clip's last frame",
              "encode": {"mode": encode_mode, "seed": seed if encode_mode == "sample" else None,
                         "distribution": "latent_dist.mean" if encode_mode == "mean" else "latent_dist.sample(seeded)"},
              "source": {"root": os.path.basename(os.path.normpath(root)),
