@@ -217,3 +217,14 @@ def test_plan_that_disagrees_with_the_writer_publishes_nothing(vae, tmp_path):
         plan.write(tmp_path / "p.ddz", progress=False)
     assert os.listdir(tmp_path) == []
     assert not hasattr(ArchivePlan, "header_bytes")
+
+
+def test_short_video_pads_with_the_clips_last_frame(tmp_path):
+    from codec.video.unpack import write_mp4
+
+    v = torch.stack([torch.full((3, 16, 16), 0.1 + 0.2 * t) for t in range(4)])  # 4 flat frames, distinct levels
+    write_mp4(str(tmp_path / "s.mp4"), v, fps=4)
+    x = read_clip(str(tmp_path / "s.mp4"), frames=3, resolution=16, frame_gap=2)  # wants frames 0, 2, 4
+    assert x.shape == (3, 3, 16, 16)
+    # frame 4 does not exist: padded with the clip's last frame (3, level 0.7), not the last sampled one (2, 0.5)
+    assert abs(float(x[2].mean()) - 0.7) < 0.05 and abs(float(x[1].mean()) - 0.5) < 0.05
