@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n$ ddz budget {args.output}")
     from codec.cli import main as ddz_main
 
-    ddz_main(["budget", args.output])  # the accountant's byte-exact attribution of the written file
+    rc = ddz_main(["budget", args.output])  # the accountant's byte-exact attribution of the written file
+    if rc != 0:
+        print(f"ddz budget failed (exit status {rc})", file=sys.stderr)
+        return rc
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 
