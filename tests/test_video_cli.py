@@ -163,3 +163,16 @@ def test_dry_run_over_budget_exits_1(inputs, tmp_path, capsys):
     args = ["pack", "--vae", str(inputs / "vae"), "--latents", str(inputs / "lat.safetensors"), "-o", str(tmp_path / "x.ddz")]
     assert main(args + ["--dry-run", "--budget", "100kB"]) == 1
     assert "OVER" in capsys.readouterr().out and not (tmp_path / "x.ddz").exists()
+
+
+def test_unpack_keeps_classes_whose_safe_names_collide_apart(inputs, tmp_path):
+    from codec.loader.unpack import class_folders
+    from codec.video import pack_latents
+
+    assert class_folders(["a b", "a_b", "c"]) == ["a_b_0", "a_b_1", "c"]
+    lat = load_file(inputs / "lat.safetensors")
+    pack_latents(tmp_path / "k.ddz", load_vae_dir(inputs / "vae"), lat["latents"][:3], torch.tensor([0, 1, 2]),
+                 class_names=["a b", "a_b", "c"], progress=False)
+    assert main(["unpack", str(tmp_path / "k.ddz"), "-o", str(tmp_path / "u"), "--frames", "png", "-q"]) == 0
+    assert sorted(os.listdir(tmp_path / "u" / "frames")) == ["a_b_0", "a_b_1", "c"]
+    assert json.loads((tmp_path / "u" / "labels.json").read_text())["class_names"] == ["a b", "a_b", "c"]
