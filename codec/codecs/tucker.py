@@ -62,6 +62,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def _check_rate(rate: Any) -> None:
+    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < float(rate) <= 1):
+        raise InvalidInputError(f"Tucker compression rate must be in (0, 1], got {rate!r}")
+
+
 def tucker_ranks(shape: Sequence[int], rate: float = 0.75, keep: Sequence[int] | None = None,
                  ranks: Sequence[int] | None = None) -> list[int]:
     """Ranks of the non-sample axes ``shape[1:]`` of a ``[N, ...]`` tensor.
@@ -86,8 +91,7 @@ def tucker_ranks(shape: Sequence[int], rate: float = 0.75, keep: Sequence[int] |
                 raise InvalidInputError(f"Tucker rank {r} out of range 1..{d} for shape {shape}")
             out.append(r)
         return out
-    if not (isinstance(rate, (int, float)) and 0 < float(rate) <= 1):
-        raise InvalidInputError(f"Tucker compression rate must be in (0, 1], got {rate!r}")
+    _check_rate(rate)
     if keep is None:
         keep = (2,) if len(shape) == 5 else ()
     keep = set(int(k) for k in keep)
@@ -252,8 +256,7 @@ class TuckerCodec(Codec):
             raise InvalidInputError(f"Tucker storage dtype must be one of {sorted(_STORE)}, got {dtype!r}")
         if not _is_int(chunk_size) or chunk_size < 1:
             raise InvalidInputError(f"Tucker chunk_size must be a positive int, got {chunk_size!r}")
-        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < float(rate) <= 1):
-            raise InvalidInputError(f"Tucker compression rate must be in (0, 1], got {rate!r}")
+        _check_rate(rate)
         if not (_is_int(n_iter) and n_iter >= 0):
             raise InvalidInputError(f"Tucker n_iter must be a non-negative int (0: plain HOSVD), got {n_iter!r}")
         if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol) and tol >= 0):
