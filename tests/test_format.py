@@ -73,6 +73,8 @@ def test_bitpacked_sections_every_width(tmp_path, bits, n, data, use_zstd):
         lo = data.draw(st.integers(0, n))
         hi = data.draw(st.integers(lo, n))
         np.testing.assert_array_equal(f.get_rows("v", lo, hi), values[lo:hi])
+        whole, rows = f.get("v", framework="torch"), f.get_rows("v", lo, hi, framework="torch")
+        assert rows.dtype == whole.dtype and torch.equal(rows, whole[lo:hi])
         f.verify()
 
 

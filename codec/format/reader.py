@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 import os
 from typing import Any, Iterator
@@ -133,19 +134,17 @@ class DDZFile:
         rows = info.shape[0]
         if type(start) is not int or type(stop) is not int or not 0 <= start <= stop <= rows:
             raise InvalidInputError(f"section {name!r}: rows {start}:{stop} outside 0:{rows}")
-        per_row = int(np.prod(info.shape[1:], dtype=np.int64)) if len(info.shape) > 1 else 1
+        per_row = math.prod(info.shape[1:])
         shape = (stop - start, *info.shape[1:])
-        if info.bits is not None and not info.zstd:
+        if info.bits is not None:
+            if info.zstd:  # one zstd stream: the whole section is decoded, then sliced
+                return self._unpacked(info, 0, info.count, info.shape, framework, device)[start:stop]
             return self._unpacked(info, start * per_row, (stop - start) * per_row, shape, framework, device)
         if info.zstd:
-            whole = self.get(name, framework="numpy" if info.dtype != "bf16" else "torch")
-            part = whole[start:stop]
-            if info.dtype == "bf16":
-                return part if device is None else part.to(device)
-            return to_framework(np.ascontiguousarray(part), info.dtype, framework, device, f"section {name!r}")
-        itemsize = DTYPES[info.dtype].itemsize
-        arr = np.frombuffer(self._live_mm(), DTYPES[info.dtype], (stop - start) * per_row,
-                            info.offset + start * per_row * itemsize).reshape(shape)
+            arr = self._inflate(info).view(DTYPES[info.dtype]).reshape(info.shape)[start:stop]
+        else:
+            arr = np.frombuffer(self._live_mm(), DTYPES[info.dtype], (stop - start) * per_row,
+                                info.offset + start * per_row * DTYPES[info.dtype].itemsize).reshape(shape)
         self._check_bool(info, arr)
         return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
 
