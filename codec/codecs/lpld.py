@@ -30,11 +30,15 @@ class LPLDCodec(SoftLabelCodec):
                  batches_per_epoch: int | None = None, epochs: int | None = None, eps: float = 1e-8,
                  input: str = "probs", temperature: float = 1.0):
         _check_common(classes, input, temperature, eps)
-        if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio >= 1):
-            raise InvalidInputError(f"lpld: ratio must be a number >= 1, got {ratio!r}")
+        if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 1 <= ratio < math.inf):
+            raise InvalidInputError(f"lpld: ratio must be a finite number >= 1, got {ratio!r}")
         for nm, v in (("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch), ("epochs", epochs)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise InvalidInputError(f"lpld: {nm} must be a positive integer, got {v!r}")
+        if ratio != 1 and None in (batch_size, batches_per_epoch, epochs):
+            # without the batch geometry the pool size is unknown and every row would be kept
+            raise InvalidInputError(f"lpld: ratio {ratio} needs batch_size, batches_per_epoch and epochs "
+                                    "(the prefix pool is floor(epochs * batches_per_epoch / ratio) batches)")
         self.classes, self.ratio = classes, float(ratio)
         self.batch_size, self.batches_per_epoch, self.epochs = batch_size, batches_per_epoch, epochs
         self.eps, self.input, self.temperature = float(eps), input, float(temperature)

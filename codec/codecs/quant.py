@@ -29,7 +29,9 @@ class QuantCodec(SoftLabelCodec):
         _check_common(classes, input, temperature, eps)
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
             raise InvalidInputError(f"quant: k (levels) must be an integer in [2, 65536], got {k!r}")
-        self.classes, self.k, self.iters = classes, k, int(iters)
+        if isinstance(iters, bool) or not isinstance(iters, int) or not 0 <= iters <= 100_000:
+            raise InvalidInputError(f"quant: iters must be an integer in [0, 100000], got {iters!r}")
+        self.classes, self.k, self.iters = classes, k, iters
         self.eps, self.input, self.temperature = float(eps), input, float(temperature)
         self.bits = index_bits(k)
         self.levels: torch.Tensor | None = None

@@ -22,22 +22,20 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
-from .base import Part, register_codec
-from .vq import INPUT_KINDS, RowSpec, SoftLabelCodec, _DTYPE_NAME, as_tensor, index_bits, index_dtype, renorm_, to_probs
+from ..errors import InvalidInputError, LimitError
+from .base import register_codec
+from .vq import RowSpec, SoftLabelCodec, _DTYPE_NAME, as_tensor, check_common, index_bits, index_dtype, renorm_, to_probs
 
 MISSING = ("renorm", "uniform", "bucket")
 
 
 def _check_common(classes, input, temperature, eps):
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-        raise InvalidInputError(f"classes must be an integer >= 2, got {classes!r}")
-    if input not in INPUT_KINDS:
-        raise InvalidInputError(f"input must be one of {INPUT_KINDS}, got {input!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise InvalidInputError(f"eps must be in (0, 1), got {eps!r}")
+    check_common(classes, input, temperature, eps)
+
+
+#: Largest dense (rows x classes) float32 block one top-k decode call may allocate; decode
+#: a smaller row range for more.
+MAX_DECODE_BYTES = 1 << 32
 
 
 @register_codec
@@ -93,6 +91,9 @@ class TopKCodec(SoftLabelCodec):
         if i.numel() and (int(i.min()) < 0 or int(i.max()) >= self.classes):
             raise InvalidInputError(f"topk: class index outside [0, {self.classes})")
         n = v.shape[0]
+        if n * self.classes * 4 > MAX_DECODE_BYTES:
+            raise LimitError(f"topk: decoding {n} rows x {self.classes} classes needs {n * self.classes * 4:,} B "
+                             f"(limit {MAX_DECODE_BYTES:,} B); decode a smaller row range")
         out = torch.zeros((n, self.classes), dtype=torch.float32, device=dev)
         if self.missing != "renorm" and self.classes > self.k:
             rest = as_tensor(parts["rest"]).to(dev, torch.float32) if self.missing == "bucket" else (1 - v.sum(1)).clamp_min(0)

@@ -226,6 +226,21 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
 
 _PARAM_DTYPES = {"f32": torch.float32, "f16": torch.float16}
 INPUT_KINDS = ("probs", "logits")
+#: Largest class count a soft-label codec accepts (a config read from a file cannot ask a
+#: decoder to allocate rows x 2**40 floats).
+MAX_CLASSES = 1 << 24
+
+
+def check_common(classes, input, temperature, eps, who: str = "soft labels") -> None:
+    """Validate the arguments every soft-label codec shares (InvalidInputError otherwise)."""
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
+        raise InvalidInputError(f"{who}: classes must be an integer in [2, 2**24], got {classes!r}")
+    if input not in INPUT_KINDS:
+        raise InvalidInputError(f"{who}: input must be one of {INPUT_KINDS}, got {input!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+        raise InvalidInputError(f"{who}: temperature must be a finite number > 0, got {temperature!r}")
+    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise InvalidInputError(f"{who}: eps must be in (0, 1), got {eps!r}")
 
 
 def index_bits(k: int) -> int:
@@ -334,21 +349,18 @@ class VQCodec(SoftLabelCodec):
     def __init__(self, classes: int, dh: int, dc: int, k: int, *, eps: float = 1e-8, input: str = "probs",
                  temperature: float = 1.0, param_dtype: str = "f32", entropy: bool = False,
                  store_encoder: bool = False, zstd_level: int = 19):
-        for nm, v in (("classes", classes), ("dh", dh), ("dc", dc), ("k", k)):
+        check_common(classes, input, temperature, eps, "vq")
+        for nm, v in (("dh", dh), ("dc", dc), ("k", k)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise InvalidInputError(f"vq: {nm} must be a positive integer, got {v!r}")
         if dh % dc:
             raise InvalidInputError(f"vq: dh={dh} must be divisible by dc={dc} (Eq. 3)")
         if not 2 <= k <= 1 << 24:
             raise InvalidInputError(f"vq: k must be in [2, 2**24], got {k}")
-        if input not in INPUT_KINDS:
-            raise InvalidInputError(f"vq: input must be one of {INPUT_KINDS}, got {input!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise InvalidInputError(f"vq: temperature must be > 0, got {temperature!r}")
-        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-            raise InvalidInputError(f"vq: eps must be in (0, 1), got {eps!r}")
         if param_dtype not in _PARAM_DTYPES:
             raise InvalidInputError(f"vq: param_dtype must be one of {sorted(_PARAM_DTYPES)}, got {param_dtype!r}")
+        if isinstance(zstd_level, bool) or not isinstance(zstd_level, int) or not -7 <= zstd_level <= 22:
+            raise InvalidInputError(f"vq: zstd_level must be an integer in [-7, 22], got {zstd_level!r}")
         self.classes, self.dh, self.dc, self.k = classes, dh, dc, k
         self.m = dh // dc
         self.bits = index_bits(k)

@@ -125,6 +125,20 @@ def save_softlabels(path: str | os.PathLike, codec: SoftLabelCodec, data: Any, *
     return os.fspath(path)
 
 
+def _check_row_part(info, spec, what: str) -> None:
+    """A stored row part must match its codec's RowSpec: rows x row_shape, the dtype, and the
+    bit width of a bit-packed part (so e.g. an (n, 1) high plane cannot broadcast against an
+    (n, m) low plane, and a top-k index stream is stored at ceil(log2 C) bits)."""
+    shape = tuple(info.shape)
+    if len(shape) != 1 + len(spec.row_shape) or shape[1:] != tuple(spec.row_shape):
+        raise FormatError(f"{what}: shape {shape} is not (rows, {', '.join(map(str, spec.row_shape))})"
+                          if spec.row_shape else f"{what}: shape {shape} is not (rows,)", section=info.name)
+    if info.dtype != spec.dtype:
+        raise FormatError(f"{what}: dtype {info.dtype} where the codec stores {spec.dtype}", section=info.name)
+    if spec.bits is not None and getattr(info, "bits", None) != spec.bits:
+        raise FormatError(f"{what}: bit-packed at {info.bits} bits where the codec uses {spec.bits}", section=info.name)
+
+
 class SoftLabelArchive:
     """Read-side view of the soft labels in a .ddz: decode any row range to probabilities.
 
@@ -157,9 +171,14 @@ class SoftLabelArchive:
     def _load(self) -> None:
         f = self._f()
         meta = f.metadata.get(META_KEY) if isinstance(f.metadata, dict) else None
+        if meta is not None and not isinstance(meta, dict):
+            raise FormatError(f"{self.path}: metadata {META_KEY!r} must be an object, got {type(meta).__name__}")
         name = self._name or (meta or {}).get("object")
+        if name is not None and not isinstance(name, str):
+            raise FormatError(f"{self.path}: metadata {META_KEY}.object must be a string, got {name!r}")
         if name is None:
-            cands = [n for n, o in f.objects.items() if o.get("codec", {}).get("id") in ("vq", "topk", "pca", "quant", "lpld", "dense")]
+            cands = [n for n, o in f.objects.items() if isinstance(o, dict) and isinstance(o.get("codec"), dict)
+                     and o["codec"].get("id") in ("vq", "topk", "pca", "quant", "lpld", "dense")]
             if len(cands) != 1:
                 raise SectionNotFoundError(f"{self.path}: cannot tell which object holds soft labels (candidates {cands}); pass name=")
             name = cands[0]
@@ -176,7 +195,10 @@ class SoftLabelArchive:
 
         f = self._f()
         obj = f.objects[self.name]
-        codec = codec_from_config(obj["codec"])
+        try:
+            codec = codec_from_config(obj["codec"])
+        except InvalidInputError as exc:  # the config came from the file
+            raise FormatError(f"{self.path}: object {self.name!r} has an invalid codec config: {exc}") from None
         if not isinstance(codec, SoftLabelCodec):
             raise FormatError(f"object {self.name!r} uses codec {codec.codec_id!r}, which is not a soft-label codec")
         self.sections = dict(obj["sections"])
@@ -192,6 +214,8 @@ class SoftLabelArchive:
         if hasattr(codec, "to"):
             codec.to(self.device)
         self.row_parts = list(specs)
+        for p, spec in specs.items():
+            _check_row_part(f.info(self.sections[p]), spec, f"object {self.name!r} part {p!r}")
         rows = {f.info(self.sections[p]).shape[0] for p in self.row_parts}
         if len(rows) != 1:
             raise FormatError(f"object {self.name!r}: row parts disagree on the row count {sorted(rows)}")

@@ -1,0 +1,126 @@
+"""Hostile soft-label archives through open_archive, codec.load and ``ddz budget FILE``:
+every failure is a DDZError (FormatError/LimitError for file data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import codec
+from codec import budget as B
+from codec.cli import main
+from codec.codecs import codec_from_config
+from codec.codecs.lpld import LPLDCodec
+from codec.codecs.topk import TopKCodec
+from codec.codecs.vq import VQCodec
+from codec.errors import DDZError, FormatError, InvalidInputError, LimitError
+from codec.format import Writer
+from codec.softlabels import open_archive
+
+C = 10
+CB = np.random.default_rng(0).random((8, 5), dtype=np.float32)
+DEC = np.random.default_rng(1).random((10, C), dtype=np.float32)
+
+
+def _vq_cfg(**edit):
+    return dict(VQCodec(C, 10, 5, 8).get_config(), **edit)
+
+
+def _file(path, meta=None, parts=None, cfg=None):
+    parts = dict({"indices": (np.zeros((5, 2), np.uint8), 3), "codebook": (CB, None), "decoder": (DEC, None)},
+                 **(parts or {}))
+    with Writer(path, metadata=meta or {}) as w:
+        for p, (a, bits) in parts.items():
+            w.add(f"labels/{p}", a, bits=bits)
+        w.add_object("labels", cfg or _vq_cfg(), {p: f"labels/{p}" for p in parts})
+    return path
+
+
+def _all_readers_fail(p, exc=FormatError):
+    with pytest.raises(exc):
+        open_archive(p).labels()
+    with pytest.raises(exc):
+        ds = codec.load(p)
+        ds[0]
+    rows = B.attribute(p)  # attribution never needs to decode
+    assert sum(r.bytes for r in rows) == p.stat().st_size
+
+
+def test_good_file_reads(tmp_path):
+    a = open_archive(_file(tmp_path / "g.ddz"))
+    assert a.labels().shape == (5, C)
+
+
+@pytest.mark.parametrize("meta", [{"softlabels": "x"}, {"softlabels": [1]}, {"softlabels": {"object": ["a"]}},
+                                  {"softlabels": {"object": 5}}])
+def test_bad_softlabels_metadata(tmp_path, meta):
+    _all_readers_fail(_file(tmp_path / "m.ddz", meta=meta))
+
+
+@pytest.mark.parametrize("parts", [
+    {"indices": (np.array(3, np.uint8), 3)},  # 0-d row part
+    {"indices": (np.zeros(10, np.uint8), 3)},  # 1-D
+    {"indices": (np.zeros((5, 3), np.uint8), 3)},  # wrong m
+    {"indices": (np.zeros((5, 2), np.uint16), 3)},  # wrong dtype
+    {"indices": (np.zeros((5, 2), np.uint8), 4)},  # wrong bit width
+    {"indices": (np.zeros((5, 2), np.uint8), None)},  # not bit-packed
+])
+def test_row_parts_must_match_row_specs(tmp_path, parts):
+    _all_readers_fail(_file(tmp_path / "r.ddz", parts=parts))
+
+
+def test_entropy_high_plane_cannot_broadcast(tmp_path):
+    # k=512 -> 9 bits: indices_lo (n, m) and indices_hi (n, m); an (n, 1) high plane used to
+    # broadcast silently into wrong indices
+    cfg = dict(VQCodec(C, 10, 5, 512, entropy=True).get_config())
+    cb = np.random.default_rng(2).random((512, 5), dtype=np.float32)
+    parts = {"indices_lo": (np.zeros((5, 2), np.uint8), None), "indices_hi": (np.ones((5, 1), np.uint8), None),
+             "codebook": (cb, None), "decoder": (DEC, None)}
+    with Writer(tmp_path / "e.ddz") as w:
+        for p, (a, bits) in parts.items():
+            w.add(f"labels/{p}", a, bits=bits, zstd=3)
+        w.add_object("labels", cfg, {p: f"labels/{p}" for p in parts})
+    _all_readers_fail(tmp_path / "e.ddz")
+
+
+@pytest.mark.parametrize("edit", [{"k": 0}, {"k": "8"}, {"dc": 0}, {"dh": None}, {"classes": [1]},
+                                  {"zstd_level": 99}, {"zstd_level": 1e300}])
+def test_bad_codec_config_is_a_format_error(tmp_path, edit):
+    _all_readers_fail(_file(tmp_path / "c.ddz", cfg=_vq_cfg(**edit)))
+
+
+def test_topk_classes_from_file_are_capped(tmp_path):
+    cfg = dict(TopKCodec(C, 2).get_config(), classes=2**40)
+    p = _file(tmp_path / "t.ddz", cfg=cfg, parts={"values": (np.ones((4, 2), np.float16), None),
+                                                  "indices": (np.zeros((4, 2), np.uint32), 32)})
+    with pytest.raises(FormatError):
+        open_archive(p)
+
+
+def test_topk_decode_allocation_is_limited():
+    cod = TopKCodec(2**24, 1)
+    n = 100  # 100 x 2**24 x 4 B = 6.25 GiB
+    with pytest.raises(LimitError):
+        cod.decode_rows({"values": np.ones((n, 1), np.float16), "indices": np.zeros((n, 1), np.uint32)})
+
+
+def test_topk_index_bits_must_be_ceil_log2_classes(tmp_path):
+    cfg = TopKCodec(C, 2).get_config()  # 10 classes -> 4 bits
+    p = _file(tmp_path / "t.ddz", cfg=cfg, parts={"values": (np.ones((4, 2), np.float16), None),
+                                                  "indices": (np.zeros((4, 2), np.uint8), 8)})
+    _all_readers_fail(p)
+
+
+def test_shared_check_and_codec_limits():
+    for bad in (lambda: VQCodec(2**25, 10, 5, 8), lambda: VQCodec(C, 10, 5, 8, zstd_level=23),
+                lambda: VQCodec(C, 10, 5, 8, temperature=float("inf")), lambda: TopKCodec(True, 1),
+                lambda: LPLDCodec(C, 40.0), lambda: LPLDCodec(C, float("inf"), batch_size=2, batches_per_epoch=2, epochs=2),
+                lambda: codec_from_config({"id": "quant", "classes": C, "k": 4, "iters": 1e300})):
+        with pytest.raises(InvalidInputError):
+            bad()
+
+
+def test_lpld_ratio_keeps_only_the_pool():
+    cod = LPLDCodec(C, 4.0, batch_size=2, batches_per_epoch=4, epochs=2)
+    assert cod.max_rows == 2 * 2  # floor(2 * 4 / 4) = 2 batches of 2
