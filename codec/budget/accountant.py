@@ -121,9 +121,13 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
     For each dc (largest first) the proposal maximises the index bits per label
     ``m*log2 k`` (the information each label keeps), ties to the larger dh, then the larger
     k.  ``all_candidates`` returns every feasible (dc, k) with its largest dh."""
-    if not (isinstance(ratio, (int, float)) and ratio > 0):
-        raise InvalidInputError(f"ratio must be > 0, got {ratio!r}")
-    dh_max = classes if dh_max is None else dh_max
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 1 <= ratio < math.inf):
+        raise InvalidInputError(f"ratio must be a finite number >= 1, got {ratio!r}")
+    dh_max = classes if dh_max is None else F._pos_int("dh_max", dh_max)
+    dcs = [F._pos_int("dc", d) for d in dcs]
+    ks = [F._pos_int("k", x) for x in ks]
+    if any(x < 2 for x in ks):
+        raise InvalidInputError(f"every k must be at least 2 (log2 k > 0), got {sorted(ks)}")
     target = F.s11(ipc, classes, epochs) / ratio
     out: list[Proposal] = []
     n = F.n_labels(ipc, classes, epochs)
@@ -134,8 +138,8 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
         for k in sorted(set(int(x) for x in ks)):
             # largest dh = m*dc with n*m*log2(k)/8 + C*m*dc*4 + k*dc*4 <= target
             per_m = n * math.log2(k) / 8 + classes * dc * 4
-            m = math.floor((target - k * dc * 4) / per_m)
-            m = min(m, dh_max // dc)
+            m_real = (target - k * dc * 4) / per_m
+            m = min(math.floor(min(m_real, dh_max // dc)), dh_max // dc)  # cap before floor: no inf/overflow
             if m < 1:
                 continue
             dh = m * dc
@@ -190,24 +194,31 @@ _TERMS = {
 }
 
 
-def _formula_for(cid: str, cfg: dict, part: str, n: int) -> float | None:
-    C = cfg.get("classes")
+def _formula_for(codec, part: str, n: int) -> float | None:
+    """The formula value (bytes) of one part of a validated soft-label ``codec`` holding
+    ``n`` rows, from the Eq. S11-S17 functions of :mod:`codec.budget.formulas`."""
+    cid, C = codec.codec_id, codec.classes
+    if n <= 0:
+        return 0.0 if part in ("indices", "values", "proj", "labels") else None
     if cid == "vq":
-        dh, dc, k = cfg["dh"], cfg["dc"], cfg["k"]
-        return {"indices": n * (dh // dc) * math.log2(k) / 8, "decoder": C * dh * 4, "codebook": k * dc * 4}.get(part)
+        t = F.s12_row_terms(n, C, codec.dh, codec.dc, codec.k).terms
+        return {"indices": t["indices"], "decoder": t["decoder"], "codebook": t["codebook"]}.get(part)
     if cid == "topk":
-        k = cfg["k"]
-        return {"values": n * 2 * k, "indices": n * math.log2(C) / 8 * k}.get(part)
+        t = F.s15_row_terms(n, C, codec.k).terms
+        return {"values": t["values"], "indices": t["indices"]}.get(part)
     if cid == "pca":
-        return {"proj": n * 2 * cfg["k"], "components": cfg["k"] * C * 2}.get(part)
+        t = F.s16_row_terms(n, C, codec.k).terms
+        return {"proj": t["projections"], "components": t["components"]}.get(part)
     if cid == "quant":
-        return {"indices": n * C * math.log2(cfg["k"]) / 8, "levels": 2 * cfg["k"]}.get(part)
+        t = F.s17_row_terms(n, C, codec.k).terms
+        return {"indices": t["indices"], "levels": t["levels"]}.get(part)
     if cid == "lpld":
-        return {"labels": n * C * 2}.get(part)
+        return {"labels": F.s11_rows(n, C)}.get(part)
     return None
 
 
-def _explain(info, formula: float | None, actual: int, cid: str | None, cfg: dict | None, part: str | None) -> str:
+def _explain(info, formula: float | None, actual: int, codec, part: str | None) -> str:
+    cid = codec.codec_id if codec is not None else None
     notes = []
     count = math.prod(info.shape) if info.shape else 1
     raw = info.decoded_length
@@ -216,7 +227,7 @@ def _explain(info, formula: float | None, actual: int, cid: str | None, cfg: dic
         notes.append(f"bit-packed {count:,} values x {info.bits} bits = {count * info.bits:,} bits -> {packed:,} B"
                      + (f" ({packed * 8 - count * info.bits} padding bits in the last byte)" if packed * 8 != count * info.bits else ""))
         if formula is not None and cid in ("vq", "quant", "topk"):
-            kk = cfg["k"] if cid in ("vq", "quant") else cfg["classes"]
+            kk = codec.k if cid in ("vq", "quant") else codec.classes
             exact = math.log2(kk)
             if info.bits != exact:
                 notes.append(f"formula uses log2({kk}) = {exact:.4f} bits, storage ceil = {info.bits} bits "
@@ -224,13 +235,23 @@ def _explain(info, formula: float | None, actual: int, cid: str | None, cfg: dic
     if info.zstd:
         pre = math.ceil(count * info.bits / 8) if info.bits is not None else raw
         notes.append(f"zstd: {pre:,} B -> {actual:,} B ({8 * actual / max(1, count):.3f} bits/value; saved {pre - actual:,} B)")
-    if formula is not None and cid and cfg:
-        if cid == "vq" and part in ("decoder", "codebook") and cfg.get("param_dtype") == "f16":
+    if formula is not None and codec is not None:
+        if cid == "vq" and part in ("decoder", "codebook") and codec.param_dtype == "f16":
             notes.append("stored fp16 (formula counts fp32, 4 B/value)")
     if formula is not None:
         d = actual - formula
         notes.append(f"actual - formula = {d:+,.1f} B")
     return "; ".join(notes)
+
+
+def _codec_for(cfg):
+    """(validated codec, None) or (None, reason) for an objects-table codec config."""
+    from ..codecs import codec_from_config
+
+    try:
+        return codec_from_config(cfg), None
+    except DDZError as exc:
+        return None, str(exc)
 
 
 def attribute(path: str | os.PathLike) -> list[Row]:
@@ -257,16 +278,22 @@ def attribute(path: str | os.PathLike) -> list[Row]:
                                 f"container overhead: zero bytes aligning to {f.alignment} B", offset=pos))
             elif info.offset < pos:
                 raise DDZError(f"section {info.name!r} overlaps the previous one", section=info.name, offset=info.offset)
-            term, formula, cid, cfg, part = "", None, None, None, None
+            term, formula, codec, part = "", None, None, None
             if info.name in owner:
                 oname, part, cfg = owner[info.name]
-                cid = cfg.get("id")
-                t = _TERMS.get(cid, {}).get(part)
+                codec, err = _codec_for(cfg)
+                cid = cfg.get("id") if isinstance(cfg, dict) else None
+                t = _TERMS.get(cid, {}).get(part) if isinstance(cid, str) else None
                 n = info.shape[0] if info.shape else 1
-                if t is not None:
+                if codec is None:
+                    term = f"object {oname!r}: invalid codec config ({err})"
+                elif t is not None:
                     term = t[0]
                     if t[1] is not None:
-                        formula = _formula_for(cid, cfg, "indices" if part == "indices_lo" else part, n)
+                        try:
+                            formula = _formula_for(codec, "indices" if part == "indices_lo" else part, n)
+                        except DDZError as exc:
+                            term = f"object {oname!r}: no formula value ({exc})"
                 else:
                     term = f"object {oname!r} ({cid}) part {part!r}"
             elif info.name.startswith(("aug/", "augment/")):
@@ -276,7 +303,7 @@ def attribute(path: str | os.PathLike) -> list[Row]:
             else:
                 term = "plain section (no formula term)"
             rows.append(Row("section", info.name, info.length, term, formula,
-                            _explain(info, formula, info.length, cid, cfg, part), info.offset))
+                            _explain(info, formula, info.length, codec, part), info.offset))
             pos = info.offset + info.length
         if f.header_offset > pos:
             rows.append(Row("padding", "padding before header", f.header_offset - pos, "container overhead", offset=pos))

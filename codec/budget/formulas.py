@@ -73,16 +73,22 @@ def _vq_check(dh: int, dc: int, k: int) -> tuple[int, int, int]:
     return dh, dc, k
 
 
-def s12_terms(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> Terms:
-    """Eq. S12 as printed: batch data ``IPC*C*EPOCHS*(dh/dc)*log2(k)/8`` (real log2),
-    decoder ``C*dh*4`` and codebook ``k*dc*4`` bytes (fp32)."""
+def s12_row_terms(n: int, classes: int, dh: int, dc: int, k: int) -> Terms:
+    """Eq. S12's terms for ``n`` stored soft labels (``n = IPC*C*EPOCHS`` in the paper):
+    batch data ``n*(dh/dc)*log2(k)/8`` (real log2), decoder ``C*dh*4``, codebook ``k*dc*4`` bytes."""
     dh, dc, k = _vq_check(dh, dc, k)
-    n = n_labels(ipc, classes, epochs)
+    n, classes = _pos_int("rows", n), _pos_int("classes", classes)
     return Terms({
         "indices": n * (dh // dc) * math.log2(k) / 8,
         "decoder": classes * dh * FP32,
         "codebook": k * dc * FP32,
     })
+
+
+def s12_terms(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> Terms:
+    """Eq. S12 as printed: batch data ``IPC*C*EPOCHS*(dh/dc)*log2(k)/8`` (real log2),
+    decoder ``C*dh*4`` and codebook ``k*dc*4`` bytes (fp32)."""
+    return s12_row_terms(n_labels(ipc, classes, epochs), classes, dh, dc, k)
 
 
 def s12(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> float:
@@ -110,7 +116,10 @@ def s13(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> float:
 def s14(dc: int, k: int) -> float:
     """Eq. S14 as printed: ``dc / log2(k)``.  Only a *proportionality*: the limit of S13 as
     EPOCHS -> infinity is ``16*C*dc / (dh*log2 k)`` (see :func:`s13_limit`)."""
-    return _pos_int("dc", dc) / math.log2(_pos_int("k", k))
+    dc, k = _pos_int("dc", dc), _pos_int("k", k)
+    if k < 2:
+        raise InvalidInputError(f"k must be at least 2 (log2 k > 0), got {k}")
+    return dc / math.log2(k)
 
 
 def s13_limit(classes: int, dh: int, dc: int, k: int) -> float:
@@ -127,62 +136,91 @@ def eq8(a: int, n: int, c: int, m: int, k: int, dc: int, dh: int) -> float:
 # --------------------------------------------------------------------------------------
 # S15-S17: baselines
 # --------------------------------------------------------------------------------------
-def s15_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
-    """Eq. S15 (top-k): ``IPC*C*EPOCHS*(2k + log2(C)/8*k)`` bytes: fp16 class
-    probabilities and real-valued log2(C) bits per index."""
-    k = _pos_int("k", k)
+def s15_row_terms(n: int, classes: int, k: int) -> Terms:
+    """Eq. S15's terms for ``n`` stored soft labels: values ``n*2k`` and indices
+    ``n*log2(C)/8*k`` bytes (real log2)."""
+    n, classes, k = _pos_int("rows", n), _pos_int("classes", classes), _pos_int("k", k)
+    if classes < 2:
+        raise InvalidInputError(f"top-k needs at least 2 classes, got {classes}")
     if k > classes:
         raise InvalidInputError(f"top-k k={k} exceeds classes={classes}")
-    n = n_labels(ipc, classes, epochs)
     return Terms({"values": n * 2 * k, "indices": n * math.log2(classes) / 8 * k})
 
 
+def s15_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
+    """Eq. S15 (top-k): ``IPC*C*EPOCHS*(2k + log2(C)/8*k)`` bytes: fp16 class
+    probabilities and real-valued log2(C) bits per index."""
+    return s15_row_terms(n_labels(ipc, classes, epochs), classes, k)
+
+
 def s15(ipc, classes, epochs, k) -> float:
+    """Eq. S15 total in bytes."""
     return s15_terms(ipc, classes, epochs, k).total
 
 
 def s15_stored_terms(ipc, classes, epochs, k) -> Terms:
+    """Eq. S15's terms as a .ddz stores them: ``ceil(n*k*ceil(log2 C)/8)`` index bytes
+    (one bit-packed stream) and ``n*k*2`` fp16 value bytes."""
+    s15_row_terms(1, classes, k)  # same validation as the formula
     n = n_labels(ipc, classes, epochs)
-    k = _pos_int("k", k)
     return Terms({"values": n * k * FP16, "indices": math.ceil(n * k * bits_for(classes) / 8)})
+
+
+def s16_row_terms(n: int, classes: int, k: int) -> Terms:
+    """Eq. S16's terms for ``n`` stored soft labels: projections ``n*2k``, PC vectors ``k*C*2`` bytes."""
+    n, classes, k = _pos_int("rows", n), _pos_int("classes", classes), _pos_int("k", k)
+    if k > classes:
+        raise InvalidInputError(f"PCA k={k} exceeds classes={classes}")
+    return Terms({"projections": n * 2 * k, "components": k * classes * FP16})
 
 
 def s16_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
     """Eq. S16 (PCA / R-PCA): projections ``IPC*C*EPOCHS*2k`` + PC vectors ``k*C*2`` bytes.
     (The mean vector a centred PCA also needs is not in the printed formula.)"""
-    k = _pos_int("k", k)
-    n = n_labels(ipc, classes, epochs)
-    return Terms({"projections": n * 2 * k, "components": k * classes * FP16})
+    return s16_row_terms(n_labels(ipc, classes, epochs), classes, k)
 
 
 def s16(ipc, classes, epochs, k) -> float:
+    """Eq. S16 total in bytes."""
     return s16_terms(ipc, classes, epochs, k).total
 
 
 def s16_stored_terms(ipc, classes, epochs, k) -> Terms:
+    """Eq. S16's terms plus the ``C*2`` byte fp16 mean a .ddz also stores."""
     t = dict(s16_terms(ipc, classes, epochs, k).terms)
     t["mean"] = classes * FP16
     return Terms(t)
 
 
-def s17_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
-    """Eq. S17 (scalar quantisation to k levels): level indices
-    ``IPC*C*EPOCHS*C*log2(k)/8`` + levels ``2k`` bytes."""
-    k = _pos_int("k", k)
+def s17_row_terms(n: int, classes: int, k: int) -> Terms:
+    """Eq. S17's terms for ``n`` stored soft labels: level indices ``n*C*log2(k)/8`` + levels ``2k`` bytes."""
+    n, classes, k = _pos_int("rows", n), _pos_int("classes", classes), _pos_int("k", k)
     if k < 2:
         raise InvalidInputError(f"quantisation needs at least 2 levels, got {k}")
-    n = n_labels(ipc, classes, epochs)
     return Terms({"indices": n * classes * math.log2(k) / 8, "levels": 2 * k})
 
 
+def s17_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
+    """Eq. S17 (scalar quantisation to k levels): level indices
+    ``IPC*C*EPOCHS*C*log2(k)/8`` + levels ``2k`` bytes."""
+    return s17_row_terms(n_labels(ipc, classes, epochs), classes, k)
+
+
 def s17(ipc, classes, epochs, k) -> float:
+    """Eq. S17 total in bytes."""
     return s17_terms(ipc, classes, epochs, k).total
 
 
 def s17_stored_terms(ipc, classes, epochs, k) -> Terms:
+    """Eq. S17's terms as stored: ``ceil(n*C*ceil(log2 k)/8)`` index bytes and ``2k`` level bytes."""
+    s17_row_terms(1, classes, k)
     n = n_labels(ipc, classes, epochs)
-    k = _pos_int("k", k)
     return Terms({"indices": math.ceil(n * classes * bits_for(k) / 8), "levels": 2 * k})
+
+
+def s11_rows(n: int, classes: int) -> int:
+    """Eq. S11 for ``n`` stored dense fp16 soft labels: ``n*C*2`` bytes."""
+    return _pos_int("rows", n) * _pos_int("classes", classes) * FP16
 
 
 # --------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # a file
-    if args.codec or args.ratio is not None:
+    if args.codec or args.ratio is not None or args.all or any(getattr(args, n) is not None for n in ("ipc", "classes", "epochs")):
         raise InvalidInputError(f"budget FILE takes only --json (got options for plan/solve); is {args.target!r} a typo?")
     if not os.path.exists(args.target):
         raise InvalidInputError(f"budget: {args.target!r} is neither 'plan', 'solve' nor an existing file")

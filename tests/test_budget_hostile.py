@@ -1,0 +1,80 @@
+"""Hostile inputs to codec.budget: bad object configs in a file, bad solver arguments.
+
+Every failure must be a DDZError (or a one-line ``ddz: error:`` from the CLI)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from codec import budget as B
+from codec.cli import main
+from codec.errors import DDZError, InvalidInputError
+from codec.format import Writer
+
+C = 10
+GOOD = {"id": "vq", "classes": C, "dh": 10, "dc": 5, "k": 8, "eps": 1e-8, "input": "probs", "temperature": 1.0,
+        "param_dtype": "f32", "entropy": False, "store_encoder": False, "zstd_level": 19}
+
+
+def _vq_file(path, **edit):
+    cfg = dict(GOOD, **edit)
+    with Writer(path) as w:
+        w.add("labels/indices", np.zeros((5, 2), np.uint8), bits=3)
+        w.add("labels/codebook", np.zeros((8, 5), np.float32))
+        w.add("labels/decoder", np.zeros((10, 10), np.float32))
+        w.add_object("labels", cfg, {"indices": "labels/indices", "codebook": "labels/codebook",
+                                     "decoder": "labels/decoder"})
+    return path
+
+
+@pytest.mark.parametrize("edit", [{"k": 0}, {"k": "8"}, {"dc": 0}, {"dh": None}, {"classes": [1]}, {"zstd_level": 10**300},
+                                  {"id": "topk", "k": 3, "classes": None}, {"bogus": 1}])
+def test_attribute_survives_bad_object_configs(tmp_path, edit, capsys):
+    p = _vq_file(tmp_path / "f.ddz", **edit)
+    rows = B.attribute(p)
+    assert sum(r.bytes for r in rows) == p.stat().st_size
+    sec = {r.name: r for r in rows if r.kind == "section"}
+    for name in ("labels/indices", "labels/codebook", "labels/decoder"):
+        assert "invalid codec config" in sec[name].term and sec[name].formula_bytes is None
+    assert main(["budget", str(p)]) == 0
+    assert "invalid codec config" in capsys.readouterr().out
+
+
+def test_attribute_formula_values_come_from_the_formula_functions(tmp_path):
+    p = _vq_file(tmp_path / "f.ddz")
+    sec = {r.name: r for r in B.attribute(p) if r.kind == "section"}
+    t = B.s12_row_terms(5, C, 10, 5, 8).terms
+    assert sec["labels/indices"].formula_bytes == t["indices"] == 5 * 2 * 3 / 8
+    assert sec["labels/decoder"].formula_bytes == t["decoder"] == C * 10 * 4
+    assert sec["labels/codebook"].formula_bytes == t["codebook"] == 8 * 5 * 4
+
+
+@pytest.mark.parametrize("kw", [dict(ratio=1e-300), dict(ratio=0.5), dict(ratio=math.inf), dict(ratio=math.nan),
+                                dict(ratio=True), dict(ratio=40, ks=[0]), dict(ratio=40, ks=[1]),
+                                dict(ratio=40, dcs=[0]), dict(ratio=40, dcs=["5"]), dict(ratio=40, dh_max=0)])
+def test_solve_rejects_bad_arguments(kw):
+    with pytest.raises(InvalidInputError):
+        B.solve(10, 1000, 300, **kw)
+
+
+def test_solve_cli_tiny_ratio_is_a_clean_error(capsys):
+    assert main(["budget", "solve", "--ipc", "10", "--classes", "1000", "--epochs", "300", "--ratio", "1e-300"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ddz: error:")
+
+
+def test_s14_needs_k_at_least_2():
+    with pytest.raises(InvalidInputError):
+        B.s14(5, 1)
+    assert B.s14(5, 4) == 2.5
+
+
+@pytest.mark.parametrize("opt", [["--ipc", "10"], ["--classes", "10"], ["--epochs", "3"], ["--all"]])
+def test_budget_file_rejects_plan_options(tmp_path, opt, capsys):
+    p = _vq_file(tmp_path / "f.ddz")
+    assert main(["budget", str(p), *opt]) != 0
+    assert capsys.readouterr().err.startswith("ddz: error:")
