@@ -73,6 +73,19 @@ def _np(a, dtype, name, where):
         raise FormatError(f"{where}: field {name!r} is not numeric: {exc}") from None
 
 
+def _scalar(v, name, where) -> float:
+    """One finite number from a float, a 0-d/1-element tensor or array (else FormatError)."""
+    if isinstance(v, bool):
+        raise FormatError(f"{where}: field {name!r} must be a number, got {v!r}")
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        if v.numel() if isinstance(v, torch.Tensor) else v.size != 1:
+            raise FormatError(f"{where}: field {name!r} must be one number, got shape {tuple(v.shape)}")
+        v = v.reshape(-1)[0].item()
+    if not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
+        raise FormatError(f"{where}: field {name!r} must be a finite number, got {v!r}"[:200])
+    return float(v)
+
+
 class AugmentRecorder:
     """Collects per-batch records (in memory: ~25 B per row) and writes the ``aug/`` sections."""
 
@@ -96,7 +109,12 @@ class AugmentRecorder:
         if coords.ndim != 2 or coords.shape[1] != 4:
             raise FormatError(f"{where}: coords must be (B, 4), got {coords.shape}")
         B = coords.shape[0]
-        flip = _np(rec.flip, np.uint8, "flip", where).reshape(-1)
+        if not (np.isfinite(coords).all() and (coords >= 0).all() and (coords <= 1).all()):
+            raise FormatError(f"{where}: field 'coords' must hold finite (i/H, j/W, h/H, w/W) values in [0, 1]")
+        flip_a = rec.flip.detach().cpu().numpy() if isinstance(rec.flip, torch.Tensor) else np.asarray(rec.flip)
+        if not (flip_a.dtype == np.bool_ or np.issubdtype(flip_a.dtype, np.integer)) or (flip_a.size and (flip_a.min() < 0 or flip_a.max() > 1)):
+            raise FormatError(f"{where}: field 'flip' must hold bools (or 0/1 integers), got dtype {flip_a.dtype}")
+        flip = flip_a.astype(np.uint8).reshape(-1)
         if flip.shape != (B,):
             raise FormatError(f"{where}: flip must have {B} entries, got {flip.shape}")
         if self._epoch_batches and (rec.epoch, rec.step) <= (self._epoch_batches[-1], self._steps[-1]):
@@ -122,18 +140,32 @@ class AugmentRecorder:
             mi = np.arange(B, dtype=np.int64)
             lam, bbox = float("nan"), [-1, -1, -1, -1]
         else:
-            mi = _np(rec.mix_index, np.int64, "mix_index", where).reshape(-1)
+            mi_a = rec.mix_index.detach().cpu().numpy() if isinstance(rec.mix_index, torch.Tensor) else np.asarray(rec.mix_index)
+            if not np.issubdtype(mi_a.dtype, np.integer):
+                raise FormatError(f"{where}: field 'mix_index' must hold integers, got dtype {mi_a.dtype}")
+            mi = mi_a.astype(np.int64).reshape(-1)
             if mi.shape != (B,) or (B and (mi.min() < 0 or mi.max() >= B)):
                 raise FormatError(f"{where}: mix_index must be {B} positions in [0, {B})")
             if rec.mix_lam is None:
                 raise FormatError(f"{where}: {mt} needs a lambda")
-            lam = float(rec.mix_lam)
+            lam = _scalar(rec.mix_lam, "mix_lam", where)
+            if not 0 <= lam <= 1:
+                raise FormatError(f"{where}: field 'mix_lam' must be a finite number in [0, 1], got {lam}")
             if mt == "cutmix":
                 if rec.mix_bbox is None:
                     raise FormatError(f"{where}: cutmix needs a bbox")
-                bbox = [int(v) for v in (rec.mix_bbox.tolist() if hasattr(rec.mix_bbox, "tolist") else rec.mix_bbox)]
-                if len(bbox) != 4:
-                    raise FormatError(f"{where}: bbox must have 4 integers, got {bbox}")
+                bb = rec.mix_bbox.detach().cpu().numpy() if isinstance(rec.mix_bbox, torch.Tensor) else rec.mix_bbox
+                try:
+                    bb = np.asarray(bb)
+                    ok = bb.ndim == 1 and bb.shape[0] == 4 and (np.issubdtype(bb.dtype, np.integer)
+                                                                 or (np.issubdtype(bb.dtype, np.floating) and np.all(bb == np.round(bb))))
+                except (TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    raise FormatError(f"{where}: field 'mix_bbox' must have 4 integers, got {rec.mix_bbox!r}"[:200])
+                bbox = [int(v) for v in bb]
+                if not (0 <= bbox[0] <= bbox[2] < 2**31 and 0 <= bbox[1] <= bbox[3] < 2**31):
+                    raise FormatError(f"{where}: field 'mix_bbox' must be [bbx1, bby1, bbx2, bby2] with 0 <= x1 <= x2, got {bbox}")
             else:
                 bbox = [-1, -1, -1, -1]
         self.crop.append(coords)
@@ -236,6 +268,8 @@ def scan_fkd_dir(src: str | os.PathLike) -> list[tuple[int, int, str]]:
     for i, (e, d) in enumerate(epochs):
         if e != i:
             raise FormatError(f"{src}: epochs must be 0..E-1 without gaps; found epoch_{e} where epoch_{i} was expected")
+        if not os.path.isdir(os.path.join(src, d)):
+            raise FormatError(f"{src}/{d}: not a directory")
         files = sorted((int(m.group(1)), f) for f in os.listdir(os.path.join(src, d)) if (m := _BATCH.match(f)))
         if not files:
             raise FormatError(f"{src}/{d}: no batch_<b>.tar files")
@@ -271,11 +305,7 @@ def _sampler_ids(epochs_sizes: list[int], *, sampler_seed: int | None, sample_id
         return [np.asarray(x, np.int64) for x in sample_ids]
     js = os.path.join(src, "sampler_indices_epoch.json")
     if os.path.exists(js):  # LPLD writes the image order of every epoch
-        with open(js) as f:
-            data = json.load(f)
-        if isinstance(data, dict):
-            data = [data[k] for k in sorted(data, key=lambda k: int(re.sub(r"\D", "", k) or 0))]
-        return [np.asarray(x, np.int64) for x in data]
+        return _read_sampler_json(js)
     if sampler_seed is not None:  # SRe2L: RandomSampler(generator seeded once), one randperm per epoch
         if num_samples is None:
             raise InvalidInputError("simulating the sampler needs num_samples")
@@ -283,6 +313,30 @@ def _sampler_ids(epochs_sizes: list[int], *, sampler_seed: int | None, sample_id
         sampler = torch.utils.data.RandomSampler(range(num_samples), generator=g)
         return [np.asarray(list(iter(sampler)), np.int64) for _ in epochs_sizes]
     return None
+
+
+def _read_sampler_json(js: str) -> list[np.ndarray]:
+    """LPLD's ``sampler_indices_epoch.json``: a list (or {epoch: list}) of per-epoch sample-id lists."""
+    if not os.path.isfile(js):
+        raise FormatError(f"{js}: not a regular file")
+    try:
+        with open(js, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{js}: cannot be read as JSON: {exc}") from None
+    if isinstance(data, dict):
+        try:
+            data = [data[k] for k in sorted(data, key=lambda k: int(re.sub(r"\D", "", k) or 0))]
+        except ValueError as exc:
+            raise FormatError(f"{js}: epoch keys must be numbers: {exc}") from None
+    if not isinstance(data, list):
+        raise FormatError(f"{js}: expected a list of per-epoch sample-id lists, got {type(data).__name__}")
+    out = []
+    for e, x in enumerate(data):
+        if not isinstance(x, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in x):
+            raise FormatError(f"{js}: epoch {e} must be a list of non-negative integers")
+        out.append(np.asarray(x, np.int64))
+    return out
 
 
 def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLabelCodec | Mapping[str, Any], *,
@@ -315,8 +369,22 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
         cfg = dict(codec)
         if cfg.pop("id", "vq") != "vq":
             raise InvalidInputError("import_fkd_dir can train only a VQ codec; pass other codecs already fitted")
-        kw = {"progress": progress, **cfg, **dict(train or {})}
-        codec = train_vq(IterSource(outputs, classes=classes), input=input, temperature=temperature, **kw)
+        # validate the architecture as a VQ config first (missing k, unknown keys -> InvalidInputError)
+        import inspect
+
+        _VQ_ARCH = {"dh", "dc", "k", "eps", "param_dtype", "entropy", "store_encoder"}
+        _TRAIN_KW = set(inspect.signature(train_vq).parameters) - _VQ_ARCH - {"data", "input", "temperature", "section"}
+        arch = {k: cfg.pop(k) for k in list(cfg) if k in _VQ_ARCH}
+        VQCodec.from_config({"id": "vq", "classes": classes, "input": input, "temperature": temperature, **arch})
+        tr = {**cfg, **dict(train or {})}
+        bad = sorted(set(tr) - _TRAIN_KW)
+        if bad:
+            raise InvalidInputError(f"import_fkd_dir: unknown VQ/training options {bad}; VQ takes {sorted(_VQ_ARCH)}, "
+                                    f"training takes {sorted(_TRAIN_KW)}")
+        codec = train_vq(IterSource(outputs, classes=classes), input=input, temperature=temperature,
+                         **{"progress": progress, **arch, **tr})
+    if not isinstance(codec, SoftLabelCodec):
+        raise InvalidInputError(f"codec must be a soft-label codec or a VQ config dict, got {type(codec).__name__}")
     if codec.classes != classes:
         raise InvalidInputError(f"{src}: outputs have {classes} classes, codec expects {codec.classes}")
     if getattr(codec, "input", input) != input or getattr(codec, "temperature", temperature) != temperature:
@@ -328,7 +396,9 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
             epochs_sizes.append(0)
     ids = _sampler_ids(epochs_sizes, sampler_seed=sampler_seed, sample_ids=sample_ids, src=src, num_samples=num_samples)
     if ids is not None and num_samples is None:
-        num_samples = int(max(int(x.max()) for x in ids if x.size) + 1)
+        num_samples = max((int(x.max()) for x in ids if x.size), default=-1) + 1
+        if num_samples == 0:
+            raise FormatError(f"{src}: the sampler order lists no sample ids")
 
     def records():
         pos = {}
@@ -348,8 +418,8 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
                 mt = "cutmix"
             else:
                 mt = "mixup"
-            if isinstance(lam, torch.Tensor):
-                lam = float(lam)
+            if lam is not None:
+                lam = _scalar(lam, "mix_lam", p)
             yield BatchRecord(e, b, out, coords, flip if flip is not None else torch.zeros(B, dtype=torch.bool), sids,
                               mt, mix_index, lam, bbox)
 

@@ -29,6 +29,24 @@ from .archive import SoftLabelArchive
 from .augment import AUG_META, MIX_TYPES
 
 
+def _index_array(f, name: str, path: str) -> np.ndarray:
+    a = np.asarray(f.get(name))
+    if a.ndim != 1 or len(a) < 1 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+        raise FormatError(f"{path}: {name} must be a non-empty 1-D integer array, got shape {a.shape} {a.dtype}", section=name)
+    return a.astype(np.int64)
+
+
+def _int_arg(name: str, v, lo: int = 0, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise InvalidInputError(f"{name} must be an integer {rng}, got {v!r}")
+    return int(v)
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
+MAX_VIEW_SIZE = 4096
+
+
 class ReplayArchive(SoftLabelArchive):
     """A soft-label archive with augmentation records (see :mod:`codec.softlabels.augment`)."""
 
@@ -38,8 +56,8 @@ class ReplayArchive(SoftLabelArchive):
         self.aug_meta = f.metadata.get(AUG_META)
         if not isinstance(self.aug_meta, dict):
             raise FormatError(f"{self.path}: no augmentation records (metadata {AUG_META!r})")
-        self.epoch_batches = np.array(f.get("aug/epoch_batches"), np.int64)
-        self.batch_rows = np.array(f.get("aug/batch_rows"), np.int64)
+        self.epoch_batches = _index_array(f, "aug/epoch_batches", self.path)
+        self.batch_rows = _index_array(f, "aug/batch_rows", self.path)
         nb = len(self.batch_rows) - 1
         if (nb < 0 or self.epoch_batches[0] != 0 or self.epoch_batches[-1] != nb or self.batch_rows[0] != 0
                 or self.batch_rows[-1] != self.rows or np.any(np.diff(self.batch_rows) < 0)
@@ -48,10 +66,31 @@ class ReplayArchive(SoftLabelArchive):
         self.mix_type = np.array(f.get("aug/mix_type"), np.int64)
         self.mix_lam = np.array(f.get("aug/mix_lam"), np.float32)
         self.mix_bbox = np.array(f.get("aug/mix_bbox"), np.int64)
-        if len(self.mix_type) != nb or len(self.mix_lam) != nb or self.mix_bbox.shape != (nb, 4):
+        if (self.mix_type.shape != (nb,) or self.mix_lam.shape != (nb,) or self.mix_bbox.shape != (nb, 4)):
             raise FormatError(f"{self.path}: per-batch mix records do not have {nb} entries")
+        if nb and (self.mix_type.min() < 0 or self.mix_type.max() >= len(MIX_TYPES)):
+            raise FormatError(f"{self.path}: aug/mix_type holds values outside 0..{len(MIX_TYPES) - 1} ({MIX_TYPES})",
+                              section="aug/mix_type")
+        mixed = self.mix_type != 0
+        lam = self.mix_lam[mixed]
+        if not (np.isfinite(lam).all() and (lam >= 0).all() and (lam <= 1).all()):
+            raise FormatError(f"{self.path}: aug/mix_lam of a mixed batch is not a finite number in [0, 1]", section="aug/mix_lam")
+        bb = self.mix_bbox[self.mix_type == 1]
+        if bb.size and ((bb < 0).any() or (bb[:, 2] < bb[:, 0]).any() or (bb[:, 3] < bb[:, 1]).any()):
+            raise FormatError(f"{self.path}: aug/mix_bbox of a cutmix batch is not [bbx1, bby1, bbx2, bby2] with 0 <= x1 <= x2",
+                              section="aug/mix_bbox")
+        ns = self.aug_meta.get("num_samples")
+        if ns is not None and (isinstance(ns, bool) or not isinstance(ns, int) or ns <= 0):
+            raise FormatError(f"{self.path}: metadata {AUG_META}.num_samples must be a positive integer, got {ns!r}")
+        self.num_samples = ns
         self.has_sample_ids = "aug/sample" in f
         self._row_cache: dict[str, np.ndarray] = {}
+
+    def __getstate__(self):
+        st = super().__getstate__()
+        st["_row_cache"] = {}
+        st["_row_cache_pid"] = None
+        return st
 
     @property
     def epochs(self) -> int:
@@ -86,9 +125,23 @@ class ReplayArchive(SoftLabelArchive):
             self._row_cache, self._row_cache_pid = {}, os.getpid()
         a = self._row_cache.get(name)
         if a is None:
-            a = self._row_cache[name] = np.array(f.get(f"aug/{name}"))
-            if len(a) != self.rows:
-                raise FormatError(f"{self.path}: aug/{name} has {len(a)} rows, labels have {self.rows}")
+            a = np.array(f.get(f"aug/{name}"))
+            sec = f"aug/{name}"
+            if a.ndim == 0 or len(a) != self.rows:
+                raise FormatError(f"{self.path}: {sec} has {len(a) if a.ndim else 0} rows, labels have {self.rows}", section=sec)
+            if name == "crop":
+                if a.shape != (self.rows, 4) or not np.issubdtype(a.dtype, np.floating):
+                    raise FormatError(f"{self.path}: {sec} must be ({self.rows}, 4) floats, got {a.shape} {a.dtype}", section=sec)
+                if not (np.isfinite(a).all() and (a >= 0).all() and (a <= 1).all()):
+                    raise FormatError(f"{self.path}: {sec} holds boxes outside [0, 1] (or non-finite)", section=sec)
+            elif a.ndim != 1:
+                raise FormatError(f"{self.path}: {sec} must be 1-D, got shape {a.shape}", section=sec)
+            elif name in ("sample", "mix_index") and a.size:
+                if not np.issubdtype(a.dtype, np.integer) or a.min() < 0:
+                    raise FormatError(f"{self.path}: {sec} must hold non-negative integers", section=sec)
+                if name == "sample" and self.num_samples is not None and a.max() >= self.num_samples:
+                    raise FormatError(f"{self.path}: sample id {int(a.max())} >= num_samples {self.num_samples}", section=sec)
+            self._row_cache[name] = a
         return a
 
     def sample_ids(self, epoch: int, step: int) -> np.ndarray:
@@ -220,13 +273,10 @@ class ReplayBatchSampler(_Lazy, torch.utils.data.Sampler):
         a = self.archive
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
             raise InvalidInputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        self.batch_size, self.drop_last = batch_size, drop_last
-        self.epochs = a.epochs if epochs is None else int(epochs)
-        if not 0 <= self.epochs <= a.epochs:
-            raise InvalidInputError(f"epochs {epochs} outside 0..{a.epochs}")
-        if not 0 <= start_epoch <= self.epochs:
-            raise InvalidInputError(f"start_epoch {start_epoch} outside 0..{self.epochs}")
-        self.start_epoch, self.start_step = int(start_epoch), int(start_step)
+        self.batch_size, self.drop_last = batch_size, bool(drop_last)
+        self.epochs = a.epochs if epochs is None else _int_arg("epochs", epochs, 0, a.epochs)
+        self.start_epoch = _int_arg("start_epoch", start_epoch, 0, self.epochs)
+        self.start_step = _int_arg("start_step", start_step, 0)
         if self.start_epoch < self.epochs and not 0 <= self.start_step <= self.steps(self.start_epoch):
             raise InvalidInputError(f"start_step {start_step} outside 0..{self.steps(self.start_epoch)} of epoch {start_epoch}")
 
@@ -271,10 +321,13 @@ class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
     def __init__(self, path, *, epochs: int, steps_per_epoch: int, seed: int = 0, start_epoch: int = 0,
                  start_step: int = 0):
         _Lazy.__init__(self, path)
-        self.epochs, self.steps_per_epoch, self.seed = int(epochs), int(steps_per_epoch), int(seed)
-        self.start_epoch, self.start_step = int(start_epoch), int(start_step)
-        if self.steps_per_epoch <= 0 or self.epochs < 0:
-            raise InvalidInputError("LPLDBatchSampler needs epochs >= 0 and steps_per_epoch > 0")
+        self.epochs = _int_arg("epochs", epochs, 0)
+        self.steps_per_epoch = _int_arg("steps_per_epoch", steps_per_epoch, 1)
+        self.seed = _int_arg("seed", seed, 0)
+        self.start_epoch = _int_arg("start_epoch", start_epoch, 0, self.epochs)
+        self.start_step = _int_arg("start_step", start_step, 0, self.steps_per_epoch if self.start_epoch < self.epochs else 0)
+        if len(self.archive.batch_rows) - 1 <= 0:
+            raise FormatError(f"{self.path}: no stored batches to draw from")
 
     def draws(self, epoch: int) -> np.ndarray:
         nb = len(self.archive.batch_rows) - 1
@@ -283,6 +336,8 @@ class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
 
     def batch(self, epoch: int, step: int) -> list[int]:
         a = self.archive
+        _int_arg("epoch", epoch, 0)
+        _int_arg("step", step, 0, self.steps_per_epoch - 1)
         gid = int(self.draws(epoch)[step])
         return list(range(int(a.batch_rows[gid]), int(a.batch_rows[gid + 1])))
 
@@ -312,9 +367,30 @@ class ReplayDataset(_Lazy, torch.utils.data.Dataset):
         if not a.has_sample_ids:
             raise InvalidInputError(f"{self.path} stores no sample ids; cannot rebuild views")
         crop = a.aug_meta.get("crop", {})
-        self.size = int(size or crop.get("size", 224))
-        self.interpolation = interpolation or crop.get("interpolation", "bilinear")
+        if not isinstance(crop, dict):
+            raise FormatError(f"{self.path}: metadata {AUG_META}.crop must be an object, got {type(crop).__name__}")
+        if size is None:
+            size = crop.get("size", 224)
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_VIEW_SIZE:
+                raise FormatError(f"{self.path}: metadata {AUG_META}.crop.size must be an integer in [1, {MAX_VIEW_SIZE}], got {size!r}")
+        self.size = _int_arg("size", size, 1, MAX_VIEW_SIZE)
+        if interpolation is None:
+            interpolation = crop.get("interpolation", "bilinear")
+            if interpolation not in INTERPOLATIONS:
+                raise FormatError(f"{self.path}: metadata {AUG_META}.crop.interpolation must be one of {INTERPOLATIONS}, "
+                                  f"got {interpolation!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise InvalidInputError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation = interpolation
         self.images, self.transform = images, transform
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4:
+                raise InvalidInputError(f"images must be an (N, C, H, W) tensor, got shape {tuple(images.shape)}")
+            sid = a._rowdata("sample")
+            if sid.size and int(sid.max()) >= images.shape[0]:
+                raise InvalidInputError(f"{self.path} refers to sample {int(sid.max())} but images holds {images.shape[0]}")
+        elif not callable(images):
+            raise InvalidInputError(f"images must be an (N, C, H, W) tensor or a callable, got {type(images).__name__}")
         self.rows = a.rows
 
     def _image(self, sid: int) -> torch.Tensor:

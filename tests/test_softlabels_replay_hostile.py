@@ -1,0 +1,185 @@
+"""Hostile replay archives, replay arguments and relabel directories: every failure is a
+DDZError (FormatError for file data, InvalidInputError for arguments), and nothing read from
+a file can make the loader allocate without bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from codec.errors import FormatError, InvalidInputError
+from codec.format import Writer
+from codec.format import open as ddz_open
+from codec.softlabels import TopKCodec
+from codec.softlabels.augment import BatchRecord, import_fkd_dir, write_replay_archive
+from codec.softlabels.replay import LPLDBatchSampler, ReplayArchive, ReplayBatchSampler, ReplayDataset, replay_loader
+
+C, B = 6, 4
+IMGS = torch.rand(10, 3, 16, 16)
+
+
+def _recs():
+    g = torch.Generator().manual_seed(0)
+    for e in range(2):
+        for s in range(3):
+            mt = ("none", "cutmix", "mixup")[s]
+            yield BatchRecord(e, s, torch.randn(B, C, generator=g), torch.rand(B, 4, generator=g) * .5 + .25,
+                              torch.rand(B, generator=g) > .5, torch.arange(B) + s, mt,
+                              torch.randperm(B, generator=g) if mt != "none" else None, 0.3 if mt != "none" else None,
+                              [1, 1, 5, 5] if mt == "cutmix" else None)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    p = tmp_path_factory.mktemp("rp") / "good.ddz"
+    write_replay_archive(p, TopKCodec(C, 3, input="logits"), _recs, classes=C, num_samples=10)
+    return p
+
+
+def _rewrite(good, dst, edits=None, meta_edit=None):
+    with ddz_open(good) as f, Writer(dst, metadata=json.loads(json.dumps(f.metadata))) as w:
+        for info in f.sections:
+            a, bits = np.array(f.get(info.name)), info.bits
+            if edits and info.name in edits:
+                a, bits = edits[info.name](a, bits)
+            w.add(info.name, a, bits=bits)
+        for on, o in f.objects.items():
+            w.add_object(on, o["codec"], o["sections"])
+        if meta_edit:
+            meta_edit(w.metadata)
+    return dst
+
+
+def _replay_all(p, size=8):
+    a = ReplayArchive(p)
+    for e in range(a.epochs):
+        for s in range(a.steps(e)):
+            a.record(e, s)
+    for x, y in replay_loader(p, IMGS, batch_size=5, size=size):
+        pass
+
+
+def test_good_archive_replays(good):
+    _replay_all(good)
+
+
+@pytest.mark.parametrize("edits", [
+    {"aug/epoch_batches": lambda a, b: (np.zeros(0, np.uint64), b)},
+    {"aug/epoch_batches": lambda a, b: (np.zeros((3, 2), np.uint64), b)},
+    {"aug/batch_rows": lambda a, b: (np.zeros(0, np.uint64), b)},
+    {"aug/mix_type": lambda a, b: (np.full_like(a, 9), b)},
+    {"aug/mix_lam": lambda a, b: (np.full_like(a, np.nan), b)},
+    {"aug/mix_lam": lambda a, b: (np.full_like(a, 7.0), b)},
+    {"aug/mix_bbox": lambda a, b: (np.full_like(a, -5), b)},
+    {"aug/crop": lambda a, b: (np.full_like(a, np.nan), b)},
+    {"aug/crop": lambda a, b: (np.full_like(a, np.inf), b)},
+    {"aug/crop": lambda a, b: (np.full_like(a, 3.0), b)},
+    {"aug/crop": lambda a, b: (a[:, 0].copy(), b)},
+    {"aug/sample": lambda a, b: (np.full_like(a, 1000), 10)},  # >= num_samples 10
+    {"aug/flip": lambda a, b: (a.reshape(-1, 1).repeat(2, 1), b)},
+], ids=["eb-empty", "eb-2d", "br-empty", "mix_type-9", "lam-nan", "lam-7", "bbox-neg", "crop-nan", "crop-inf",
+        "crop-3", "crop-1d", "sample-huge", "flip-2d"])
+def test_bad_records_are_format_errors(good, tmp_path, edits):
+    p = _rewrite(good, tmp_path / "bad.ddz", edits)
+    with pytest.raises(FormatError):
+        _replay_all(p)
+
+
+def test_sample_ids_beyond_the_image_tensor(good):
+    with pytest.raises(InvalidInputError):
+        ReplayDataset(good, IMGS[:3])
+
+
+@pytest.mark.parametrize("crop", ["x", {"size": "big"}, {"size": 10**6}, {"size": 0}, {"interpolation": "bogus"}])
+def test_crop_metadata_is_checked_before_any_allocation(good, tmp_path, crop):
+    p = _rewrite(good, tmp_path / "m.ddz", meta_edit=lambda m: m["augment"].__setitem__("crop", crop))
+    with pytest.raises(FormatError):
+        ReplayDataset(p, IMGS)
+
+
+@pytest.mark.parametrize("kw", [dict(size=10**6), dict(size=0), dict(size="8"), dict(interpolation="bogus")])
+def test_dataset_arguments(good, kw):
+    with pytest.raises(InvalidInputError):
+        ReplayDataset(good, IMGS, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(start_step=-2), dict(start_step=99), dict(start_epoch=5), dict(epochs="x"),
+                                dict(start_epoch="1"), dict(steps_per_epoch=0), dict(seed=-1)])
+def test_lpld_sampler_arguments(good, kw):
+    args = {"epochs": 2, "steps_per_epoch": 3, **kw}
+    with pytest.raises(InvalidInputError):
+        LPLDBatchSampler(good, **args)
+
+
+def test_lpld_sampler_batch_step_range(good):
+    s = LPLDBatchSampler(good, epochs=2, steps_per_epoch=3)
+    assert len(s) == 6 and len(list(s)) == 6
+    with pytest.raises(InvalidInputError):
+        s.batch(0, 99)
+    with pytest.raises(InvalidInputError):
+        s.batch(0, -1)
+
+
+@pytest.mark.parametrize("kw", [dict(start_epoch="1"), dict(epochs="x"), dict(start_step=-1), dict(epochs=1.5)])
+def test_replay_sampler_arguments(good, kw):
+    with pytest.raises(InvalidInputError):
+        ReplayBatchSampler(good, 5, **kw)
+
+
+def test_pickled_archive_drops_row_cache(good):
+    a = ReplayArchive(good)
+    a._rowdata("crop")
+    st = a.__getstate__()
+    assert st["_row_cache"] == {}
+    assert len(pickle.dumps(a)) < 4096
+
+
+# ---- the relabel-directory importer ----------------------------------------------------------
+def _fkd(root, lam=0.3, bbox=(1, 1, 3, 3), mix_index="perm"):
+    os.makedirs(root / "epoch_0", exist_ok=True)
+    n = 4
+    mi = torch.randperm(n) if mix_index == "perm" else mix_index
+    torch.save([torch.rand(n, 4) * .5, torch.zeros(n, dtype=torch.bool), mi, lam, bbox, torch.randn(n, C)],
+               root / "epoch_0" / "batch_0.tar")
+    return root
+
+
+@pytest.mark.parametrize("kw", [dict(lam=torch.tensor([0.1, 0.2])), dict(lam="x"), dict(lam=[0.1]), dict(lam=float("nan")),
+                                dict(bbox=[[1, 2], [3, 4]]), dict(bbox="abcd"), dict(bbox=[3, 1, 1, 3]),
+                                dict(mix_index=torch.rand(4))])
+def test_import_bad_mix_fields(tmp_path, kw):
+    src = _fkd(tmp_path / "d", **kw)
+    with pytest.raises(FormatError):
+        import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
+
+
+@pytest.mark.parametrize("content", ["{bad", "5", '[["a"]]', "[[]]", '[[-1, 2]]'])
+def test_import_bad_sampler_json(tmp_path, content):
+    src = _fkd(tmp_path / "d")
+    (src / "sampler_indices_epoch.json").write_text(content)
+    with pytest.raises(FormatError):
+        import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
+
+
+def test_import_sampler_json_directory_and_epoch_file(tmp_path):
+    src = _fkd(tmp_path / "d")
+    os.makedirs(src / "sampler_indices_epoch.json")
+    with pytest.raises(FormatError):
+        import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
+    src2 = _fkd(tmp_path / "e")
+    (src2 / "epoch_1").write_text("not a directory")
+    with pytest.raises(FormatError):
+        import_fkd_dir(src2, tmp_path / "o2.ddz", TopKCodec(C, 2, input="logits"))
+
+
+@pytest.mark.parametrize("cfg", [{"id": "vq", "dh": 6, "dc": 3}, {"id": "vq", "dh": 6, "dc": 3, "k": 4, "zz": 1},
+                                 {"id": "vq", "dh": 6, "dc": 4, "k": 4}, "vq"])
+def test_import_bad_codec_argument(tmp_path, cfg):
+    src = _fkd(tmp_path / "d")
+    with pytest.raises(InvalidInputError):
+        import_fkd_dir(src, tmp_path / "o.ddz", cfg)
