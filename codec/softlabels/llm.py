@@ -30,21 +30,13 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..codecs.vq import VQCodec
+from ..codecs.vq import VQCodec, index_bits, index_dtype
 from ..errors import FormatError, InvalidInputError
 from ..format import Writer
 from .archive import SoftLabelArchive, write_softlabels
 from .sources import IterSource
 
 LLM_META = "llm"
-
-
-def _bits(v: int) -> int:
-    return max(1, (int(v) - 1).bit_length())
-
-
-def _u(bits: int):
-    return np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
 
 
 def _prep(seq: Mapping[str, Any], k: int, vocab: int, temperature: float, where: str):
@@ -119,7 +111,7 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
         vq = train_vq(IterSource(probs_only, classes=k), input="probs", **kw)
     if vq.classes != k or vq.input != "probs":
         raise InvalidInputError(f"the values codec must take {k} probability classes, has {vq.classes} ({vq.input})")
-    vbits = _bits(vocab)
+    vbits = index_bits(vocab)
     tmp = tempfile.mkdtemp(prefix="ddz-llm-", dir=os.path.dirname(os.path.abspath(os.fspath(path))))
     names = ("tokens", "loss_mask", "topk_ids")
     spills = {n: open(os.path.join(tmp, n), "wb") for n in names}
@@ -128,9 +120,9 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
         def values():
             for i, s in enumerate(sequences()):
                 tokens, mask, prompt, ids, probs = _prep(s, k, vocab, temperature, f"sequence {i}")
-                spills["tokens"].write(tokens.astype(_u(vbits)).tobytes())
+                spills["tokens"].write(tokens.astype(index_dtype(vbits).type).tobytes())
                 spills["loss_mask"].write(mask.astype(np.uint8).tobytes())
-                spills["topk_ids"].write(ids.astype(_u(vbits)).tobytes())
+                spills["topk_ids"].write(ids.astype(index_dtype(vbits).type).tobytes())
                 seq_tokens.append(seq_tokens[-1] + tokens.size)
                 seq_labels.append(seq_labels[-1] + ids.shape[0])
                 prompts.append(prompt)
@@ -144,8 +136,8 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
             w.add("llm/seq_labels", np.asarray(seq_labels, np.uint64))
             w.add("llm/prompt_len", np.asarray(prompts, np.uint32))
             T, n = seq_tokens[-1], seq_labels[-1]
-            for name, shape, bits, dt in (("tokens", (T,), vbits, _u(vbits)), ("loss_mask", (T,), 1, np.uint8),
-                                          ("topk_ids", (n, k), vbits, _u(vbits))):
+            for name, shape, bits, dt in (("tokens", (T,), vbits, index_dtype(vbits).type), ("loss_mask", (T,), 1, np.uint8),
+                                          ("topk_ids", (n, k), vbits, index_dtype(vbits).type)):
                 arr = np.memmap(spills[name].name, dtype=dt, mode="r", shape=shape) if T and (name != "topk_ids" or n) else np.zeros(shape, dt)
                 z = ids_zstd if name == "topk_ids" else None
                 b = None if z is not None else bits
@@ -184,14 +176,29 @@ class LLMArchive(SoftLabelArchive):
         self.llm_meta = f.metadata.get(LLM_META)
         if not isinstance(self.llm_meta, dict):
             raise FormatError(f"{self.path}: no {LLM_META!r} metadata")
-        self.seq_tokens = np.array(f.get("llm/seq_tokens"), np.int64)
-        self.seq_labels = np.array(f.get("llm/seq_labels"), np.int64)
-        self.prompt_len = np.array(f.get("llm/prompt_len"), np.int64)
+        for key, lo, hi in (("vocab", 2, 1 << 32), ("k", 1, 1 << 24)):
+            v = self.llm_meta.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise FormatError(f"{self.path}: metadata {LLM_META}.{key} must be an integer in [{lo}, {hi}], got {v!r}")
+        self.vocab, self.k = self.llm_meta["vocab"], self.llm_meta["k"]
+        if self.k > self.vocab or self.classes != self.k:
+            raise FormatError(f"{self.path}: top-k k={self.k} disagrees with vocab {self.vocab} or the values' {self.classes} columns")
+        arrs = {}
+        for name in ("seq_tokens", "seq_labels", "prompt_len"):
+            a = np.asarray(f.get(f"llm/{name}"))
+            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+                raise FormatError(f"{self.path}: llm/{name} must be a 1-D integer array, got {a.shape} {a.dtype}",
+                                  section=f"llm/{name}")
+            arrs[name] = a.astype(np.int64)
+        self.seq_tokens, self.seq_labels, self.prompt_len = arrs["seq_tokens"], arrs["seq_labels"], arrs["prompt_len"]
         S = len(self.prompt_len)
-        if (len(self.seq_tokens) != S + 1 or len(self.seq_labels) != S + 1 or self.seq_labels[-1] != self.rows
-                or np.any(np.diff(self.seq_tokens) < 0) or np.any(np.diff(self.seq_labels) < 0)):
+        tok, ids = f.info("llm/tokens"), f.info("llm/topk_ids")
+        if (len(self.seq_tokens) != S + 1 or len(self.seq_labels) != S + 1 or self.seq_labels[0] != 0
+                or self.seq_tokens[0] != 0 or self.seq_labels[-1] != self.rows or tuple(tok.shape) != (self.seq_tokens[-1],)
+                or tuple(ids.shape) != (self.rows, self.k)
+                or np.any(np.diff(self.seq_tokens) < 0) or np.any(np.diff(self.seq_labels) < 0)
+                or np.any(self.prompt_len < 0) or np.any(self.prompt_len > np.diff(self.seq_tokens))):
             raise FormatError(f"{self.path}: inconsistent sequence offsets")
-        self.vocab, self.k = int(self.llm_meta["vocab"]), int(self.llm_meta["k"])
 
     @property
     def num_sequences(self) -> int:
@@ -209,6 +216,11 @@ class LLMArchive(SoftLabelArchive):
             raise FormatError(f"{self.path}: sequence {i} has {int(mask.sum())} masked positions but {l1 - l0} label rows")
         info = f.info("llm/topk_ids")
         ids = f.get("llm/topk_ids")[l0:l1] if info.zstd else f.get_rows("llm/topk_ids", l0, l1)
+        ids = np.asarray(ids)
+        for nm, a in (("topk_ids", ids), ("tokens", tokens)):
+            if a.size and int(a.max()) >= self.vocab:
+                raise FormatError(f"{self.path}: sequence {i}: llm/{nm} holds id {int(a.max())} >= vocab {self.vocab}",
+                                  section=f"llm/{nm}")
         dev = torch.device(device) if device is not None else self.device
         return {"tokens": tokens, "loss_mask": mask, "prompt_len": int(self.prompt_len[i]),
                 "positions": torch.nonzero(mask).flatten(),
@@ -222,6 +234,8 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_prob
     ``sum_j p_j (log p_j - log softmax(S / tau)[id_j])`` (the full-vocabulary student softmax)."""
     if student_logits.shape[0] != topk_ids.shape[0] or topk_ids.shape != topk_probs.shape:
         raise InvalidInputError("student logits (n, V), top-k ids (n, k) and probs (n, k) must agree")
+    if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= student_logits.shape[-1]):
+        raise InvalidInputError(f"top-k ids outside the student's vocabulary [0, {student_logits.shape[-1]})")
     logq = torch.log_softmax(student_logits.float() / tau, dim=-1).gather(1, topk_ids.long())
     p = topk_probs.float()
     return (p * (torch.log(p.clamp_min(1e-45)) - logq)).sum(1).mean()
