@@ -78,3 +78,17 @@ def test_budget_file_rejects_plan_options(tmp_path, opt, capsys):
     p = _vq_file(tmp_path / "f.ddz")
     assert main(["budget", str(p), *opt]) != 0
     assert capsys.readouterr().err.startswith("ddz: error:")
+
+
+@pytest.mark.parametrize("spec,classes", [("topk:k=1", 1), ("quant:k=4", 1), ("pca:k=20", 10), ("topk:k=1,k=3", 10),
+                                          ("vq:dh=10,dc=5,k=8,param_bytes=3", 10), ("vq:dh=10,dc=5,k=8,dh=20", 10),
+                                          ("lpld:ratio=inf", 10), ("lpld:ratio=nan", 10)])
+def test_plan_rejects_specs_the_codecs_reject(spec, classes):
+    with pytest.raises(InvalidInputError):
+        B.plan(1, classes, 1, spec)
+
+
+def test_lpld_pool_needs_a_finite_ratio():
+    with pytest.raises(InvalidInputError):
+        B.lpld_pool(10, 10, 3, math.inf, 4)
+    assert B.lpld_pool(10, 10, 3, 5.0, 4) == math.floor(3 * 25 / 5)

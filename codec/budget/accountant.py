@@ -38,10 +38,16 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         key = key.strip()
         if not eq or key not in _SPEC_KEYS[name]:
             raise InvalidInputError(f"bad parameter {item!r} in spec {spec!r}; {name} takes {sorted(_SPEC_KEYS[name]) or 'none'}")
+        if key in params:
+            raise InvalidInputError(f"parameter {key} given twice in spec {spec!r}")
         try:
             params[key] = _SPEC_KEYS[name][key](val)
         except ValueError:
             raise InvalidInputError(f"parameter {key} in spec {spec!r} must be a number, got {val!r}") from None
+        if isinstance(params[key], float) and not math.isfinite(params[key]):
+            raise InvalidInputError(f"parameter {key} in spec {spec!r} must be finite, got {val!r}")
+    if "param_bytes" in params and params["param_bytes"] not in (2, 4):
+        raise InvalidInputError(f"param_bytes in spec {spec!r} must be 2 (fp16) or 4 (fp32), got {params['param_bytes']}")
     missing = [k for k in _REQUIRED.get(name, ()) if k not in params]
     if missing:
         raise InvalidInputError(f"spec {spec!r} lacks {', '.join(missing)}")
@@ -72,6 +78,8 @@ def plan(ipc: int, classes: int, epochs: int, spec: str) -> PlanRow:
     """Bytes of one codec spec for IPC x C x EPOCHS soft labels, with the ratio to S11."""
     name, p = parse_spec(spec)
     s11 = F.s11(ipc, classes, epochs)
+    if name != "raw" and classes < 2:
+        raise InvalidInputError(f"codec {name!r} needs at least 2 classes (as the codecs do), got {classes}")
     if name == "raw":
         t = F.Terms({"labels": s11})
         st, formula = t, "S11"

@@ -231,8 +231,8 @@ def lpld_pool(ipc: int, classes: int, epochs: int, ratio: float, batch_size: int
     ids (generation with ``drop_last=True``; N = IPC*C samples, B = batch size)."""
     N = _pos_int("ipc", ipc) * _pos_int("classes", classes)
     B = _pos_int("batch_size", batch_size)
-    if not (isinstance(ratio, (int, float)) and ratio >= 1):
-        raise InvalidInputError(f"LPLD ratio must be >= 1, got {ratio!r}")
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 1 <= ratio < math.inf):
+        raise InvalidInputError(f"LPLD ratio must be a finite number >= 1, got {ratio!r}")
     per_epoch = N // B
     if per_epoch == 0:
         raise InvalidInputError(f"batch_size {B} exceeds the {N} samples per epoch")
