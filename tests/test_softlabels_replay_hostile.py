@@ -183,3 +183,12 @@ def test_import_bad_codec_argument(tmp_path, cfg):
     src = _fkd(tmp_path / "d")
     with pytest.raises(InvalidInputError):
         import_fkd_dir(src, tmp_path / "o.ddz", cfg)
+
+
+def test_loader_pieces_share_one_archive_per_process(good):
+    from codec.softlabels.replay import ReplayCollate
+
+    s, d, c = ReplayBatchSampler(good, 5), ReplayDataset(good, IMGS), ReplayCollate(good)
+    assert s.archive is d.archive is c.archive
+    clone = pickle.loads(pickle.dumps(d))  # what a DataLoader worker receives
+    assert clone._arch is None and clone.archive is d.archive  # same process -> same archive

@@ -237,6 +237,25 @@ def mix_pair(x: torch.Tensor, partner: torch.Tensor, mix_type: str, lam: float |
 # --------------------------------------------------------------------------------------------
 # torch.utils.data pieces
 # --------------------------------------------------------------------------------------------
+_ARCHIVES: dict[tuple, ReplayArchive] = {}
+
+
+def _shared_archive(path: str) -> ReplayArchive:
+    """One ReplayArchive per (file, process): the sampler, dataset and collate of a loader
+    (and every DataLoader worker's copies of them) share an open file and its row caches."""
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), os.getpid(), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return ReplayArchive(path)  # reports the missing file as the archive does
+    arch = _ARCHIVES.get(key)
+    if arch is None:
+        for k in [k for k in _ARCHIVES if k[0] == key[0] or k[1] != key[1]]:
+            _ARCHIVES.pop(k)  # a replaced file, or entries inherited from the parent process
+        arch = _ARCHIVES[key] = ReplayArchive(path)
+    return arch
+
+
 class _Lazy:
     """Holds a path; opens the archive on first use in each process."""
 
@@ -248,7 +267,7 @@ class _Lazy:
     @property
     def archive(self) -> ReplayArchive:
         if self._arch is None or self._pid != os.getpid():
-            self._arch = ReplayArchive(self.path)
+            self._arch = _shared_archive(self.path)
             self._pid = os.getpid()
         return self._arch
 
