@@ -168,17 +168,28 @@ class IterSource(Source):
             yield t
 
     def batches(self, batch_size, generator):
-        buf, have = [], 0
+        """Consecutive ``batch_size``-row batches (the last may be short).  Rows of a large
+        incoming batch are yielded as slices at an offset; only the pieces that straddle a
+        batch boundary are concatenated, so the work is linear in the rows."""
+        pend, have = [], 0
         for t in self._iter():
-            buf.append(t)
-            have += t.shape[0]
-            while have >= batch_size:
-                cat = torch.cat(buf)
-                yield cat[:batch_size]
-                rest = cat[batch_size:]
-                buf, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+            n, off = int(t.shape[0]), 0
+            if have:
+                need = batch_size - have
+                if n < need:
+                    pend.append(t)
+                    have += n
+                    continue
+                pend.append(t[:need])
+                yield torch.cat(pend)
+                pend, have, off = [], 0, need
+            while n - off >= batch_size:
+                yield t[off:off + batch_size]
+                off += batch_size
+            if off < n:
+                pend, have = [t[off:]], n - off
         if have:
-            yield torch.cat(buf)
+            yield torch.cat(pend)
 
     def sample(self, n, generator):
         got, have = [], 0
