@@ -90,6 +90,24 @@ def _init_projection(y: torch.Tensor, dh: int, rotate: bool, gen: torch.Generato
     return P.float().contiguous()
 
 
+def cache_loss(y: torch.Tensor, h: torch.Tensor, muq: torch.Tensor, decoder: torch.Tensor, *, alpha: float = 1.0,
+               beta: float = 0.25, straight_through: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 7, ``L_cache = alpha * L_VQ + L_rec`` for one mini-batch of ``n`` labels.
+
+    ``y`` (n, C) target probabilities; ``h`` (n*m, dc) encoder segments (Eq. 2-3); ``muq``
+    (n*m, dc) their nearest codes (Eq. 4); ``decoder`` D (dh, C) (Eq. 6).
+    ``L_VQ = (1/n) sum_i ||sg[h(i)] - mu_q(i)||^2 + beta ||h(i) - sg[mu_q(i)]||^2`` (sum over the
+    n*m segments) and ``L_rec = (1/n) sum_rows ||yhat - y||^2`` with ``yhat = [mu_q] D``; the
+    decoder sees ``h + sg[mu_q - h]`` (straight-through) or ``sg[mu_q]``.
+    Returns ``(L_cache, L_VQ, L_rec)``."""
+    n = y.shape[0]
+    l_vq = (((h.detach() - muq) ** 2).sum() + beta * ((h - muq.detach()) ** 2).sum()) / n
+    hq = h + (muq - h).detach() if straight_through else muq.detach()
+    yhat = hq.reshape(n, -1) @ decoder
+    l_rec = ((yhat - y) ** 2).sum(1).mean()
+    return alpha * l_vq + l_rec, l_vq, l_rec
+
+
 def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None, input: str = "probs",
              temperature: float = 1.0, eps: float = 1e-8, epochs: int = 1, max_steps: int | None = None,
              batch_size: int = 1024, lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.25,
@@ -156,12 +174,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                     q = nearest_code(h.detach(), mu.detach())
                     usage += torch.bincount(q, minlength=k)
                 muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
-                l_vq = ((h.detach() - muq) ** 2).sum() + beta * ((h - muq.detach()) ** 2).sum()
-                l_vq = l_vq / y.shape[0]
-                hq = h + (muq - h).detach() if straight_through else muq.detach()
-                yhat = hq.reshape(-1, dh) @ D
-                l_rec = ((yhat - y) ** 2).sum(1).mean()
-                loss = alpha * l_vq + l_rec
+                loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

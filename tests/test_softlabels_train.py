@@ -1,0 +1,82 @@
+"""Eq. 7 (cache_loss) against a hand computation; streaming training from every source kind;
+k-means++ init and dead-code re-seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from codec.format import Writer
+from codec.softlabels import train_vq
+from codec.softlabels.sources import DDZSource, IterSource
+from codec.softlabels.train import cache_loss, kmeans_pp
+
+
+def test_cache_loss_eq7_hand_computed():
+    # n=1 label, C=2 classes, dh=2, dc=1 (m=2 segments)
+    y = torch.tensor([[0.75, 0.25]])
+    h = torch.tensor([[0.5], [1.0]], requires_grad=True)
+    muq = torch.tensor([[0.25], [1.5]])
+    D = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
+    loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=2.0, beta=0.25)
+    # ||h - mu||^2 summed over segments: 0.25^2 + 0.5^2 = 0.3125; L_VQ = (1 + beta) * 0.3125
+    assert l_vq.item() == pytest.approx(1.25 * 0.3125)
+    # yhat = [0.25, 1.5] @ D = [0.25, 0.75]; ||yhat - y||^2 = 0.25 + 0.25
+    assert l_rec.item() == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(2.0 * 1.25 * 0.3125 + 0.5)
+    loss.backward()
+    # d/dh: alpha*beta*2*(h - mu) from the commitment term + straight-through L_rec grad 2*(yhat - y) D^T
+    g_commit = 2.0 * 0.25 * 2 * torch.tensor([[0.25], [-0.5]])
+    g_rec = (2 * torch.tensor([[-0.5, 0.5]]) @ D.T).reshape(2, 1)
+    assert torch.allclose(h.grad, g_commit + g_rec)
+
+
+def test_cache_loss_without_straight_through_trains_the_encoder_only_by_commitment():
+    y = torch.tensor([[1.0, 0.0]])
+    h = torch.tensor([[0.5], [0.0]], requires_grad=True)
+    muq = torch.zeros(2, 1)
+    loss, l_vq, l_rec = cache_loss(y, h, muq, torch.eye(2), alpha=1.0, beta=0.25, straight_through=False)
+    loss.backward()
+    assert l_vq.item() == pytest.approx(1.25 * 0.25) and l_rec.item() == 1.0
+    assert torch.allclose(h.grad, 0.25 * 2 * torch.tensor([[0.5], [0.0]]))  # beta * 2 (h - mu) only
+
+
+def _labels(n=256, C=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(n, C, generator=g) * 3, 1).numpy()
+
+
+def test_streaming_training_from_memmap_ddz_and_iterator(tmp_path):
+    y = _labels()
+    mm = np.lib.format.open_memmap(tmp_path / "y.npy", mode="w+", dtype=np.float32, shape=y.shape)
+    mm[:] = y
+    mm.flush()
+    del mm
+    with Writer(tmp_path / "y.ddz") as w:
+        w.add("y", y)
+    kw = dict(dh=8, dc=2, k=16, epochs=2, batch_size=32, progress=False, init_sample=256, seed=3)
+    base = float(((torch.from_numpy(y) - 1 / 8) ** 2).sum(1).mean())  # the uniform guess
+    a = train_vq(np.load(tmp_path / "y.npy", mmap_mode="r"), **kw)
+    assert torch.equal(a.codebook, train_vq(y, **kw).codebook)  # a memmap trains like the array it holds
+    for src in (DDZSource(tmp_path / "y.ddz", "y"), IterSource(lambda: (y[i:i + 50] for i in range(0, len(y), 50)), classes=8)):
+        vq = train_vq(src, **kw)
+        assert vq.train_log.steps == 2 * 8
+        assert float(((vq.reconstruct(y) - torch.from_numpy(y)) ** 2).sum(1).mean()) < base
+
+
+def test_kmeans_pp_seeds_one_code_per_cluster():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = (centres[:, None, :] + 0.01 * torch.randn(4, 50, 2, generator=g)).reshape(-1, 2)
+    got = kmeans_pp(x, 4, torch.Generator().manual_seed(1))
+    near = torch.cdist(got, centres).argmin(1)
+    assert sorted(near.tolist()) == [0, 1, 2, 3]
+
+
+def test_dead_codes_are_reseeded():
+    y = _labels(128)
+    vq = train_vq(y, dh=8, dc=2, k=64, epochs=3, batch_size=16, progress=False, init_sample=128, dead_window=2)
+    assert vq.train_log.reseeded > 0  # 64 codes, 64 segments per step: some go unused within 2 steps
+    none = train_vq(y, dh=8, dc=2, k=64, epochs=3, batch_size=16, progress=False, init_sample=128, dead_window=0)
+    assert none.train_log.reseeded == 0
