@@ -13,6 +13,9 @@
    (VmHWM from /proc/self/status) is reported.  Floor: < 3 GB at ROWS = 3,000,000 (ImageNet-1K
    IPC 10 x 300 epochs).
 
+Threads: torch, FAISS (OpenMP) and numba are all set to ``DDZ_BENCH_THREADS`` (default 2, the
+cores of the reference machine) before anything is timed.
+
 Run: ``pytest benches/bench_vq.py --benchmark-only -s``.  Sizes: ``DDZ_BENCH_VQ_N`` (vectors for 1,
 default 1,000,000), ``DDZ_BENCH_VQ_DECODE_N`` (rows for 2, default 100,000),
 ``DDZ_BENCH_VQ_ENCODE_ROWS`` (rows for 3, default 200,000; the full run used 3,000,000).
@@ -29,18 +32,23 @@ import tempfile
 import textwrap
 import time
 
+import numba
 import numpy as np
 import pytest
 import torch
 
-from codec.codecs.vq import decode_probs, nearest_code
+from codec.codecs.vq import NUMBA_MAX_DC, decode_probs, nearest_code
+
+THREADS = int(os.environ.get("DDZ_BENCH_THREADS", 2))
+torch.set_num_threads(THREADS)
+numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
 
 N = int(os.environ.get("DDZ_BENCH_VQ_N", 1_000_000))
 DEC_N = int(os.environ.get("DDZ_BENCH_VQ_DECODE_N", 100_000))
 ENC_ROWS = int(os.environ.get("DDZ_BENCH_VQ_ENCODE_ROWS", 200_000))
 ROUNDS = int(os.environ.get("DDZ_BENCH_VQ_ROUNDS", 5))
 CONFIGS = [(5, 1024), (25, 512), (50, 128), (100, 64)]
-T_ASSIGN = f"VQ nearest-code assignment, N={N:,} float32 vectors (interleaved medians of {ROUNDS})"
+T_ASSIGN = f"VQ nearest-code assignment, N={N:,} float32 vectors, {THREADS} threads (interleaved medians of {ROUNDS})"
 T_DECODE = f"VQ decode to renormalised probabilities, n={DEC_N:,}, dh=1000, dc=25, k=512, C=1000 (interleaved medians)"
 T_ENCODE = "VQ streaming encode of fp16 logits from a memmap (fresh process)"
 
@@ -60,6 +68,7 @@ def _interleaved(fns: dict, rounds: int) -> dict:
 @pytest.mark.parametrize("dc,k", CONFIGS, ids=[f"dc{d}-k{k}" for d, k in CONFIGS])
 def test_assign_vs_faiss(benchmark, bench_table, dc, k):
     faiss = pytest.importorskip("faiss")
+    faiss.omp_set_num_threads(THREADS)
     rng = np.random.default_rng(dc * 1000 + k)
     x = rng.standard_normal((N, dc), dtype=np.float32)
     cb = rng.standard_normal((k, dc), dtype=np.float32)
@@ -79,7 +88,7 @@ def test_assign_vs_faiss(benchmark, bench_table, dc, k):
     benchmark.pedantic(ours, rounds=1, iterations=1)
     ratio = med["faiss"] / med["ours"]
     benchmark.extra_info.update(dc=dc, k=k, faiss_s=med["faiss"], ours_s=med["ours"], ratio=ratio, agree=agree)
-    bench_table.add(T_ASSIGN, {"dc": dc, "k": k, "faiss ms": med["faiss"] * 1e3, "ddz ms": med["ours"] * 1e3,
+    bench_table.add(T_ASSIGN, {"dc": dc, "k": k, "ddz path": "numba" if dc <= NUMBA_MAX_DC else "BLAS", "faiss ms": med["faiss"] * 1e3, "ddz ms": med["ours"] * 1e3,
                                "ddz Mvec/s": N / med["ours"] / 1e6, "faiss/ddz": ratio,
                                "floor (>=1)": "met" if ratio >= 1 else "MISSED", "agreement": agree})
     assert agree > 0.9999  # correctness, not speed

@@ -8,10 +8,10 @@ import pytest
 numba = pytest.importorskip("numba")
 from codec.codecs import _vqkernels as K  # noqa: E402
 
-# every dc is its own generated kernel (1-5 s to compile each, so not all of 1..50); these cover the two FMA
-# chains with an odd/even number of terms, tile sizes 512, 448, 320, 192, 128 and the limit.
-DCS = [1, 2, 3, 5, 16, 17, 25, 33, K.NUMBA_MAX_DC]
-KS = [1, 3, 6, 64, 130]  # k = 1, k not a multiple of CODES_PER_PASS (padding), k > 128
+# every dc is its own generated kernel (1-10 s to compile each, so not all of 1..50); these cover the two FMA
+# chains with an odd/even number of terms, both sides of the J = 4 / 8 switches, tile sizes 512, 256, 192, 128 and the limit.
+DCS = [1, 2, 3, 5, 16, 32, 33, K.NUMBA_MAX_DC]
+KS = [1, 3, 6, 64, 130]  # k = 1, k not a multiple of codes_per_pass (padding), k > 128
 
 
 def _assign(x, cb):
@@ -55,6 +55,7 @@ def test_exact_ties_go_to_lower_index(dc):
 def test_prep_codebook_pads_with_losing_codes():
     cb = np.arange(15, dtype=np.float32).reshape(5, 3)
     c, bias = K.prep_codebook(cb)
+    assert K.codes_per_pass(3) == 4
     assert c.shape == (8, 3) and c.dtype == np.float32 and bias.dtype == np.float32
     np.testing.assert_array_equal(c[:5], cb)
     assert not c[5:].any() and np.all(bias[5:] == -np.inf)
