@@ -92,3 +92,29 @@ def test_lpld_pool_needs_a_finite_ratio():
     with pytest.raises(InvalidInputError):
         B.lpld_pool(10, 10, 3, math.inf, 4)
     assert B.lpld_pool(10, 10, 3, 5.0, 4) == math.floor(3 * 25 / 5)
+
+
+def test_row_forms_are_the_one_source_of_the_formulas():
+    n = B.formulas.n_labels(2, 10, 3)
+    F = B.formulas
+    assert F.s12_stored_row_terms(n, 10, 10, 5, 1000).terms == B.s12_stored_terms(2, 10, 3, 10, 5, 1000).terms
+    assert F.s15_stored_row_terms(n, 10, 3).terms == B.s15_stored_terms(2, 10, 3, 3).terms
+    assert F.s16_stored_row_terms(n, 10, 3).terms == B.s16_stored_terms(2, 10, 3, 3).terms
+    assert F.s17_stored_row_terms(n, 10, 4).terms == B.s17_stored_terms(2, 10, 3, 4).terms
+    assert F.s11_rows(n, 10) == B.s11(2, 10, 3)
+    # hand values: 60 labels, 2 segments of ceil(log2 1000) = 10 bits -> 150 B; top-3 of 10 classes at 4 bits -> 90 B
+    assert F.s12_stored_row_terms(n, 10, 10, 5, 1000).terms["indices"] == 150
+    assert F.s15_stored_row_terms(n, 10, 3).terms == {"values": 360, "indices": 90}
+
+
+def test_fidelity_tool_sizes_come_from_codec_budget():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("fidelity", pathlib.Path(__file__).parents[1] / "tools" / "fidelity.py")
+    fid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fid)
+    k, ratio = fid.topk_choice(10, 500, 2)
+    assert ratio == B.s11_rows(500, 10) / B.formulas.s15_stored_row_terms(500, 10, k).total >= 2
+    k, ratio = fid.quant_choice(10, 500, 4)
+    assert ratio == B.s11_rows(500, 10) / B.formulas.s17_stored_row_terms(500, 10, k).total >= 4

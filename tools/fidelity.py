@@ -32,7 +32,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -143,20 +142,25 @@ TABLE_S8 = {10: (795, 5, 1024), 20: (990, 15, 2048), 30: (1000, 20, 1024), 40: (
             100: (1000, 50, 128), 200: (1000, 100, 64)}
 
 
+def _vq_stored(C, nref, dh, dc, k):
+    return BF.s12_stored_row_terms(nref, C, dh, dc, k).total
+
+
 def vq_choice(C, nref, ratio, dh_max):
     """C = 1000: the paper's Table S8 setting.  Otherwise: most index bits per label, then
-    larger dc (Sec. 5.3: larger codes help more), with stored ratio >= target, dc >= 2."""
-    s11 = nref * C * 2
+    larger dc (Sec. 5.3: larger codes help more), with stored ratio >= target, dc >= 2.
+    Stored bytes from :func:`codec.budget.formulas.s12_stored_row_terms` (fp32 parameters)."""
+    s11 = BF.s11_rows(nref, C)
     if C == 1000 and ratio in TABLE_S8:
         dh, dc, k = TABLE_S8[ratio]
-        return dh, dc, k, s11 / (math.ceil(nref * (dh // dc) * BF.bits_for(k) / 8) + C * dh * 4 + k * dc * 4)
+        return dh, dc, k, s11 / _vq_stored(C, nref, dh, dc, k)
     best = None
     for dc in range(2, dh_max + 1):
         for kb in range(1, 13):
             k = 2**kb
             for m in range(dh_max // dc, 0, -1):
                 dh = m * dc
-                stored = math.ceil(nref * m * kb / 8) + C * dh * 4 + k * dc * 4
+                stored = _vq_stored(C, nref, dh, dc, k)
                 if s11 / stored >= ratio:
                     key = (m * kb, dc, dh)
                     if best is None or key > best[0]:
@@ -165,23 +169,24 @@ def vq_choice(C, nref, ratio, dh_max):
     return best[1] if best else None
 
 
+def _best_k(C, nref, ratio, stored, ks):
+    """Largest k whose stored bytes (a codec.budget.formulas *_stored_row_terms function)
+    reach the ratio over S11, with that ratio; None if none does."""
+    s11 = BF.s11_rows(nref, C)
+    ok = [k for k in ks if s11 / stored(nref, C, k).total >= ratio]
+    return (max(ok), s11 / stored(nref, C, max(ok)).total) if ok else None
+
+
 def topk_choice(C, nref, ratio):
-    s11 = nref * C * 2
-    bits = BF.bits_for(C)
-    ks = [k for k in range(1, C + 1) if s11 / (nref * k * 2 + math.ceil(nref * k * bits / 8)) >= ratio]
-    return (max(ks), s11 / (nref * max(ks) * 2 + math.ceil(nref * max(ks) * bits / 8))) if ks else None
+    return _best_k(C, nref, ratio, BF.s15_stored_row_terms, range(1, C + 1))
 
 
 def pca_choice(C, nref, ratio):
-    s11 = nref * C * 2
-    ks = [k for k in range(1, C + 1) if s11 / (nref * 2 * k + k * C * 2 + 2 * C) >= ratio]
-    return (max(ks), s11 / (nref * 2 * max(ks) + max(ks) * C * 2 + 2 * C)) if ks else None
+    return _best_k(C, nref, ratio, BF.s16_stored_row_terms, range(1, C + 1))
 
 
 def quant_choice(C, nref, ratio):
-    s11 = nref * C * 2
-    bs = [b for b in range(1, 9) if s11 / (math.ceil(nref * C * b / 8) + 2 * 2**b) >= ratio]
-    return (2 ** max(bs), s11 / (math.ceil(nref * C * max(bs) / 8) + 2 * 2 ** max(bs))) if bs else None
+    return _best_k(C, nref, ratio, BF.s17_stored_row_terms, [2**b for b in range(1, 9)])
 
 
 def roundtrip(cod, y):
@@ -227,7 +232,7 @@ def evaluate(name, ytr, yte, nref, ratios, vq_epochs, seed, log):
             dh, dc, k, got = ch
             t = time.time()
             cod = train_vq(ytr, dh=dh, dc=dc, k=k, epochs=vq_epochs, batch_size=256, lr=2e-3, seed=seed,
-                           init="random", progress=False, init_sample=min(len(ytr), 20000))
+                           progress=False, init_sample=min(len(ytr), 20000))
             rows.append({"set": name, "target": ratio, "codec": f"vq dh={dh} dc={dc} k={k}", "ratio": got,
                          **measure(cod, ytr, yte), "fit_s": time.time() - t})
         else:
@@ -281,7 +286,7 @@ def entropy_extra(ytr, yte, seed, log, tmpdir):
     out = []
     for ratio in (40, 100):
         dh, dc, k = TABLE_S8[ratio]
-        cod = train_vq(ytr, dh=dh, dc=dc, k=k, epochs=2, batch_size=256, lr=2e-3, seed=seed, init="random",
+        cod = train_vq(ytr, dh=dh, dc=dc, k=k, epochs=2, batch_size=256, lr=2e-3, seed=seed,
                        progress=False, init_sample=min(len(ytr), 20000))
         idx = cod.encode_indices(yte)
         sizes = {}

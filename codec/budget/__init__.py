@@ -3,6 +3,7 @@ a (k, dc, dh) solver (Table S8) and byte-exact attribution of real .ddz files.
 All values are bytes; ``MiB = 1024**2`` and ``GiB = 1024**3`` (the paper's "MB"/"GB")."""
 
 from .accountant import PlanRow, Proposal, Row, attribute, parse_spec, plan, solve, summarize
+from . import formulas  # noqa: F401 (codec.budget.formulas)
 from .formulas import (GiB, MiB, SD_VAE_INT8_BYTES, bits_for, eq8, fmt_bytes, lpld_pool, lpld_terms, s11, s12,
                        s15_stored_terms, s16_stored_terms, s17_stored_terms,
                        s12_stored_terms, s12_terms, s13, s13_limit, s14, s15, s15_terms, s16, s16_terms, s17, s17_terms,

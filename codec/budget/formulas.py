@@ -99,8 +99,13 @@ def s12(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> float:
 def s12_stored_terms(ipc, classes, epochs, dh, dc, k, param_bytes: int = FP32) -> Terms:
     """What a .ddz stores for S12's terms: ``ceil(n*m*ceil(log2 k)/8)`` index bytes
     (one bit-packed stream), decoder and codebook at ``param_bytes`` per value."""
+    return s12_stored_row_terms(n_labels(ipc, classes, epochs), classes, dh, dc, k, param_bytes)
+
+
+def s12_stored_row_terms(n, classes, dh, dc, k, param_bytes: int = FP32) -> Terms:
+    """:func:`s12_stored_terms` for ``n`` stored soft labels."""
     dh, dc, k = _vq_check(dh, dc, k)
-    n = n_labels(ipc, classes, epochs)
+    n, classes = _pos_int("rows", n), _pos_int("classes", classes)
     return Terms({
         "indices": math.ceil(n * (dh // dc) * bits_for(k) / 8),
         "decoder": classes * dh * param_bytes,
@@ -161,8 +166,12 @@ def s15(ipc, classes, epochs, k) -> float:
 def s15_stored_terms(ipc, classes, epochs, k) -> Terms:
     """Eq. S15's terms as a .ddz stores them: ``ceil(n*k*ceil(log2 C)/8)`` index bytes
     (one bit-packed stream) and ``n*k*2`` fp16 value bytes."""
-    s15_row_terms(1, classes, k)  # same validation as the formula
-    n = n_labels(ipc, classes, epochs)
+    return s15_stored_row_terms(n_labels(ipc, classes, epochs), classes, k)
+
+
+def s15_stored_row_terms(n, classes, k) -> Terms:
+    """:func:`s15_stored_terms` for ``n`` stored soft labels."""
+    s15_row_terms(n, classes, k)  # same validation as the formula
     return Terms({"values": n * k * FP16, "indices": math.ceil(n * k * bits_for(classes) / 8)})
 
 
@@ -187,7 +196,12 @@ def s16(ipc, classes, epochs, k) -> float:
 
 def s16_stored_terms(ipc, classes, epochs, k) -> Terms:
     """Eq. S16's terms plus the ``C*2`` byte fp16 mean a .ddz also stores."""
-    t = dict(s16_terms(ipc, classes, epochs, k).terms)
+    return s16_stored_row_terms(n_labels(ipc, classes, epochs), classes, k)
+
+
+def s16_stored_row_terms(n, classes, k) -> Terms:
+    """:func:`s16_stored_terms` for ``n`` stored soft labels."""
+    t = dict(s16_row_terms(n, classes, k).terms)
     t["mean"] = classes * FP16
     return Terms(t)
 
@@ -213,8 +227,12 @@ def s17(ipc, classes, epochs, k) -> float:
 
 def s17_stored_terms(ipc, classes, epochs, k) -> Terms:
     """Eq. S17's terms as stored: ``ceil(n*C*ceil(log2 k)/8)`` index bytes and ``2k`` level bytes."""
-    s17_row_terms(1, classes, k)
-    n = n_labels(ipc, classes, epochs)
+    return s17_stored_row_terms(n_labels(ipc, classes, epochs), classes, k)
+
+
+def s17_stored_row_terms(n, classes, k) -> Terms:
+    """:func:`s17_stored_terms` for ``n`` stored soft labels."""
+    s17_row_terms(n, classes, k)
     return Terms({"indices": math.ceil(n * classes * bits_for(k) / 8), "levels": 2 * k})
 
 
