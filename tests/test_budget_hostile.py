@@ -4,7 +4,6 @@ Every failure must be a DDZError (or a one-line ``ddz: error:`` from the CLI).""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from codec import budget as B
 from codec.cli import main
-from codec.errors import DDZError, InvalidInputError
+from codec.errors import InvalidInputError
 from codec.format import Writer
 
 C = 10

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 import codec
 from codec.codecs import codec_from_config, read_object, write_object
-from codec.codecs.vq import VQCodec, decode_probs, nearest_code
+from codec.codecs.vq import VQCodec, nearest_code
 from codec.errors import DDZError, InvalidInputError, UnknownCodecError
 from codec.softlabels import (LPLDCodec, PCACodec, QuantCodec, TopKCodec, kd_loss, kl_div, open_archive,
-                              save_softlabels, train_vq, write_softlabels)
+                              save_softlabels, train_vq)
 
 C = 24
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import codec
 from codec import budget as B
-from codec.cli import main
 from codec.codecs import codec_from_config
 from codec.codecs.lpld import LPLDCodec
 from codec.codecs.topk import TopKCodec
 from codec.codecs.vq import VQCodec
-from codec.errors import DDZError, FormatError, InvalidInputError, LimitError
+from codec.errors import FormatError, InvalidInputError, LimitError
 from codec.format import Writer
 from codec.softlabels import open_archive
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import codec
-from codec.errors import DDZError, FormatError, InvalidInputError
+from codec.errors import FormatError, InvalidInputError
 from codec.softlabels import LPLDCodec, TopKCodec, open_archive
 from codec.softlabels.augment import BatchRecord, import_fkd_dir, write_replay_archive
-from codec.softlabels.replay import (LPLDBatchSampler, ReplayArchive, ReplayBatchSampler, ReplayCollate, ReplayDataset,
+from codec.softlabels.replay import (LPLDBatchSampler, ReplayArchive, ReplayBatchSampler, ReplayDataset,
                                      apply_crop_flip, mix_pair, replay_loader)
 
 N, C, B, E = 20, 10, 8, 3

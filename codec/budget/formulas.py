@@ -33,8 +33,9 @@ def _pos_int(name: str, v) -> int:
 
 def bits_for(n: int) -> int:
     """Whole bits needed to store an index in ``range(n)``: ``ceil(log2 n)`` (at least 1)."""
-    n = _pos_int("count", n)
-    return max(1, (n - 1).bit_length())
+    from ..codecs.vq import index_bits  # the one ceil(log2) the codecs store with
+
+    return index_bits(_pos_int("count", n))
 
 
 def n_labels(ipc: int, classes: int, epochs: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..codecs.base import Part
-from ..codecs.vq import SoftLabelCodec, as_tensor
+from ..codecs.vq import SoftLabelCodec
 from ..errors import FormatError, InvalidInputError, SectionNotFoundError
 from ..format import DDZFile, Writer
 from ..format import open as ddz_open

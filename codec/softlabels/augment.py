@@ -35,13 +35,13 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from ..codecs.vq import SoftLabelCodec, VQCodec
+from ..codecs.vq import SoftLabelCodec, VQCodec, index_bits
 from ..errors import FormatError, InvalidInputError
 from ..format import Writer
 
@@ -201,11 +201,11 @@ class AugmentRecorder:
                 N = int(s.max()) + 1 if n else 1
             elif n and int(s.max()) >= N:
                 raise InvalidInputError(f"sample id {int(s.max())} >= num_samples {N}")
-            writer.add("aug/sample", s, bits=max(1, (max(N, 1) - 1).bit_length()))
+            writer.add("aug/sample", s, bits=index_bits(max(N, 1)))
         writer.add("aug/crop", cat(self.crop, np.float32, (4,)))
         writer.add("aug/flip", cat(self.flip, np.uint8), bits=1)
         maxb = int(np.max(np.diff(self._rows))) if nb else 1
-        writer.add("aug/mix_index", cat(self.mix_index, np.uint32), bits=max(1, (max(maxb, 1) - 1).bit_length()))
+        writer.add("aug/mix_index", cat(self.mix_index, np.uint32), bits=index_bits(max(maxb, 1)))
         writer.add("aug/mix_type", np.asarray(self.mix_type, np.uint8))
         writer.add("aug/mix_lam", np.asarray(self.mix_lam, np.float32))
         writer.add("aug/mix_bbox", np.asarray(self.mix_bbox, np.int32).reshape(nb, 4))

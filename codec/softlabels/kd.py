@@ -37,7 +37,7 @@ def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, tau: float
 
 
 def kl_div(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(p || q) for probability rows (0 log 0 = 0); q is clamped at 1e-45."""
+    """Per-row KL(p || q) for probability rows (0 log 0 = 0); computed in float64 with p and q clamped at 1e-300."""
     p = p.double()
     q = q.double()
     return torch.where(p > 0, p * (torch.log(p.clamp_min(1e-300)) - torch.log(q.clamp_min(1e-300))),
