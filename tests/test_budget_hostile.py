@@ -117,3 +117,12 @@ def test_fidelity_tool_sizes_come_from_codec_budget():
     assert ratio == B.s11_rows(500, 10) / B.formulas.s15_stored_row_terms(500, 10, k).total >= 2
     k, ratio = fid.quant_choice(10, 500, 4)
     assert ratio == B.s11_rows(500, 10) / B.formulas.s17_stored_row_terms(500, 10, k).total >= 4
+
+
+@pytest.mark.parametrize("argv", [["plan", "--codec", "raw", "--ratio", "40"], ["plan", "--codec", "raw", "--all"],
+                                  ["solve", "--ratio", "40", "--codec", "raw"]])
+def test_plan_and_solve_reject_each_others_options(argv, capsys):
+    base = ["budget", argv[0], "--ipc", "10", "--classes", "1000", "--epochs", "300", *argv[1:]]
+    assert main(base) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ddz: error:")

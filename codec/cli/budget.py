@@ -41,6 +41,24 @@ def _need(args, *names):
         raise InvalidInputError(f"budget {args.target}: missing --{', --'.join(missing)}")
 
 
+def _reject(args, *names):
+    given = [n for n in names if getattr(args, n) not in (None, [], False)]
+    if given:
+        raise InvalidInputError(f"budget {args.target} does not take --{', --'.join(given)}")
+
+
+def _json(d: dict) -> int:
+    print(json.dumps(d, indent=2))
+    return 0
+
+
+def _table(hdr: str, lines) -> None:
+    print(hdr)
+    print("-" * len(hdr))
+    for line in lines:
+        print(line)
+
+
 def _mib(b: float) -> str:
     return f"{b / 1024**2:,.3f}"
 
@@ -54,20 +72,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.target == "plan":
         _need(args, "ipc", "classes", "epochs", "codec")
+        _reject(args, "ratio", "all")
         rows = [B.plan(args.ipc, args.classes, args.epochs, spec) for spec in args.codec]
         s11 = B.s11(args.ipc, args.classes, args.epochs)
         if args.json:
-            print(json.dumps({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "s11_bytes": s11,
-                              "unit": "bytes", "codecs": [r.to_json() for r in rows]}, indent=2))
-            return 0
+            return _json({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "s11_bytes": s11,
+                          "unit": "bytes", "codecs": [r.to_json() for r in rows]})
         print(f"IPC {args.ipc}, {args.classes} classes, {args.epochs} epochs: "
               f"S11 dense fp16 = {B.fmt_bytes(s11)}")
-        hdr = f"{'codec':<28} {'eq':<6} {'formula bytes':>18} {'MiB':>14} {'GiB':>10} {'ratio':>9} {'stored bytes':>16} {'stored ratio':>12}"
-        print(hdr)
-        print("-" * len(hdr))
-        for r in rows:
-            print(f"{r.codec:<28} {r.formula:<6} {r.bytes:>18,.1f} {_mib(r.bytes):>14} {_gib(r.bytes):>10} {r.ratio:>8.3f}x "
-                  f"{r.stored_bytes:>16,} {r.stored_ratio:>11.3f}x")
+        _table(f"{'codec':<28} {'eq':<6} {'formula bytes':>18} {'MiB':>14} {'GiB':>10} {'ratio':>9} {'stored bytes':>16} {'stored ratio':>12}",
+               (f"{r.codec:<28} {r.formula:<6} {r.bytes:>18,.1f} {_mib(r.bytes):>14} {_gib(r.bytes):>10} {r.ratio:>8.3f}x "
+                f"{r.stored_bytes:>16,} {r.stored_ratio:>11.3f}x" for r in rows))
         print("formula bytes: the paper's equation as printed (real log2); stored bytes: ceil(log2) bits per index, "
               "whole bytes, fp16/fp32 as the equation states.")
         for r in rows:
@@ -77,21 +92,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.target == "solve":
         _need(args, "ipc", "classes", "epochs", "ratio")
+        _reject(args, "codec")
         props = B.solve(args.ipc, args.classes, args.epochs, args.ratio, all_candidates=args.all)
         if args.json:
-            print(json.dumps({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "target_ratio": args.ratio,
-                              "unit": "bytes", "proposals": [
-                                  {"dc": p.dc, "k": p.k, "dh": p.dh, "m": p.dh // p.dc, "ratio": p.ratio, "bytes": p.bytes,
-                                   "codec": p.spec, "bits_per_label": p.bits_per_label} for p in props]}, indent=2))
-            return 0
+            return _json({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "target_ratio": args.ratio,
+                          "unit": "bytes", "proposals": [
+                              {"dc": p.dc, "k": p.k, "dh": p.dh, "m": p.dh // p.dc, "ratio": p.ratio, "bytes": p.bytes,
+                               "codec": p.spec, "bits_per_label": p.bits_per_label} for p in props]})
         print(f"VQ settings reaching >= {args.ratio:g}x over S11 (IPC {args.ipc}, {args.classes} classes, "
               f"{args.epochs} epochs), larger dc first:")
-        hdr = f"{'dc':>5} {'k':>6} {'dh':>6} {'m':>5} {'bits/label':>10} {'ratio':>9} {'bytes':>16} {'MiB':>12}  spec"
-        print(hdr)
-        print("-" * len(hdr))
-        for p in props:
-            print(f"{p.dc:>5} {p.k:>6} {p.dh:>6} {p.dh // p.dc:>5} {p.bits_per_label:>10} {p.ratio:>8.3f}x "
-                  f"{p.bytes:>16,.1f} {_mib(p.bytes):>12}  {p.spec}")
+        _table(f"{'dc':>5} {'k':>6} {'dh':>6} {'m':>5} {'bits/label':>10} {'ratio':>9} {'bytes':>16} {'MiB':>12}  spec",
+               (f"{p.dc:>5} {p.k:>6} {p.dh:>6} {p.dh // p.dc:>5} {p.bits_per_label:>10} {p.ratio:>8.3f}x "
+                f"{p.bytes:>16,.1f} {_mib(p.bytes):>12}  {p.spec}" for p in props))
         return 0
 
     # a file
@@ -102,13 +114,10 @@ def run(args: argparse.Namespace) -> int:
     rows = B.attribute(args.target)
     summ = B.summarize(rows)
     if args.json:
-        print(json.dumps({"file": args.target, "unit": "bytes", "file_size": summ["total"],
-                          "rows": [r.to_json() for r in rows], "summary": summ}, indent=2))
-        return 0
+        return _json({"file": args.target, "unit": "bytes", "file_size": summ["total"],
+                      "rows": [r.to_json() for r in rows], "summary": summ})
     print(f"{args.target}: {B.fmt_bytes(summ['total'])}; every byte attributed (rows sum to the file size)")
-    hdr = f"{'offset':>12} {'bytes':>14} {'formula B':>16}  {'name':<28} term / notes"
-    print(hdr)
-    print("-" * len(hdr))
+    _table(f"{'offset':>12} {'bytes':>14} {'formula B':>16}  {'name':<28} term / notes", ())
     for r in rows:
         fb = f"{r.formula_bytes:,.1f}" if r.formula_bytes is not None else "-"
         print(f"{r.offset:>12,} {r.bytes:>14,} {fb:>16}  {r.name:<28} {r.term}")
