@@ -192,3 +192,17 @@ def test_loader_pieces_share_one_archive_per_process(good):
     assert s.archive is d.archive is c.archive
     clone = pickle.loads(pickle.dumps(d))  # what a DataLoader worker receives
     assert clone._arch is None and clone.archive is d.archive  # same process -> same archive
+
+
+@pytest.mark.parametrize("field,value", [("coords", torch.full((B, 4), float("nan"))), ("coords", torch.full((B, 4), 2.0)),
+                                         ("flip", torch.full((B,), 0.5)), ("flip", torch.full((B,), 3)),
+                                         ("mix_index", torch.rand(B)), ("mix_lam", torch.tensor([0.1, 0.2]))])
+def test_recorder_rejects_bad_fields_naming_field_and_batch(tmp_path, field, value):
+    def recs():
+        r = next(iter(_recs()))
+        kw = dict(r.__dict__, mix_type="mixup", mix_index=torch.arange(B), mix_lam=0.5)
+        kw[field] = value
+        yield BatchRecord(**kw)
+    with pytest.raises(FormatError, match=rf"batch 0 .*{field}"):
+        write_replay_archive(tmp_path / "x.ddz", TopKCodec(C, 3, input="logits"), recs, classes=C)
+    assert not (tmp_path / "x.ddz").exists()
