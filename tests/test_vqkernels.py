@@ -67,3 +67,15 @@ def test_empty_input():
     c, bias = K.prep_codebook(np.ones((4, 5), np.float32))
     K.nearest_kernel(5)(np.empty((0, 5), np.float32), c, bias, out)
     assert out.shape == (0,)
+
+
+@pytest.mark.parametrize("dc", [5, 16])
+def test_non_finite_rows_get_minus_one(dc):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1100, dc), dtype=np.float32)
+    x[3, 0] = np.nan
+    x[600, dc - 1] = np.inf
+    x[1099, dc // 2] = -np.inf
+    got = _assign(x, rng.standard_normal((9, dc), dtype=np.float32))
+    bad = ~np.isfinite(x).all(1)
+    assert np.all(got[bad] == -1) and np.all(got[~bad] >= 0)
