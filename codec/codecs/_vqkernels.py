@@ -8,17 +8,17 @@ The kernel is numba code generated for one ``dc`` (every loop over ``dc`` unroll
 * rows are taken in tiles of ``T`` held transposed (``xt[c, r]``, one array so the loads share
   a base register), ``T * dc`` floats small enough for L1 and a multiple of 64 so the
   vectorised loop over rows (16 fp32 lanes, interleaved) has no scalar remainder;
-* codes are taken ``J`` at a time (8 for 16 <= dc <= 32, else 4): their ``J * dc`` values and biases
-  are loop invariants of the row loop, so one pass over the tile reads each row's running max
-  and index once per J codes instead of once per code;
+* codes are taken ``J`` at a time (8 for 16 <= dc <= 32, else 4): their ``J * dc`` values and
+  biases are loop invariants of the row loop, so one pass over the tile reads each row's running
+  max and index once per J codes instead of once per code.  The codebook is padded to a
+  multiple of ``J`` with zero codes of bias ``-inf``, which never win;
 * each dot product is two FMA chains (even and odd ``c``) added at the end: half the latency
   of one chain, no separate multiplies as in a balanced tree;
 * strict ``>`` in code order, so ties keep the lower index, as ``argmin`` does;
 * a row with a NaN or infinity gets index ``-1`` (``v - v`` is 0 only for finite ``v``, summed
   while the tile is filled), so callers need not scan ``x`` for finiteness first: that scan
   (``torch.isfinite(x).all()``) alone took 27-107 ms per 1M rows at dc = 25-50, up to 80 % of
-  the assignment.  The codebook is
-  padded to a multiple of ``J`` with zero codes of bias ``-inf``, which never win.
+  the assignment.
 
 No (n, k) score matrix is written.  Row tiles run in parallel (``prange``, numba's threads).
 Compilation takes 1-10 s per ``dc`` (more for larger ``dc``), once per process; kernels are not
