@@ -26,87 +26,12 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ._vqkernels import NUMBA_MAX_DC, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
 from .base import Codec, Part, register_codec
 
 # ----------------------------------------------------------------------------------------------
-# Kernels: nearest-code assignment (Eq. 4) and index -> probability decoding (Eq. 5, 6, 9)
+# Nearest-code assignment (Eq. 4) and index -> probability decoding (Eq. 5, 6, 9)
 # ----------------------------------------------------------------------------------------------
-try:  # numba is a hard dependency of the package, but keep the torch path importable alone
-    import numba as _nb
-except Exception:  # pragma: no cover
-    _nb = None
-
-_KERNELS: dict[tuple[int, int], Any] = {}
-
-
-def _tree(terms: list[str]) -> str:
-    """Balanced sum expression (shorter dependency chains than a left fold)."""
-    while len(terms) > 1:
-        nxt = [f"({terms[i]} + {terms[i + 1]})" for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
-
-
-def _tile_rows(dc: int) -> int:
-    """Rows per tile so the transposed x tile (dc x T fp32) stays in L1 (~24 KiB)."""
-    return int(min(512, max(32, (6144 // dc) // 16 * 16)))
-
-
-def _nearest_kernel(dc: int):
-    """A numba kernel specialised to ``dc`` (unrolled): for a tile of T rows held transposed,
-    loop over codes j and, vectorised over the rows, compute ``s = h.mu_j - |mu_j|^2/2`` and
-    keep the running max and its index (strict ``>``: ties keep the lower index).  The
-    (n, k) score matrix is never materialised."""
-    T = _tile_rows(dc)
-    key = (dc, T)
-    f = _KERNELS.get(key)
-    if f is not None:
-        return f
-    xs = "\n        ".join(f"x{c} = np.empty({T}, np.float32)" for c in range(dc))
-    fill = "\n            ".join(f"x{c}[r] = x[r0 + r, {c}] if r < m else np.float32(0)" for c in range(dc))
-    cs = "\n            ".join(f"c{c} = cb[j, {c}]" for c in range(dc))
-    dot = _tree(["bj"] + [f"x{c}[r] * c{c}" for c in range(dc)])
-    src = f"""
-def kern(x, cb, bias, out):
-    n = x.shape[0]
-    k = cb.shape[0]
-    ntiles = (n + {T} - 1) // {T}
-    for t in nb.prange(ntiles):
-        r0 = t * {T}
-        m = min(n, r0 + {T}) - r0
-        {xs}
-        for r in range({T}):
-            {fill}
-        best = np.full({T}, -np.inf, np.float32)
-        bi = np.zeros({T}, np.int32)
-        for j in range(k):
-            bj = bias[j]
-            {cs}
-            jj = np.int32(j)
-            for r in range({T}):
-                d = {dot}
-                g = np.int32(d > best[r])
-                best[r] = max(d, best[r])
-                bi[r] = g * jj + (np.int32(1) - g) * bi[r]
-        for r in range(m):
-            out[r0 + r] = bi[r]
-"""
-    ns = {"nb": _nb, "np": np}
-    exec(compile(src, f"<ddz nearest-code kernel dc={dc}>", "exec"), ns)  # noqa: S102 - generated from integers only
-    f = _nb.njit(parallel=True, boundscheck=False, fastmath=False)(ns["kern"])
-    _KERNELS[key] = f
-    return f
-
-
-def _prep_codebook(codebook: np.ndarray):
-    cb = np.ascontiguousarray(codebook, dtype=np.float32)
-    bias = (-0.5 * np.einsum("kd,kd->k", cb.astype(np.float64), cb.astype(np.float64))).astype(np.float32)
-    return cb, bias
-
-
-NUMBA_MAX_DC = 32  # above this, chunked BLAS (torch.addmm + torch.max) is faster
 
 
 def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=None):
@@ -124,15 +49,17 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     n, dc = xt.shape
     k = cb.shape[0]
     if method == "auto":
-        method = "numba" if (_nb is not None and xt.device.type == "cpu" and dc <= NUMBA_MAX_DC) else "torch"
+        method = "numba" if (xt.device.type == "cpu" and dc <= NUMBA_MAX_DC) else "torch"
     if method == "numba":
-        if not (torch.isfinite(xt).all() and torch.isfinite(cb).all()):
-            raise InvalidInputError("nearest_code: non-finite values in the latents or the codebook")
+        if not torch.isfinite(cb).all():
+            raise InvalidInputError("nearest_code: non-finite values in the codebook")
         xn = np.ascontiguousarray(xt.detach().to(torch.float32).numpy())
         cbn, bias = _prep_codebook(cb.detach().to(torch.float32).cpu().numpy())
         res = np.empty(n, np.int32)
         if n and k:
-            _nearest_kernel(dc)(xn, cbn, bias, res)
+            _nearest_kernel(dc)(xn, cbn, bias, res)  # -1 marks a row with a NaN or infinity
+            if (res < 0).any():
+                raise InvalidInputError(f"nearest_code: non-finite values in the latents (row {int(np.argmax(res < 0))})")
         res = res.astype(np.int64)
         if out is not None:
             out[:] = torch.from_numpy(res) if isinstance(out, torch.Tensor) else res
