@@ -45,7 +45,7 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     xt = torch.from_numpy(np.ascontiguousarray(x)) if is_np else x
     cb = torch.from_numpy(np.ascontiguousarray(codebook)) if isinstance(codebook, np.ndarray) else codebook
     if xt.ndim != 2 or cb.ndim != 2 or xt.shape[1] != cb.shape[1]:
-        raise ValueError(f"nearest_code: x {tuple(xt.shape)} and codebook {tuple(cb.shape)} must be (n, dc) and (k, dc)")
+        raise InvalidInputError(f"nearest_code: x {tuple(xt.shape)} and codebook {tuple(cb.shape)} must be (n, dc) and (k, dc)")
     n, dc = xt.shape
     k = cb.shape[0]
     if method == "auto":
@@ -103,12 +103,12 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
     idx = indices if isinstance(indices, torch.Tensor) else torch.from_numpy(np.asarray(indices).astype(np.int64))
     idx = idx.to(device=dev, dtype=torch.int64)
     if idx.ndim != 2:
-        raise ValueError(f"indices must be (n, m), got shape {tuple(idx.shape)}")
+        raise InvalidInputError(f"indices must be (n, m), got shape {tuple(idx.shape)}")
     n, m = idx.shape
     k, dc = codebook.shape
     dh, C = decoder.shape
     if m * dc != dh:
-        raise ValueError(f"indices have m={m} segments but decoder expects dh={dh} = m*dc with dc={dc}")
+        raise InvalidInputError(f"indices have m={m} segments but decoder expects dh={dh} = m*dc with dc={dc}")
     cb = codebook.to(dtype)
     D = decoder.to(dtype)
     res = out if out is not None else torch.empty((n, C), dtype=torch.float32, device=dev)
