@@ -189,6 +189,9 @@ def test_abandoned_writer_removes_temp_file(tmp_path):
     (lambda w: w.section("s", "f32", (2,)).append(np.zeros((2, 3), np.float32)), "chunk shape"),
     (lambda w: w.section("s", "f32").append(np.zeros(2, np.float64)), "is f32"),
     (lambda w: w.section("s", "f9"), "unknown dtype"),
+    (lambda w: w.section("s", "f32", ("x",)), "row shape"),
+    (lambda w: w.section("s", "f32", (-1,)), "row shape"),
+    (lambda w: w.add_object("o", {"id": "x"}, {}) or w.add_object("o", {"id": "x"}, {}), "duplicate object"),
     (lambda w: w.add_object("o", {"id": "x"}, {"p": "missing"}), "not written"),
     (lambda w: w.add_object("o", {}, {}), "string 'id'"),
 ])

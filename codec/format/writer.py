@@ -70,19 +70,13 @@ class Writer:
         self._check_open()
         if self._open_section is not None:
             raise InvalidInputError(f"section {self._open_section.name!r} is still open; close it before starting {name!r}")
-        try:
-            check_name(name)
-        except FormatError as exc:
-            raise InvalidInputError(str(exc)) from None
-        if name in self._names:
-            raise InvalidInputError(f"duplicate section name {name!r}")
-        if len(self._sections) >= MAX_SECTIONS:
-            raise InvalidInputError(f"more than {MAX_SECTIONS} sections")
+        _check_new_name(name, self._names, MAX_SECTIONS, "section")
         if dtype not in DTYPES:
             raise InvalidInputError(f"section {name!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        if not isinstance(row_shape, (tuple, list)) or len(row_shape) + 1 > MAX_NDIM \
+                or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in row_shape):
+            raise InvalidInputError(f"section {name!r}: row shape must be at most {MAX_NDIM - 1} integers >= 0, got {row_shape!r}")
         row_shape = tuple(int(d) for d in row_shape)
-        if len(row_shape) + 1 > MAX_NDIM or any(d < 0 for d in row_shape):
-            raise InvalidInputError(f"section {name!r}: bad row shape {row_shape}")
         if bits is not None:
             if dtype not in INTEGER_DTYPES or type(bits) is not int or not 1 <= bits <= min(32, 8 * DTYPES[dtype].itemsize):
                 raise InvalidInputError(f"section {name!r}: cannot bit-pack dtype {dtype} at bits={bits!r}")
@@ -97,14 +91,7 @@ class Writer:
     def add_object(self, name: str, config: Mapping[str, Any], sections: Mapping[str, str], *, must_understand: bool = True) -> None:
         """Record that sections ``sections`` (part -> section name) encode object ``name`` with codec ``config``."""
         self._check_open()
-        try:
-            check_name(name, "object")
-        except FormatError as exc:
-            raise InvalidInputError(str(exc)) from None
-        if name in self._objects:
-            raise InvalidInputError(f"duplicate object name {name!r}")
-        if len(self._objects) >= MAX_OBJECTS:
-            raise InvalidInputError(f"more than {MAX_OBJECTS} objects")
+        _check_new_name(name, self._objects, MAX_OBJECTS, "object")
         if not isinstance(config, Mapping) or not isinstance(config.get("id"), str):
             raise InvalidInputError(f"object {name!r}: codec config must have a string 'id'")
         missing = [s for s in sections.values() if s not in self._names]
@@ -250,6 +237,17 @@ class SectionWriter:
         if len(data):
             self._crc = crc32(data, self._crc)
             self._w._write(data)
+
+
+def _check_new_name(name: Any, taken, limit: int, what: str) -> None:
+    try:
+        check_name(name, what)
+    except FormatError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if name in taken:
+        raise InvalidInputError(f"duplicate {what} name {name!r}")
+    if len(taken) >= limit:
+        raise InvalidInputError(f"more than {limit} {what}s")
 
 
 def _umask() -> int:
