@@ -163,3 +163,21 @@ def test_attribute_rejects_non_ddz(tmp_path):
     p.write_bytes(b"not a ddz file at all" * 10)
     with pytest.raises(DDZError):
         B.attribute(p)
+
+
+def test_attribution_of_tucker_sections_uses_fp32_floats(tmp_path):
+    """B.4 counts the HOSVD core and factors as fp32 floats; an fp16 archive shows half of it."""
+    import torch
+
+    import codec
+    from codec.budget import attribute
+    from codec.codecs import write_object
+    from codec.codecs.tucker import TuckerCodec
+
+    x = torch.randn(6, 8, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    with codec.Writer(tmp_path / "t.ddz") as w:
+        parts = write_object(w, "latents", TuckerCodec(dtype="f16"), x)
+    rows = {r.name: r for r in attribute(tmp_path / "t.ddz")}
+    assert sum(r.bytes for r in rows.values()) == (tmp_path / "t.ddz").stat().st_size
+    for section in parts.values():
+        assert rows[section].formula_bytes == 2 * rows[section].bytes and "HOSVD" in rows[section].term

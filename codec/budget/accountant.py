@@ -199,13 +199,26 @@ _TERMS = {
             "mean": ("PCA mean (not in S16): C*2", None)},
     "quant": {"indices": ("S17 level indices: n*C*log2(k)/8", "idx"), "levels": ("S17 levels: 2k", "lv")},
     "lpld": {"labels": ("S11 rows kept by LPLD: n_kept*C*2", "lab")},
+    "tucker": {"core": ("HOSVD core (video paper B.4): N*prod(ranks) floats x 4 B (fp32, as the paper stores)", "elems"),
+               "factor": ("HOSVD factor U_k per chunk: n_chunks*d*r floats x 4 B (the sample-axis factor, n x n per chunk "
+                          "in the paper's code, is the identity and not stored)", "elems")},
+    "int8-state": {"q": ("int8 VAE weights, Eq. 6: 1 B per weight", "elems"),
+                   "scale": ("Eq. 6 scales s: 4 B per output channel", "elems"),
+                   "zero_point": ("Eq. 6 zero points z: 1 B per output channel", "elems"),
+                   "float": ("biases and norms kept float: 4 B each (fp32)", "elems")},
 }
+# bytes per stored element that the video formulas count (Eq. 6 int8 weights, fp32 everywhere else)
+_VIDEO_ELEM_BYTES = {"q": 1, "zero_point": 1}
 
 
-def _formula_for(codec, part: str, n: int) -> float | None:
-    """The formula value (bytes) of one part of a validated soft-label ``codec`` holding
-    ``n`` rows, from the Eq. S11-S17 functions of :mod:`codec.budget.formulas`."""
-    cid, C = codec.codec_id, codec.classes
+def _formula_for(codec, part: str, n: int, elems: int = 0) -> float | None:
+    """The formula value (bytes) of one part of a validated ``codec``: soft-label parts holding
+    ``n`` rows from the Eq. S11-S17 functions of :mod:`codec.budget.formulas`; video parts
+    (``tucker``, ``int8-state``) from their ``elems`` stored elements at the paper's widths."""
+    cid = codec.codec_id
+    if cid in ("tucker", "int8-state"):
+        return float(elems * _VIDEO_ELEM_BYTES.get(part, 4))
+    C = codec.classes
     if n <= 0:
         return 0.0 if part in ("indices", "values", "proj", "labels") else None
     if cid == "vq":
@@ -291,7 +304,8 @@ def attribute(path: str | os.PathLike) -> list[Row]:
                 oname, part, cfg = owner[info.name]
                 codec, err = _codec_for(cfg)
                 cid = cfg.get("id") if isinstance(cfg, dict) else None
-                t = _TERMS.get(cid, {}).get(part) if isinstance(cid, str) else None
+                key = "factor" if cid == "tucker" and str(part).startswith("factor_") else part
+                t = _TERMS.get(cid, {}).get(key) if isinstance(cid, str) else None
                 n = info.shape[0] if info.shape else 1
                 if codec is None:
                     term = f"object {oname!r}: invalid codec config ({err})"
@@ -299,7 +313,8 @@ def attribute(path: str | os.PathLike) -> list[Row]:
                     term = t[0]
                     if t[1] is not None:
                         try:
-                            formula = _formula_for(codec, "indices" if part == "indices_lo" else part, n)
+                            formula = _formula_for(codec, "indices" if part == "indices_lo" else part, n,
+                                                   math.prod(info.shape))
                         except DDZError as exc:
                             term = f"object {oname!r}: no formula value ({exc})"
                 else:
