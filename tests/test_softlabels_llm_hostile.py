@@ -3,7 +3,6 @@ KeyError/ValueError or an out-of-bounds gather in topk_kd_loss."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -11,10 +10,9 @@ import torch
 
 import codec
 from codec.errors import FormatError, InvalidInputError
-from codec.format import Writer
-from codec.format import open as ddz_open
 from codec.softlabels import open_archive
 from codec.softlabels.llm import topk_kd_loss, write_llm_archive
+from ddzutil import rewrite
 
 V, K = 300, 4
 
@@ -29,20 +27,6 @@ def good(tmp_path_factory):
     write_llm_archive(p, lambda: seqs, vocab=V, k=K, vq={"dh": 4, "dc": 2, "k": 8, "epochs": 1, "batch_size": 16,
                                                     "progress": False})
     return p
-
-
-def _rewrite(good, dst, edits=None, meta_edit=None):
-    with ddz_open(good) as f, Writer(dst, metadata=json.loads(json.dumps(f.metadata))) as w:
-        for info in f.sections:
-            a, bits = np.array(f.get(info.name)), info.bits
-            if edits and info.name in edits:
-                a, bits = edits[info.name](a, bits)
-            w.add(info.name, a, bits=bits)
-        for on, o in f.objects.items():
-            w.add_object(on, o["codec"], o["sections"])
-        if meta_edit:
-            meta_edit(w.metadata)
-    return dst
 
 
 def _read_all(p):
@@ -71,7 +55,7 @@ def test_good(good):
         "prompt-huge", "ids-ge-vocab", "tokens-ge-vocab"])
 def test_hostile_llm_archives(good, tmp_path, case):
     edits, meta_edit = case
-    p = _rewrite(good, tmp_path / "bad.ddz", edits, meta_edit)
+    p = rewrite(good, tmp_path / "bad.ddz", edits, meta_edit)
     with pytest.raises(FormatError):
         _read_all(p)
     if edits is None or not any(k in edits for k in ("llm/topk_ids", "llm/tokens")):

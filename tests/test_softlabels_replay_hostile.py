@@ -4,7 +4,6 @@ a file can make the loader allocate without bound."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 
@@ -13,11 +12,10 @@ import pytest
 import torch
 
 from codec.errors import FormatError, InvalidInputError
-from codec.format import Writer
-from codec.format import open as ddz_open
 from codec.softlabels import TopKCodec
 from codec.softlabels.augment import BatchRecord, import_fkd_dir, write_replay_archive
 from codec.softlabels.replay import LPLDBatchSampler, ReplayArchive, ReplayBatchSampler, ReplayDataset, replay_loader
+from ddzutil import rewrite
 
 C, B = 6, 4
 IMGS = torch.rand(10, 3, 16, 16)
@@ -39,20 +37,6 @@ def good(tmp_path_factory):
     p = tmp_path_factory.mktemp("rp") / "good.ddz"
     write_replay_archive(p, TopKCodec(C, 3, input="logits"), _recs, classes=C, num_samples=10)
     return p
-
-
-def _rewrite(good, dst, edits=None, meta_edit=None):
-    with ddz_open(good) as f, Writer(dst, metadata=json.loads(json.dumps(f.metadata))) as w:
-        for info in f.sections:
-            a, bits = np.array(f.get(info.name)), info.bits
-            if edits and info.name in edits:
-                a, bits = edits[info.name](a, bits)
-            w.add(info.name, a, bits=bits)
-        for on, o in f.objects.items():
-            w.add_object(on, o["codec"], o["sections"])
-        if meta_edit:
-            meta_edit(w.metadata)
-    return dst
 
 
 def _replay_all(p, size=8):
@@ -85,7 +69,7 @@ def test_good_archive_replays(good):
 ], ids=["eb-empty", "eb-2d", "br-empty", "mix_type-9", "lam-nan", "lam-7", "bbox-neg", "crop-nan", "crop-inf",
         "crop-3", "crop-1d", "sample-huge", "flip-2d"])
 def test_bad_records_are_format_errors(good, tmp_path, edits):
-    p = _rewrite(good, tmp_path / "bad.ddz", edits)
+    p = rewrite(good, tmp_path / "bad.ddz", edits)
     with pytest.raises(FormatError):
         _replay_all(p)
 
@@ -97,7 +81,7 @@ def test_sample_ids_beyond_the_image_tensor(good):
 
 @pytest.mark.parametrize("crop", ["x", {"size": "big"}, {"size": 10**6}, {"size": 0}, {"interpolation": "bogus"}])
 def test_crop_metadata_is_checked_before_any_allocation(good, tmp_path, crop):
-    p = _rewrite(good, tmp_path / "m.ddz", meta_edit=lambda m: m["augment"].__setitem__("crop", crop))
+    p = rewrite(good, tmp_path / "m.ddz", meta_edit=lambda m: m["augment"].__setitem__("crop", crop))
     with pytest.raises(FormatError):
         ReplayDataset(p, IMGS)
 
