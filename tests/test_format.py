@@ -223,6 +223,10 @@ def test_reader_errors_name_section(tmp_path):
             f.get("x", framework="jax")
     with pytest.raises(codec.FileAccessError):
         codec.open(tmp_path / "missing.ddz")
+    with pytest.raises(codec.InvalidInputError, match="file path"):
+        codec.open(123)
+    with pytest.raises(codec.InvalidInputError, match="file path"):
+        codec.Writer(None)
 
 
 def test_unknown_encoding_minor_version_and_optional_keys(tmp_path):

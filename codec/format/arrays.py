@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,14 @@ from ..errors import InvalidInputError
 from .layout import DTYPES
 
 _NUMPY_TO_NAME = {v: k for k, v in DTYPES.items() if k != "bf16"}
+
+
+def as_path(path: Any) -> str:
+    """``os.fspath(path)``, with a codec error for anything that is not a path."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise InvalidInputError(f"expected a file path (str or os.PathLike), got {type(path).__name__}") from None
 
 
 def is_torch(x: Any) -> bool:

@@ -14,7 +14,7 @@ import zstandard
 from ..bits import unpack_bits
 from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
                       SectionNotFoundError, TruncatedError, UnknownCodecError)
-from .arrays import to_framework
+from .arrays import as_path, to_framework
 from .header import Header, SectionInfo, parse_header
 from .layout import DTYPES, PREAMBLE_SIZE, Preamble, crc32
 
@@ -42,7 +42,7 @@ class DDZFile:
     """An open .ddz file; use :func:`open`. Reads only the preamble and header on open."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
+        self.path = as_path(path)
         self._mm = None
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))

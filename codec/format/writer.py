@@ -13,7 +13,7 @@ import zstandard
 
 from ..bits import BitStreamPacker
 from ..errors import DDZError, FileAccessError, FormatError, InvalidInputError
-from .arrays import to_storage
+from .arrays import as_path, to_storage
 from .header import Header, SectionInfo, check_json_depth, check_name, dump_json
 from .layout import (DEFAULT_ALIGNMENT, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_HEADER_LENGTH, MAX_NDIM,
                      MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, PREAMBLE_SIZE, Preamble, align_up, crc32)
@@ -38,7 +38,7 @@ class Writer:
     def __init__(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *, alignment: int = DEFAULT_ALIGNMENT):
         if type(alignment) is not int or not MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
             raise InvalidInputError(f"alignment must be a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}], got {alignment!r}")
-        self.path = os.fspath(path)
+        self.path = as_path(path)
         self.alignment = alignment
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._sections: list[SectionInfo] = []
