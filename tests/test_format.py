@@ -221,6 +221,9 @@ def test_reader_errors_name_section(tmp_path):
             f.get_rows("x", 3, 9)
         with pytest.raises(codec.InvalidInputError, match="framework"):
             f.get("x", framework="jax")
+        with pytest.raises(codec.InvalidInputError, match="device"):
+            f.get("x", framework="torch", device="bogus")
+        assert [] not in f and "x" in f
     with pytest.raises(codec.FileAccessError):
         codec.open(tmp_path / "missing.ddz")
     with pytest.raises(codec.InvalidInputError, match="file path"):

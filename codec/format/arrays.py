@@ -63,4 +63,14 @@ def to_framework(arr: np.ndarray, dtype: str, framework: str, device: Any, what:
     t = torch.from_numpy(arr)
     if dtype == "bf16":
         t = t.view(torch.int16).view(torch.bfloat16)
-    return t if device is None else t.to(device)
+    return to_device(t, device, what)
+
+
+def to_device(t, device: Any, what: str):
+    """``t.to(device)``; an unknown or unavailable device is an InvalidInputError."""
+    if device is None:
+        return t
+    try:
+        return t.to(device)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:  # torch's ways of refusing a device
+        raise InvalidInputError(f"{what}: cannot use device {device!r}: {str(exc).splitlines()[0][:120]}") from None

@@ -14,7 +14,7 @@ import zstandard
 from ..bits import unpack_bits
 from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
                       SectionNotFoundError, TruncatedError, UnknownCodecError)
-from .arrays import as_path, to_framework
+from .arrays import as_path, to_device, to_framework
 from .header import Header, SectionInfo, parse_header
 from .layout import DTYPES, PREAMBLE_SIZE, Preamble, crc32
 
@@ -101,7 +101,7 @@ class DDZFile:
         return [s.name for s in self.header.sections]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return isinstance(name, str) and name in self._by_name
 
     def info(self, name: str) -> SectionInfo:
         try:
@@ -243,9 +243,7 @@ class DDZFile:
         if framework == "torch":
             import torch
 
-            data = torch.from_numpy(stream)
-            if device is not None:
-                data = data.to(device)
+            data = to_device(torch.from_numpy(stream), device, f"section {info.name!r}")
             values = unpack_bits(data, info.bits, count, start)
             return values.to(getattr(torch, _TORCH_INT[info.dtype])).reshape(shape)
         values = unpack_bits(stream, info.bits, count, start)
