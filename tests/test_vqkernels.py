@@ -9,7 +9,8 @@ numba = pytest.importorskip("numba")
 from codec.codecs import _vqkernels as K  # noqa: E402
 
 # every dc is its own generated kernel (1-10 s to compile each, so not all of 1..50); these cover the two FMA
-# chains with an odd/even number of terms, both sides of the J = 4 / 8 switches, tile sizes 512, 256, 192, 128 and the limit.
+# chains with an odd/even number of terms, both sides of the J = 4 / 8 and H = 1 / 2 (row halves, dc >= 16) switches,
+# tile sizes 512, 256, 192, 128 and the limit.
 DCS = [1, 2, 3, 5, 16, 32, 33, K.NUMBA_MAX_DC]
 KS = [1, 3, 6, 64, 130]  # k = 1, k not a multiple of codes_per_pass (padding), k > 128
 
