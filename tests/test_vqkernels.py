@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
 numba = pytest.importorskip("numba")
 from codec.codecs import _vqkernels as K  # noqa: E402
 
-# every dc is its own generated kernel (1-10 s to compile each, so not all of 1..50); these cover the two FMA
-# chains with an odd/even number of terms, both sides of the J = 4 / 8 and H = 1 / 2 (row halves, dc >= 16) switches,
-# tile sizes 512, 256, 192, 128 and the limit.
-DCS = [1, 2, 3, 5, 16, 32, 33, K.NUMBA_MAX_DC]
-KS = [1, 3, 6, 64, 130]  # k = 1, k not a multiple of codes_per_pass (padding), k > 128
+# every dc is its own generated kernel (1-11 s to compile each, so not all of 1..128); these cover dc = 1, odd and
+# even dc, Q = 6 / 4 / 2 (dc <= 50, 64, the limit), S = 16 (the limit) and larger, and tile sizes from 64 rows up.
+DCS = [1, 2, 3, 5, 16, 33, 64, K.NUMBA_MAX_DC]
+KS = [1, 3, 7, 64, 130]  # k = 1, k not a multiple of Q (padding), k > 128
 
 
-def _assign(x, cb):
-    c, bias = K.prep_codebook(cb)
-    out = np.full(x.shape[0], -1, np.int32)
-    K.nearest_kernel(x.shape[1])(x, c, bias, out)
+def _assign(x, cb, shape=None):
+    c, bias = K.prep_codebook(cb, shape)
+    out = np.full(x.shape[0], -7, np.int32)
+    K.nearest_kernel(x.shape[1], shape)(x, c, bias, out)
     return out
 
 
-@pytest.mark.parametrize("dc", DCS)
-def test_matches_float64_bruteforce(dc):
-    rng = np.random.default_rng(dc)
-    k = KS[dc % len(KS)]
-    n = K._tile_rows(dc) * 2 + 37  # two full tiles and a partial one
-    x = rng.standard_normal((n, dc), dtype=np.float32)
-    cb = rng.standard_normal((k, dc), dtype=np.float32)
-    got = _assign(x, cb)
+def _check_against_float64(x, cb, got):
+    n, k = x.shape[0], cb.shape[0]
     d = ((x.astype(np.float64)[:, None, :] - cb.astype(np.float64)[None]) ** 2).sum(-1)
     ref = d.argmin(1)
     srt = np.sort(d, 1)
@@ -39,6 +34,35 @@ def test_matches_float64_bruteforce(dc):
     np.testing.assert_array_equal(got[clear], ref[clear])
     # near-ties: the chosen code is one of the tied ones
     assert np.all(d[np.arange(n), got] - srt[:, 0] <= 1e-4 * (1 + srt[:, 0]))
+
+
+@pytest.mark.parametrize("dc", DCS)
+def test_matches_float64_bruteforce(dc):
+    rng = np.random.default_rng(dc)
+    k = KS[dc % len(KS)]
+    H, _, S = K.block_shape(dc)
+    n = H * S * 2 + 37  # two full tiles and a partial one
+    x = rng.standard_normal((n, dc), dtype=np.float32)
+    cb = rng.standard_normal((k, dc), dtype=np.float32)
+    _check_against_float64(x, cb, _assign(x, cb))
+
+
+# the shapes block_shape picks on other hosts (AVX2: Q = 3) and odd ones the generator must also get right
+@pytest.mark.parametrize("dc,shape", [(5, (4, 3, 32)), (25, (4, 3, 16)), (7, (3, 5, 48)), (4, (1, 1, 16)), (9, (2, 7, 20))])
+def test_other_block_shapes(dc, shape):
+    rng = np.random.default_rng(100 + dc)
+    n = shape[0] * shape[2] * 3 + 5
+    x = rng.standard_normal((n, dc), dtype=np.float32)
+    cb = rng.standard_normal((61, dc), dtype=np.float32)
+    _check_against_float64(x, cb, _assign(x, cb, shape))
+
+
+def test_block_shape_fits_the_register_file():
+    for dc in range(1, K.NUMBA_MAX_DC + 1):
+        H, Q, S = K.block_shape(dc)
+        assert H * Q + H <= (32 if K._wide_vectors() else 16)
+        assert S % 16 == 0 and S >= 16 and Q >= 2
+        assert dc * H * S * 4 <= 40 * 1024 or S == 16  # the tile stays near L1 size
 
 
 @pytest.mark.parametrize("dc", [5, 25])
@@ -55,12 +79,13 @@ def test_exact_ties_go_to_lower_index(dc):
 
 def test_prep_codebook_pads_with_losing_codes():
     cb = np.arange(15, dtype=np.float32).reshape(5, 3)
-    c, bias = K.prep_codebook(cb)
-    assert K.codes_per_pass(3) == 4
+    c, bias = K.prep_codebook(cb, (4, 4, 16))
     assert c.shape == (8, 3) and c.dtype == np.float32 and bias.dtype == np.float32
     np.testing.assert_array_equal(c[:5], cb)
     assert not c[5:].any() and np.all(bias[5:] == -np.inf)
     np.testing.assert_allclose(bias[:5], -0.5 * (cb.astype(np.float64) ** 2).sum(1), rtol=1e-7)
+    Q = K.block_shape(3)[1]
+    assert K.prep_codebook(cb)[0].shape == (-(-5 // Q) * Q, 3)
 
 
 def test_empty_input():
@@ -80,3 +105,15 @@ def test_non_finite_rows_get_minus_one(dc):
     got = _assign(x, rng.standard_normal((9, dc), dtype=np.float32))
     bad = ~np.isfinite(x).all(1)
     assert np.all(got[bad] == -1) and np.all(got[~bad] >= 0)
+
+
+def test_the_inner_loop_is_vectorised():
+    """LLVM silently leaves the loop scalar when it cannot prove the accesses independent (8x
+    slower, still correct): packed FMAs must appear in the tile function's machine code."""
+    K.nearest_kernel(25)(np.zeros((1, 25), np.float32), *K.prep_codebook(np.ones((6, 25), np.float32)), np.empty(1, np.int32))
+    tile = inspect.getclosurevars(K.nearest_kernel(25).py_func).nonlocals["tile"]
+    asm = "\n".join(tile.inspect_asm().values())
+    packed = sum(1 for line in asm.splitlines() if "vfmadd" in line and "ps" in line.split()[0] and ("mm" in line))
+    scalar = sum(1 for line in asm.splitlines() if "vfmadd" in line and line.split()[0].endswith("ss"))
+    H, Q, _ = K.block_shape(25)
+    assert packed >= 25 * H * Q and packed > scalar

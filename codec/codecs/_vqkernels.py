@@ -3,30 +3,33 @@
 ``q(i) = argmin_j ||h(i) - mu_j||^2 = argmax_j (h(i).mu_j - ||mu_j||^2 / 2)``: the score form
 drops ``||h(i)||^2``, which is the same for every code.
 
-The kernel is numba code generated for one ``dc`` (every loop over ``dc`` unrolled):
+The kernel is numba code generated for one ``dc``: a register-blocked score microkernel with the
+argmax fused in, so no (n, k) score matrix is ever written.
 
-* rows are taken in tiles of ``T`` held transposed (``xt[c, r]``, one array so the loads share
-  a base register), ``T * dc`` floats small enough for L1 and a multiple of 64 so the
-  vectorised loop over rows (16 fp32 lanes, interleaved) has no scalar remainder;
-* codes are taken ``J`` at a time (8 for 16 <= dc <= 32, else 4): their ``J * dc`` values and
-  biases are loop invariants of the row loop, so one pass over the tile reads each row's running
-  max and index once per J codes instead of once per code.  The codebook is padded to a
-  multiple of ``J`` with zero codes of bias ``-inf``, which never win;
-* for dc >= 16 (:func:`row_halves`) each pass updates rows ``r`` and ``r + T/2`` together, so
-  each broadcast code value feeds two row vectors, and each dot product is one FMA chain (the
-  2 x J dots are independent chains enough); for dc < 16 each dot product is two FMA chains
-  (even and odd ``c``) added at the end: half the latency of one chain;
-* strict ``>`` in code order, so ties keep the lower index, as ``argmin`` does;
-* a row with a NaN or infinity gets index ``-1`` (``v - v`` is 0 only for finite ``v``, summed
+* Rows are taken in tiles of ``T = H * S`` held transposed in one float32 work array ``w``
+  (``w[c, r] = x[r0 + r, c]``), with three more rows of ``w``: the running best score, the
+  running best index (as float32, exact since k <= 2**24) and a non-finite marker.  One array
+  with constant offsets lets LLVM prove the loads and stores of the inner loop independent, so
+  it vectorises without run-time alias checks (with separate arrays the checks exceed LLVM's
+  limit from about 100 accesses, and the loop silently stays scalar).
+* The inner loop runs over ``S`` rows and is vectorised by LLVM (16 fp32 lanes with AVX-512).
+  Each iteration updates ``H`` row streams (``r``, ``r + S``, ...) against ``Q`` codes: ``H x Q``
+  accumulators stay in registers while ``c`` runs over ``dc`` (every loop over ``dc`` unrolled,
+  statements in c-major order), so each row vector loaded feeds ``Q`` FMAs and each code value
+  ``H``: about 0.4 loads per FMA.  The ``Q`` codes' values and biases are loop invariants.
+* The codebook is padded to a multiple of ``Q`` with zero codes of bias ``-inf``, which never win.
+* Strict ``>`` in code order, so ties keep the lower index, as ``argmin`` does.
+* A row with a NaN or infinity gets index ``-1`` (``v - v`` is 0 only for finite ``v``, summed
   while the tile is filled), so callers need not scan ``x`` for finiteness first: that scan
-  (``torch.isfinite(x).all()``) alone took 27-107 ms per 1M rows at dc = 25-50, up to 80 % of
-  the assignment.
+  (``torch.isfinite(x).all()``) alone took 27-107 ms per 1M rows at dc = 25-50.
+* Every generated name is assigned once (numba's SSA repair is quadratic in reassignments: 5 s
+  of a 10 s compile at dc = 100).  The per-tile function is a plain ``njit`` and only a small
+  driver is ``parallel`` (numba's parfor passes on the large body doubled the compile time).
 
-No (n, k) score matrix is written.  Row tiles run in parallel (``prange``, numba's threads).
-Compilation takes 1-10 s per ``dc`` (more for larger ``dc``), once per process; kernels are not
-cached on disk (numba's cache unpickles its files).
+Row tiles run in parallel (``prange``, numba's threads).  Compilation takes 1-10 s per ``dc``,
+once per process; kernels are not cached on disk (numba's cache unpickles its files).
 
-Public interface (what :mod:`codec.codecs.vq` calls): :data:`NUMBA_MAX_DC`,
+Public interface (what :mod:`codec.codecs.vq` calls): :data:`NUMBA_MAX_DC`, :data:`NUMBA_MAX_K`,
 ``prep_codebook(codebook) -> (cb, bias)`` and ``nearest_kernel(dc)(x, cb, bias, out)``, which
 writes the int32 index of the nearest code of each row of the C-contiguous float32 ``x`` into
 ``out``.
@@ -43,102 +46,108 @@ try:  # numba is a hard dependency of the package, but keep the module importabl
 except Exception:  # pragma: no cover
     _nb = None
 
-NUMBA_MAX_DC = 50  # measured: 1.5-1.9x FAISS at (50, 128); 0.6-0.7x at (100, 64), where BLAS in vq.py wins
+NUMBA_MAX_DC = 128  # larger dc goes to the BLAS path in vq.py (compile time grows with dc)
+NUMBA_MAX_K = 1 << 24  # indices are carried as float32 in the work array: exact up to 2**24
+
+_KERNELS: dict[tuple, Callable] = {}
 
 
-def codes_per_pass(dc: int) -> int:
-    """J: 8 for 16 <= dc <= 32 (about 15 % faster than 4 at dc = 25), else 4: with 8, dc = 5 is
-    1.6x slower, and at dc = 50 4 already beats FAISS 1.5x and compiles in half the time."""
-    return 8 if 16 <= dc <= 32 else 4
+def _wide_vectors() -> bool:
+    """True where numba compiles for AVX-512 (32 vector registers): the features numba targets,
+    ``NUMBA_CPU_FEATURES`` when set, else the host's."""
+    feats = _nb.config.CPU_FEATURES
+    if feats is not None:
+        return "+avx512f" in feats.split(",")
+    import llvmlite.binding as llvm
 
-_KERNELS: dict[int, Callable] = {}
-
-
-def _tile_rows(dc: int) -> int:
-    """Rows per tile: ``xt`` (dc x T fp32) within ~32 KiB of L1, T a multiple of 64, 64..512."""
-    return int(min(512, max(64, (8192 // dc) // 64 * 64)))
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
 
 
-def _dot(bias: str, terms: list[str]) -> str:
-    """``bias + sum(terms)`` as two left-folded chains (FMA-contractible) added at the end."""
-    even = bias
-    for t in terms[0::2]:
-        even = f"({even} + {t})"
-    odd_terms = terms[1::2]
-    if not odd_terms:
-        return even
-    odd = odd_terms[0]
-    for t in odd_terms[1:]:
-        odd = f"({odd} + {t})"
-    return f"({even} + {odd})"
+def block_shape(dc: int) -> tuple[int, int, int]:
+    """(H, Q, S): row streams, codes per pass, rows per stream.
+
+    H x Q accumulators plus H row vectors must fit the register file.  Measured at 1M rows,
+    2 threads (``H x Q``: ms at (5, 1024), (25, 512), (50, 128), (100, 64)):
+
+    * AVX-512 (32 registers): 4 x 6: 34, 79, 60, 55 ms (FAISS IndexFlatL2: 54, 112, 154, 135);
+    * AVX2 (16 registers, numba told ``NUMBA_CPU_NAME=haswell`` on the same host): 4 x 3:
+      75, 139, 83, 113 ms; 2 x 6 was 82, 180, 108, 152 and 3 x 4 145 ms at (25, 512).
+
+    ``Q`` shrinks for dc > 50 to bound the unrolled body (compile time ~ dc x H x Q).  ``S`` is a
+    multiple of 16 (whole vectors) with the ``dc x T`` tile within ~32 KiB of L1.
+    """
+    H = 4
+    Q = min(6 if _wide_vectors() else 3, max(2, 300 // dc))
+    S = max(16, (8192 // dc) // H // 16 * 16)
+    return H, Q, S
 
 
-def row_halves(dc: int) -> int:
-    """H: 2 for dc >= 16 (each pass over the tile updates rows r and r + T/2 together, so every
-    code value loaded is used by two 16-row vectors, with one FMA chain per dot product: 2 x J
-    independent chains are enough), else 1 (two chains per dot).  Measured interleaved with FAISS
-    (1M rows, 2 threads): 149 -> 133 ms at (25, 512), 136 -> 98 ms at (50, 128); at (5, 1024)
-    H = 2 was slower (34 -> 42 ms), so small dc keeps H = 1."""
-    return 2 if dc >= 16 else 1
-
-
-def _source(dc: int) -> str:
-    T, J, H = _tile_rows(dc), codes_per_pass(dc), row_halves(dc)
-    S = T // H
+def _tile_source(dc: int, shape: tuple[int, int, int]) -> str:
+    H, Q, S = shape
+    T = H * S
+    best, idx, bad = dc, dc + 1, dc + 2
     L = [
-        "def kern(x, cb, bias, out):",
-        "    n = x.shape[0]",
-        "    kp = cb.shape[0]",
-        f"    for t in nb.prange((n + {T - 1}) // {T}):",
-        f"        r0 = t * {T}",
-        f"        m = min(n, r0 + {T}) - r0",
-        f"        xt = np.empty(({dc}, {T}), np.float32)",
-        f"        bad = np.zeros({T}, np.float32)",
-        f"        for r in range({T}):",
-        "            rr = r0 + r if r < m else r0",
-        *[f"            xt[{c}, r] = x[rr, {c}]" for c in range(dc)],
-        f"            bad[r] = {' + '.join(f'(xt[{c}, r] - xt[{c}, r])' for c in range(dc))}",
-        f"        best = np.full({T}, -np.inf, np.float32)",
-        f"        bi = np.zeros({T}, np.int32)",
-        f"        for j in range(0, kp, {J}):",
+        "def tile(x, r0, m, cb, bias, out):",
+        f"    w = np.empty(({dc + 3}, {T}), np.float32)",
+        f"    for r in range({T}):",
+        "        rr = r0 + r if r < m else r0",
+        *[f"        w[{c}, r] = x[rr, {c}]" for c in range(dc)],
+        f"        w[{bad}, r] = {' + '.join(f'(w[{c}, r] - w[{c}, r])' for c in range(dc))}",
+        f"        w[{best}, r] = -np.inf",
+        f"        w[{idx}, r] = 0.0",
+        f"    for j in range(0, cb.shape[0], {Q}):",
     ]
-    for q in range(J):
-        L.append(f"            b{q} = bias[j + {q}]")
-        L.append(f"            j{q} = np.int32(j + {q})")
-        L += [f"            c{q}_{c} = cb[j + {q}, {c}]" for c in range(dc)]
-    L.append(f"            for r in range({S}):")
-    for h in range(H):
-        L += [f"                b_{h} = best[r + {h * S}]", f"                i_{h} = bi[r + {h * S}]"]
-    for q in range(J):
+    for q in range(Q):
+        L.append(f"        b{q} = bias[j + {q}]")
+        L.append(f"        j{q} = np.float32(j + {q})")
+        L += [f"        c{q}_{c} = cb[j + {q}, {c}]" for c in range(dc)]
+    L.append(f"        for r in range({S}):")
+    acc = {(q, h): f"b{q}" for q in range(Q) for h in range(H)}  # current name of each accumulator
+    for c in range(dc):
         for h in range(H):
-            terms = [f"xt[{c}, r + {h * S}] * c{q}_{c}" for c in range(dc)]
-            dot = _dot(f"b{q}", terms) if H == 1 else "(" + " + ".join([f"b{q}", *terms]) + ")"
-            L.append(f"                s{q}_{h} = {dot}")
-    for q in range(J):  # code order: strict > keeps the lower index on ties
-        for h in range(H):
-            L.append(f"                i_{h} = j{q} if s{q}_{h} > b_{h} else i_{h}")
-            L.append(f"                b_{h} = max(s{q}_{h}, b_{h})")
+            L.append(f"            x{h}_{c} = w[{c}, r + {h * S}]")
+        for q in range(Q):
+            for h in range(H):
+                name = f"a{q}_{h}_{c}"
+                L.append(f"            {name} = {acc[q, h]} + x{h}_{c} * c{q}_{c}")
+                acc[q, h] = name
     for h in range(H):
-        L += [f"                best[r + {h * S}] = b_{h}", f"                bi[r + {h * S}] = i_{h}"]
-    L += ["        for r in range(m):",
-          "            out[r0 + r] = bi[r] if bad[r] == 0 else -1",
+        L += [f"            s{h}_0 = w[{best}, r + {h * S}]", f"            i{h}_0 = w[{idx}, r + {h * S}]"]
+    for q in range(Q):  # code order: strict > keeps the lower index on ties
+        for h in range(H):
+            L.append(f"            i{h}_{q + 1} = j{q} if {acc[q, h]} > s{h}_{q} else i{h}_{q}")
+            L.append(f"            s{h}_{q + 1} = max({acc[q, h]}, s{h}_{q})")
+    for h in range(H):
+        L += [f"            w[{best}, r + {h * S}] = s{h}_{Q}", f"            w[{idx}, r + {h * S}] = i{h}_{Q}"]
+    L += ["    for r in range(m):",
+          f"        out[r0 + r] = np.int32(w[{idx}, r]) if w[{bad}, r] == 0 else -1",
           ""]
     return "\n".join(L)
 
 
-def _compile(dc: int) -> Callable:
-    ns: dict[str, Any] = {"nb": _nb, "np": np}
-    exec(compile(_source(dc), f"<ddz nearest-code kernel dc={dc}>", "exec"), ns)  # noqa: S102 - generated from integers only
-    return _nb.njit(parallel=True, boundscheck=False, fastmath={"contract"})(ns["kern"])
+def _compile(dc: int, shape: tuple[int, int, int]) -> Callable:
+    ns: dict[str, Any] = {"np": np}
+    exec(compile(_tile_source(dc, shape), f"<ddz nearest-code tile dc={dc}>", "exec"), ns)  # noqa: S102 - generated from integers only
+    tile = _nb.njit(boundscheck=False, fastmath={"contract"})(ns["tile"])
+    T = shape[0] * shape[2]
+
+    def kern(x, cb, bias, out):
+        n = x.shape[0]
+        for t in _nb.prange((n + T - 1) // T):
+            r0 = t * T
+            tile(x, r0, min(n, r0 + T) - r0, cb, bias, out)
+
+    return _nb.njit(parallel=True)(kern)
 
 
-def prep_codebook(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(k, dc) codebook -> (cb, bias): float32 codes padded with zero rows to a multiple of
-    ``codes_per_pass(dc)`` and ``bias_j = -||mu_j||^2 / 2`` (computed in float64), ``-inf`` for padding."""
+def prep_codebook(codebook: np.ndarray, shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(k, dc) codebook -> (cb, bias): float32 codes padded with zero rows to a multiple of Q
+    (of ``shape``, default :func:`block_shape`) and ``bias_j = -||mu_j||^2 / 2`` (computed in
+    float64), ``-inf`` for padding."""
     cb = np.asarray(codebook)
     k, dc = cb.shape
-    J = codes_per_pass(dc)
-    kp = -(-k // J) * J
+    Q = (shape or block_shape(dc))[1]
+    kp = -(-k // Q) * Q
     out = np.zeros((kp, dc), np.float32)
     out[:k] = cb
     c64 = out[:k].astype(np.float64)
@@ -147,12 +156,14 @@ def prep_codebook(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, bias
 
 
-def nearest_kernel(dc: int) -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]:
+def nearest_kernel(dc: int, shape: tuple[int, int, int] | None = None) -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]:
     """``kern(x, cb, bias, out)``: ``out[i] = argmax_j (x[i].cb[j] + bias[j])`` (int32; -1 where
-    ``x[i]`` is not all finite), for
-    float32 C-contiguous ``x`` (n, dc) and ``(cb, bias)`` from :func:`prep_codebook`; row tiles
-    in parallel over numba's threads (``numba.set_num_threads``)."""
-    kern = _KERNELS.get(dc)
+    ``x[i]`` is not all finite), for float32 C-contiguous ``x`` (n, dc), ``(cb, bias)`` from
+    :func:`prep_codebook` (with the same ``shape``) with at most :data:`NUMBA_MAX_K` codes; row
+    tiles in parallel over numba's threads (``numba.set_num_threads``).  ``shape`` (H, Q, S)
+    defaults to :func:`block_shape`; tests pass others to cover every code path on one host."""
+    shape = tuple(shape or block_shape(dc))
+    kern = _KERNELS.get((dc, shape))
     if kern is None:
-        kern = _KERNELS[dc] = _compile(dc)
+        kern = _KERNELS[dc, shape] = _compile(dc, shape)
     return kern

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from ._vqkernels import NUMBA_MAX_DC, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
+from ._vqkernels import NUMBA_MAX_DC, NUMBA_MAX_K, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
 from .base import Codec, Part, register_codec
 
 # ----------------------------------------------------------------------------------------------
@@ -49,8 +49,12 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     n, dc = xt.shape
     k = cb.shape[0]
     if method == "auto":
-        method = "numba" if (xt.device.type == "cpu" and dc <= NUMBA_MAX_DC) else "torch"
+        method = "numba" if (xt.device.type == "cpu" and dc <= NUMBA_MAX_DC and k <= NUMBA_MAX_K) else "torch"
+    elif method not in ("numba", "torch"):
+        raise InvalidInputError(f"nearest_code: method must be 'auto', 'numba' or 'torch', got {method!r}")
     if method == "numba":
+        if k > NUMBA_MAX_K:
+            raise InvalidInputError(f"nearest_code: method 'numba' takes at most {NUMBA_MAX_K} codes, got {k}")
         if not torch.isfinite(cb).all():
             raise InvalidInputError("nearest_code: non-finite values in the codebook")
         xn = np.ascontiguousarray(xt.detach().to(torch.float32).numpy())
