@@ -78,7 +78,7 @@ def _combine(fields: list[str], width: int, b: int) -> list[str]:
 
 def _unpack(b: int) -> str:
     lines = [
-        "@njit(cache=True, nogil=True)",
+        "@njit(nogil=True)",
         f"def unpack_{b}(src, out, g0, g1, o):",
         "    for g in range(g0, g1):",
         f"        p = g * {b}",
@@ -94,7 +94,7 @@ def _unpack(b: int) -> str:
 
 def _pack(b: int) -> str:
     lines = [
-        "@njit(cache=True, nogil=True)",
+        "@njit(nogil=True)",
         f"def pack_{b}(vals, dst, g0, g1, i):",
         "    bad = U0",
         "    for g in range(g0, g1):",
@@ -116,7 +116,7 @@ def _unpack_pdep_ok(L: int, b: int) -> bool:
 def _unpack_pdep(L: int, b: int) -> str:
     P = 64 // L
     lines = [
-        "@njit(cache=True, nogil=True)",
+        "@njit(nogil=True)",
         f"def unpack_{b}_x{L}(src, out, g0, g1, o):",
         "    for g in range(g0, g1):",
         f"        p = g * {b}",
@@ -135,7 +135,7 @@ def _pack_pext(L: int, b: int) -> str:
     P = 64 // L
     U = 8 // P
     lines = [
-        "@njit(cache=True, nogil=True)",
+        "@njit(nogil=True)",
         f"def pack_{b}_x{L}(vals, dst, g0, g1, i):",
         "    bad = U0",
         "    for g in range(g0, g1):",

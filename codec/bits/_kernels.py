@@ -222,7 +222,7 @@ X32_32 = np.uint64(0xffffffffffffffff)
 NX32_32 = np.uint64(0x0)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_1(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 1
@@ -237,7 +237,7 @@ def unpack_1(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_1(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -257,7 +257,7 @@ def pack_1(vals, dst, g0, g1, i):
     return bad >> U1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_1_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 1
@@ -265,7 +265,7 @@ def unpack_1_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_1_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -279,7 +279,7 @@ def pack_1_x8(vals, dst, g0, g1, i):
     return bad & NX8_1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_1_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 1
@@ -288,7 +288,7 @@ def unpack_1_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_1_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -304,7 +304,7 @@ def pack_1_x16(vals, dst, g0, g1, i):
     return bad & NX16_1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_1_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 1
@@ -315,7 +315,7 @@ def unpack_1_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_1_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -335,7 +335,7 @@ def pack_1_x32(vals, dst, g0, g1, i):
     return bad & NX32_1
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_2(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 2
@@ -350,7 +350,7 @@ def unpack_2(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_2(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -370,7 +370,7 @@ def pack_2(vals, dst, g0, g1, i):
     return bad >> U2
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_2_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 2
@@ -378,7 +378,7 @@ def unpack_2_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_2_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -392,7 +392,7 @@ def pack_2_x8(vals, dst, g0, g1, i):
     return bad & NX8_2
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_2_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 2
@@ -401,7 +401,7 @@ def unpack_2_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_2_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -417,7 +417,7 @@ def pack_2_x16(vals, dst, g0, g1, i):
     return bad & NX16_2
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_2_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 2
@@ -428,7 +428,7 @@ def unpack_2_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_2_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -448,7 +448,7 @@ def pack_2_x32(vals, dst, g0, g1, i):
     return bad & NX32_2
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_3(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 3
@@ -463,7 +463,7 @@ def unpack_3(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_3(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -484,7 +484,7 @@ def pack_3(vals, dst, g0, g1, i):
     return bad >> U3
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_3_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 3
@@ -492,7 +492,7 @@ def unpack_3_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_3_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -507,7 +507,7 @@ def pack_3_x8(vals, dst, g0, g1, i):
     return bad & NX8_3
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_3_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 3
@@ -516,7 +516,7 @@ def unpack_3_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_3_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -533,7 +533,7 @@ def pack_3_x16(vals, dst, g0, g1, i):
     return bad & NX16_3
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_3_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 3
@@ -544,7 +544,7 @@ def unpack_3_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_3_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -565,7 +565,7 @@ def pack_3_x32(vals, dst, g0, g1, i):
     return bad & NX32_3
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_4(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 4
@@ -580,7 +580,7 @@ def unpack_4(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_4(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -600,7 +600,7 @@ def pack_4(vals, dst, g0, g1, i):
     return bad >> U4
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_4_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 4
@@ -608,7 +608,7 @@ def unpack_4_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_4_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -622,7 +622,7 @@ def pack_4_x8(vals, dst, g0, g1, i):
     return bad & NX8_4
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_4_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 4
@@ -631,7 +631,7 @@ def unpack_4_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_4_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -647,7 +647,7 @@ def pack_4_x16(vals, dst, g0, g1, i):
     return bad & NX16_4
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_4_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 4
@@ -658,7 +658,7 @@ def unpack_4_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_4_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -678,7 +678,7 @@ def pack_4_x32(vals, dst, g0, g1, i):
     return bad & NX32_4
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_5(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 5
@@ -693,7 +693,7 @@ def unpack_5(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_5(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -714,7 +714,7 @@ def pack_5(vals, dst, g0, g1, i):
     return bad >> U5
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_5_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 5
@@ -722,7 +722,7 @@ def unpack_5_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_5_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -737,7 +737,7 @@ def pack_5_x8(vals, dst, g0, g1, i):
     return bad & NX8_5
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_5_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 5
@@ -746,7 +746,7 @@ def unpack_5_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_5_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -763,7 +763,7 @@ def pack_5_x16(vals, dst, g0, g1, i):
     return bad & NX16_5
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_5_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 5
@@ -774,7 +774,7 @@ def unpack_5_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_5_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -795,7 +795,7 @@ def pack_5_x32(vals, dst, g0, g1, i):
     return bad & NX32_5
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_6(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 6
@@ -810,7 +810,7 @@ def unpack_6(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_6(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -831,7 +831,7 @@ def pack_6(vals, dst, g0, g1, i):
     return bad >> U6
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_6_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 6
@@ -839,7 +839,7 @@ def unpack_6_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_6_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -854,7 +854,7 @@ def pack_6_x8(vals, dst, g0, g1, i):
     return bad & NX8_6
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_6_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 6
@@ -863,7 +863,7 @@ def unpack_6_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_6_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -880,7 +880,7 @@ def pack_6_x16(vals, dst, g0, g1, i):
     return bad & NX16_6
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_6_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 6
@@ -891,7 +891,7 @@ def unpack_6_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_6_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -912,7 +912,7 @@ def pack_6_x32(vals, dst, g0, g1, i):
     return bad & NX32_6
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_7(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 7
@@ -927,7 +927,7 @@ def unpack_7(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_7(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -949,7 +949,7 @@ def pack_7(vals, dst, g0, g1, i):
     return bad >> U7
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_7_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 7
@@ -957,7 +957,7 @@ def unpack_7_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_7_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -973,7 +973,7 @@ def pack_7_x8(vals, dst, g0, g1, i):
     return bad & NX8_7
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_7_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 7
@@ -982,7 +982,7 @@ def unpack_7_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_7_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1000,7 +1000,7 @@ def pack_7_x16(vals, dst, g0, g1, i):
     return bad & NX16_7
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_7_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 7
@@ -1011,7 +1011,7 @@ def unpack_7_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_7_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1033,7 +1033,7 @@ def pack_7_x32(vals, dst, g0, g1, i):
     return bad & NX32_7
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 8
@@ -1048,7 +1048,7 @@ def unpack_8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1068,7 +1068,7 @@ def pack_8(vals, dst, g0, g1, i):
     return bad >> U8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_8_x8(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 8
@@ -1076,7 +1076,7 @@ def unpack_8_x8(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_8_x8(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1090,7 +1090,7 @@ def pack_8_x8(vals, dst, g0, g1, i):
     return bad & NX8_8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_8_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 8
@@ -1099,7 +1099,7 @@ def unpack_8_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_8_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1115,7 +1115,7 @@ def pack_8_x16(vals, dst, g0, g1, i):
     return bad & NX16_8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_8_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 8
@@ -1126,7 +1126,7 @@ def unpack_8_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_8_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1146,7 +1146,7 @@ def pack_8_x32(vals, dst, g0, g1, i):
     return bad & NX32_8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_9(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 9
@@ -1161,7 +1161,7 @@ def unpack_9(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_9(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1183,7 +1183,7 @@ def pack_9(vals, dst, g0, g1, i):
     return bad >> U9
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_9_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 9
@@ -1192,7 +1192,7 @@ def unpack_9_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_9_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1210,7 +1210,7 @@ def pack_9_x16(vals, dst, g0, g1, i):
     return bad & NX16_9
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_9_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 9
@@ -1221,7 +1221,7 @@ def unpack_9_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_9_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1243,7 +1243,7 @@ def pack_9_x32(vals, dst, g0, g1, i):
     return bad & NX32_9
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_10(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 10
@@ -1258,7 +1258,7 @@ def unpack_10(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_10(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1280,7 +1280,7 @@ def pack_10(vals, dst, g0, g1, i):
     return bad >> U10
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_10_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 10
@@ -1289,7 +1289,7 @@ def unpack_10_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_10_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1307,7 +1307,7 @@ def pack_10_x16(vals, dst, g0, g1, i):
     return bad & NX16_10
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_10_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 10
@@ -1318,7 +1318,7 @@ def unpack_10_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_10_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1340,7 +1340,7 @@ def pack_10_x32(vals, dst, g0, g1, i):
     return bad & NX32_10
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_11(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 11
@@ -1355,7 +1355,7 @@ def unpack_11(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_11(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1378,7 +1378,7 @@ def pack_11(vals, dst, g0, g1, i):
     return bad >> U11
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_11_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 11
@@ -1387,7 +1387,7 @@ def unpack_11_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_11_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1406,7 +1406,7 @@ def pack_11_x16(vals, dst, g0, g1, i):
     return bad & NX16_11
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_11_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 11
@@ -1417,7 +1417,7 @@ def unpack_11_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_11_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1440,7 +1440,7 @@ def pack_11_x32(vals, dst, g0, g1, i):
     return bad & NX32_11
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_12(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 12
@@ -1455,7 +1455,7 @@ def unpack_12(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_12(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1477,7 +1477,7 @@ def pack_12(vals, dst, g0, g1, i):
     return bad >> U12
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_12_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 12
@@ -1486,7 +1486,7 @@ def unpack_12_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_12_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1504,7 +1504,7 @@ def pack_12_x16(vals, dst, g0, g1, i):
     return bad & NX16_12
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_12_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 12
@@ -1515,7 +1515,7 @@ def unpack_12_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_12_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1537,7 +1537,7 @@ def pack_12_x32(vals, dst, g0, g1, i):
     return bad & NX32_12
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_13(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 13
@@ -1552,7 +1552,7 @@ def unpack_13(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_13(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1575,7 +1575,7 @@ def pack_13(vals, dst, g0, g1, i):
     return bad >> U13
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_13_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 13
@@ -1584,7 +1584,7 @@ def unpack_13_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_13_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1603,7 +1603,7 @@ def pack_13_x16(vals, dst, g0, g1, i):
     return bad & NX16_13
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_13_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 13
@@ -1614,7 +1614,7 @@ def unpack_13_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_13_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1637,7 +1637,7 @@ def pack_13_x32(vals, dst, g0, g1, i):
     return bad & NX32_13
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_14(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 14
@@ -1652,7 +1652,7 @@ def unpack_14(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_14(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1675,7 +1675,7 @@ def pack_14(vals, dst, g0, g1, i):
     return bad >> U14
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_14_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 14
@@ -1684,7 +1684,7 @@ def unpack_14_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_14_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1703,7 +1703,7 @@ def pack_14_x16(vals, dst, g0, g1, i):
     return bad & NX16_14
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_14_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 14
@@ -1714,7 +1714,7 @@ def unpack_14_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_14_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1737,7 +1737,7 @@ def pack_14_x32(vals, dst, g0, g1, i):
     return bad & NX32_14
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_15(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 15
@@ -1752,7 +1752,7 @@ def unpack_15(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_15(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1776,7 +1776,7 @@ def pack_15(vals, dst, g0, g1, i):
     return bad >> U15
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_15_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 15
@@ -1785,7 +1785,7 @@ def unpack_15_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_15_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1805,7 +1805,7 @@ def pack_15_x16(vals, dst, g0, g1, i):
     return bad & NX16_15
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_15_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 15
@@ -1816,7 +1816,7 @@ def unpack_15_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_15_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1840,7 +1840,7 @@ def pack_15_x32(vals, dst, g0, g1, i):
     return bad & NX32_15
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 16
@@ -1855,7 +1855,7 @@ def unpack_16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1877,7 +1877,7 @@ def pack_16(vals, dst, g0, g1, i):
     return bad >> U16
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_16_x16(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 16
@@ -1886,7 +1886,7 @@ def unpack_16_x16(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_16_x16(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1904,7 +1904,7 @@ def pack_16_x16(vals, dst, g0, g1, i):
     return bad & NX16_16
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_16_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 16
@@ -1915,7 +1915,7 @@ def unpack_16_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_16_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1937,7 +1937,7 @@ def pack_16_x32(vals, dst, g0, g1, i):
     return bad & NX32_16
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_17(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 17
@@ -1952,7 +1952,7 @@ def unpack_17(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_17(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -1976,7 +1976,7 @@ def pack_17(vals, dst, g0, g1, i):
     return bad >> U17
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_17_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 17
@@ -1987,7 +1987,7 @@ def unpack_17_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_17_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2011,7 +2011,7 @@ def pack_17_x32(vals, dst, g0, g1, i):
     return bad & NX32_17
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_18(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 18
@@ -2026,7 +2026,7 @@ def unpack_18(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_18(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2050,7 +2050,7 @@ def pack_18(vals, dst, g0, g1, i):
     return bad >> U18
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_18_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 18
@@ -2061,7 +2061,7 @@ def unpack_18_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_18_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2085,7 +2085,7 @@ def pack_18_x32(vals, dst, g0, g1, i):
     return bad & NX32_18
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_19(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 19
@@ -2100,7 +2100,7 @@ def unpack_19(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_19(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2125,7 +2125,7 @@ def pack_19(vals, dst, g0, g1, i):
     return bad >> U19
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_19_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 19
@@ -2136,7 +2136,7 @@ def unpack_19_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_19_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2161,7 +2161,7 @@ def pack_19_x32(vals, dst, g0, g1, i):
     return bad & NX32_19
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_20(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 20
@@ -2176,7 +2176,7 @@ def unpack_20(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_20(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2200,7 +2200,7 @@ def pack_20(vals, dst, g0, g1, i):
     return bad >> U20
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_20_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 20
@@ -2211,7 +2211,7 @@ def unpack_20_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_20_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2235,7 +2235,7 @@ def pack_20_x32(vals, dst, g0, g1, i):
     return bad & NX32_20
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_21(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 21
@@ -2250,7 +2250,7 @@ def unpack_21(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_21(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2275,7 +2275,7 @@ def pack_21(vals, dst, g0, g1, i):
     return bad >> U21
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_21_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 21
@@ -2286,7 +2286,7 @@ def unpack_21_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_21_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2311,7 +2311,7 @@ def pack_21_x32(vals, dst, g0, g1, i):
     return bad & NX32_21
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_22(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 22
@@ -2326,7 +2326,7 @@ def unpack_22(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_22(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2351,7 +2351,7 @@ def pack_22(vals, dst, g0, g1, i):
     return bad >> U22
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_22_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 22
@@ -2362,7 +2362,7 @@ def unpack_22_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_22_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2387,7 +2387,7 @@ def pack_22_x32(vals, dst, g0, g1, i):
     return bad & NX32_22
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_23(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 23
@@ -2402,7 +2402,7 @@ def unpack_23(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_23(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2428,7 +2428,7 @@ def pack_23(vals, dst, g0, g1, i):
     return bad >> U23
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_23_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 23
@@ -2439,7 +2439,7 @@ def unpack_23_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_23_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2465,7 +2465,7 @@ def pack_23_x32(vals, dst, g0, g1, i):
     return bad & NX32_23
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_24(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 24
@@ -2480,7 +2480,7 @@ def unpack_24(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_24(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2504,7 +2504,7 @@ def pack_24(vals, dst, g0, g1, i):
     return bad >> U24
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_24_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 24
@@ -2515,7 +2515,7 @@ def unpack_24_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_24_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2539,7 +2539,7 @@ def pack_24_x32(vals, dst, g0, g1, i):
     return bad & NX32_24
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_25(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 25
@@ -2554,7 +2554,7 @@ def unpack_25(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_25(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2580,7 +2580,7 @@ def pack_25(vals, dst, g0, g1, i):
     return bad >> U25
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_25_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 25
@@ -2591,7 +2591,7 @@ def unpack_25_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_25_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2617,7 +2617,7 @@ def pack_25_x32(vals, dst, g0, g1, i):
     return bad & NX32_25
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_26(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 26
@@ -2632,7 +2632,7 @@ def unpack_26(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_26(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2658,7 +2658,7 @@ def pack_26(vals, dst, g0, g1, i):
     return bad >> U26
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_26_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 26
@@ -2669,7 +2669,7 @@ def unpack_26_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_26_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2695,7 +2695,7 @@ def pack_26_x32(vals, dst, g0, g1, i):
     return bad & NX32_26
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_27(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 27
@@ -2710,7 +2710,7 @@ def unpack_27(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_27(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2737,7 +2737,7 @@ def pack_27(vals, dst, g0, g1, i):
     return bad >> U27
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_27_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 27
@@ -2748,7 +2748,7 @@ def unpack_27_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_27_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2775,7 +2775,7 @@ def pack_27_x32(vals, dst, g0, g1, i):
     return bad & NX32_27
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_28(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 28
@@ -2790,7 +2790,7 @@ def unpack_28(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_28(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2816,7 +2816,7 @@ def pack_28(vals, dst, g0, g1, i):
     return bad >> U28
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_28_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 28
@@ -2827,7 +2827,7 @@ def unpack_28_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_28_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2853,7 +2853,7 @@ def pack_28_x32(vals, dst, g0, g1, i):
     return bad & NX32_28
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_29(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 29
@@ -2868,7 +2868,7 @@ def unpack_29(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_29(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2895,7 +2895,7 @@ def pack_29(vals, dst, g0, g1, i):
     return bad >> U29
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_29_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 29
@@ -2906,7 +2906,7 @@ def unpack_29_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_29_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2933,7 +2933,7 @@ def pack_29_x32(vals, dst, g0, g1, i):
     return bad & NX32_29
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_30(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 30
@@ -2948,7 +2948,7 @@ def unpack_30(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_30(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -2975,7 +2975,7 @@ def pack_30(vals, dst, g0, g1, i):
     return bad >> U30
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_30_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 30
@@ -2986,7 +2986,7 @@ def unpack_30_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_30_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -3013,7 +3013,7 @@ def pack_30_x32(vals, dst, g0, g1, i):
     return bad & NX32_30
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_31(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 31
@@ -3028,7 +3028,7 @@ def unpack_31(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_31(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -3056,7 +3056,7 @@ def pack_31(vals, dst, g0, g1, i):
     return bad >> U31
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_31_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -3084,7 +3084,7 @@ def pack_31_x32(vals, dst, g0, g1, i):
     return bad & NX32_31
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 32
@@ -3099,7 +3099,7 @@ def unpack_32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):
@@ -3125,7 +3125,7 @@ def pack_32(vals, dst, g0, g1, i):
     return bad >> U32
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def unpack_32_x32(src, out, g0, g1, o):
     for g in range(g0, g1):
         p = g * 32
@@ -3136,7 +3136,7 @@ def unpack_32_x32(src, out, g0, g1, o):
         o += 8
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def pack_32_x32(vals, dst, g0, g1, i):
     bad = U0
     for g in range(g0, g1):

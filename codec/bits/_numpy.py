@@ -38,7 +38,7 @@ _U64 = np.uint64
 # --------------------------------------------------------------------------- byte-at-a-time kernels
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _unpack_generic(src, out, bits, i0, count, o):  # pragma: no cover - compiled
     """Values i0 .. i0+count-1 into out[o:o+count]; reads only bytes of those values."""
     b = _U64(bits)
@@ -56,7 +56,7 @@ def _unpack_generic(src, out, bits, i0, count, o):  # pragma: no cover - compile
     return 0
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _pack_generic(vals, i0, m, bits, dst, p):  # pragma: no cover - compiled
     """Pack vals[i0:i0+m] into dst starting at byte p (a byte boundary of the stream).
 
