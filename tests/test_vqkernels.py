@@ -117,3 +117,21 @@ def test_the_inner_loop_is_vectorised():
     scalar = sum(1 for line in asm.splitlines() if "vfmadd" in line and line.split()[0].endswith("ss"))
     H, Q, _ = K.block_shape(25)
     assert packed >= 25 * H * Q and packed > scalar
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(dc=st.sampled_from([1, 3, 5]), shape=st.sampled_from([None, (4, 3, 16), (2, 5, 16)]),
+       n=st.integers(0, 300), k=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_small_integer_data_is_exact(dc, shape, n, k, seed):
+    """Small integers make every product, sum and bias exact in float32, so the kernel must equal
+    the float64 argmin exactly, first index on ties (which the narrow value range makes common)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, (n, dc)).astype(np.float32)
+    cb = rng.integers(-3, 4, (k, dc)).astype(np.float32)
+    got = _assign(x, cb, shape)
+    d = ((x.astype(np.float64)[:, None, :] - cb.astype(np.float64)[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(got, d.argmin(1) if n else np.empty(0, np.int64))
