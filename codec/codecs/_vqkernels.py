@@ -22,12 +22,13 @@ argmax fused in, so no (n, k) score matrix is ever written.
 * A row with a NaN or infinity gets index ``-1`` (``v - v`` is 0 only for finite ``v``, summed
   while the tile is filled), so callers need not scan ``x`` for finiteness first: that scan
   (``torch.isfinite(x).all()``) alone took 27-107 ms per 1M rows at dc = 25-50.
-* Every generated name is assigned once (numba's SSA repair is quadratic in reassignments: 5 s
-  of a 10 s compile at dc = 100).  The per-tile function is a plain ``njit`` and only a small
-  driver is ``parallel`` (numba's parfor passes on the large body doubled the compile time).
+* Every generated name is assigned once (numba's SSA repair is quadratic in reassignments: it
+  was 5.4 s of a 21 s profiled compile at dc = 100).  The per-tile function is a plain ``njit``
+  and only a small driver is ``parallel`` (with the body inside the ``prange``, numba's parfor
+  passes made the compile 23 s instead of 10 s at dc = 100).
 
-Row tiles run in parallel (``prange``, numba's threads).  Compilation takes 1-10 s per ``dc``,
-once per process; kernels are not cached on disk (numba's cache unpickles its files).
+Row tiles run in parallel (``prange``, numba's threads).  Compilation takes 1.3 s (dc <= 5) to
+11 s (dc = 128) per ``dc``, once per process; kernels are not cached on disk (numba's cache unpickles its files).
 
 Public interface (what :mod:`codec.codecs.vq` calls): :data:`NUMBA_MAX_DC`, :data:`NUMBA_MAX_K`,
 ``prep_codebook(codebook) -> (cb, bias)`` and ``nearest_kernel(dc)(x, cb, bias, out)``, which
