@@ -132,6 +132,36 @@ def test_lpld_pool_sampler_is_seeded(tmp_path):
     assert list(LPLDBatchSampler(p, epochs=3, steps_per_epoch=5, seed=8)) != a
 
 
+def _lpld_batches(g, epochs=4, steps=3, size=4):
+    for e in range(epochs):
+        for s in range(steps):
+            yield BatchRecord(e, s, torch.randn(size, C, generator=g), torch.rand(size, 4, generator=g),
+                              torch.zeros(size, dtype=torch.bool), torch.arange(size) + size * s)
+
+
+def test_lpld_pruned_pool_keeps_the_records_of_its_batches(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    recs = list(_lpld_batches(g))
+    lp = LPLDCodec(C, 2.0, batch_size=4, batches_per_epoch=3, epochs=4, input="logits")  # pool: floor(12 / 2) = 6
+    p = write_replay_archive(tmp_path / "l.ddz", lp, lambda: iter(recs), classes=C)
+    a = ReplayArchive(p)
+    assert len(a) == 24 and len(a.batch_rows) - 1 == 6 and a.epochs == 2
+    for i, r in enumerate(recs[:6]):
+        assert np.array_equal(a.record(r.epoch, r.step)["coords"], r.coords.numpy())
+        want = torch.softmax(r.labels.half().float(), 1)
+        assert torch.allclose(a.labels_for(r.epoch, r.step), want, atol=1e-6)
+    drawn = list(LPLDBatchSampler(p, epochs=2, steps_per_epoch=3, seed=0))
+    assert len(drawn) == 6 and all(b in [list(range(4 * i, 4 * i + 4)) for i in range(6)] for b in drawn)
+
+
+def test_lpld_pool_ending_inside_a_batch_is_refused_and_leaves_no_file(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    lp = LPLDCodec(C, 2.0, batch_size=3, batches_per_epoch=3, epochs=4)  # 6 x 3 = 18 rows: inside the 5th 4-row batch
+    with pytest.raises(InvalidInputError, match="ends inside a batch"):
+        write_replay_archive(tmp_path / "l.ddz", lp, lambda: _lpld_batches(g), classes=C)
+    assert not (tmp_path / "l.ddz").exists()
+
+
 def test_importer_rejects_bad_directories(tmp_path):
     (tmp_path / "epoch_0").mkdir()
     torch.save([torch.zeros(2, 4), torch.zeros(2, dtype=torch.bool), None, None, None, torch.zeros(2, C)],

@@ -227,23 +227,32 @@ def write_replay_archive(path: str | os.PathLike, codec: SoftLabelCodec, batches
     """Write labels (through ``codec``, streamed) and their augmentation records.
 
     ``batches`` is a callable returning an iterable of :class:`BatchRecord` in (epoch, step)
-    order; it is iterated once.  The codec must already be trained/fitted.
+    order; it is iterated once.  The codec must already be trained/fitted.  A codec that keeps
+    only a prefix of the rows (LPLD's pool, ``max_rows``) keeps the records of the same
+    batches; the prefix must end at a batch boundary.
     """
     from .archive import write_softlabels
     from .sources import IterSource
 
     rec = AugmentRecorder(num_samples)
+    limit = getattr(codec, "max_rows", None)
 
     def label_batches():
         for i, b in enumerate(batches()):
+            if limit is not None and rec.rows >= limit:
+                return
             rec.add(b, where=f"batch {i} (epoch {b.epoch}, step {b.step})")
             yield b.labels
 
     with Writer(path, metadata=dict(metadata or {})) as w:
         write_softlabels(w, name, codec, IterSource(label_batches, classes=classes), progress=progress,
                          extra_meta={"augment": True})
-        if rec.rows != w.metadata["softlabels"]["rows"]:
-            raise InvalidInputError(f"labels ({w.metadata['softlabels']['rows']} rows) and records ({rec.rows}) disagree")
+        rows = w.metadata["softlabels"]["rows"]
+        if rec.rows != rows:
+            raise InvalidInputError(
+                f"{codec.codec_id}: keeps {rows} rows, which ends inside a batch ({rec.rows} rows recorded up to that batch's end); "
+                "the batch size of the codec and of the records must agree" if limit is not None and rec.rows > rows else
+                f"labels ({rows} rows) and records ({rec.rows}) disagree")
         rec.write(w, labels_object=name, crop=crop)
     return os.fspath(path)
 
