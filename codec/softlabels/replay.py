@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._args import int_arg
 from ..errors import FormatError, InvalidInputError
 from .archive import SoftLabelArchive
 from .augment import AUG_META, MIX_TYPES
@@ -34,13 +35,6 @@ def _index_array(f, name: str, path: str) -> np.ndarray:
     if a.ndim != 1 or len(a) < 1 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
         raise FormatError(f"{path}: {name} must be a non-empty 1-D integer array, got shape {a.shape} {a.dtype}", section=name)
     return a.astype(np.int64)
-
-
-def _int_arg(name: str, v, lo: int = 0, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise InvalidInputError(f"{name} must be an integer {rng}, got {v!r}")
-    return int(v)
 
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
@@ -293,9 +287,9 @@ class ReplayBatchSampler(_Lazy, torch.utils.data.Sampler):
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
             raise InvalidInputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.batch_size, self.drop_last = batch_size, bool(drop_last)
-        self.epochs = a.epochs if epochs is None else _int_arg("epochs", epochs, 0, a.epochs)
-        self.start_epoch = _int_arg("start_epoch", start_epoch, 0, self.epochs)
-        self.start_step = _int_arg("start_step", start_step, 0)
+        self.epochs = a.epochs if epochs is None else int_arg("epochs", epochs, 0, a.epochs)
+        self.start_epoch = int_arg("start_epoch", start_epoch, 0, self.epochs)
+        self.start_step = int_arg("start_step", start_step, 0)
         if self.start_epoch < self.epochs and not 0 <= self.start_step <= self.steps(self.start_epoch):
             raise InvalidInputError(f"start_step {start_step} outside 0..{self.steps(self.start_epoch)} of epoch {start_epoch}")
 
@@ -340,11 +334,11 @@ class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
     def __init__(self, path, *, epochs: int, steps_per_epoch: int, seed: int = 0, start_epoch: int = 0,
                  start_step: int = 0):
         _Lazy.__init__(self, path)
-        self.epochs = _int_arg("epochs", epochs, 0)
-        self.steps_per_epoch = _int_arg("steps_per_epoch", steps_per_epoch, 1)
-        self.seed = _int_arg("seed", seed, 0)
-        self.start_epoch = _int_arg("start_epoch", start_epoch, 0, self.epochs)
-        self.start_step = _int_arg("start_step", start_step, 0, self.steps_per_epoch if self.start_epoch < self.epochs else 0)
+        self.epochs = int_arg("epochs", epochs, 0)
+        self.steps_per_epoch = int_arg("steps_per_epoch", steps_per_epoch, 1)
+        self.seed = int_arg("seed", seed, 0)
+        self.start_epoch = int_arg("start_epoch", start_epoch, 0, self.epochs)
+        self.start_step = int_arg("start_step", start_step, 0, self.steps_per_epoch if self.start_epoch < self.epochs else 0)
         if len(self.archive.batch_rows) - 1 <= 0:
             raise FormatError(f"{self.path}: no stored batches to draw from")
 
@@ -355,8 +349,8 @@ class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
 
     def batch(self, epoch: int, step: int) -> list[int]:
         a = self.archive
-        _int_arg("epoch", epoch, 0)
-        _int_arg("step", step, 0, self.steps_per_epoch - 1)
+        int_arg("epoch", epoch, 0)
+        int_arg("step", step, 0, self.steps_per_epoch - 1)
         gid = int(self.draws(epoch)[step])
         return list(range(int(a.batch_rows[gid]), int(a.batch_rows[gid + 1])))
 
@@ -392,7 +386,7 @@ class ReplayDataset(_Lazy, torch.utils.data.Dataset):
             size = crop.get("size", 224)
             if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_VIEW_SIZE:
                 raise FormatError(f"{self.path}: metadata {AUG_META}.crop.size must be an integer in [1, {MAX_VIEW_SIZE}], got {size!r}")
-        self.size = _int_arg("size", size, 1, MAX_VIEW_SIZE)
+        self.size = int_arg("size", size, 1, MAX_VIEW_SIZE)
         if interpolation is None:
             interpolation = crop.get("interpolation", "bilinear")
             if interpolation not in INTERPOLATIONS:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._args import parse_device
 from ..errors import InvalidInputError
 
 __all__ = ["parse_device", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "Clip", "find_clips", "read_clip", "read_video",
@@ -35,33 +36,6 @@ __all__ = ["parse_device", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "Clip", "find
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv", ".3gp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def parse_device(device: Any) -> torch.device:
-    """``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / a ``torch.device`` -> ``torch.device``, checked usable here.
-
-    Raises :class:`InvalidInputError` for a name torch does not know, for CUDA (or MPS/XPU)
-    when this torch build or machine has none, and for a device index that does not exist
-    (instead of torch's RuntimeError / AssertionError deep inside a model call).
-    """
-    if device is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda, cuda:N, ...") from None
-    if dev.type == "cpu":
-        return dev
-    backend = getattr(torch, dev.type, None)
-    is_available = getattr(backend, "is_available", None)
-    if dev.type not in ("cuda", "mps", "xpu") or not callable(is_available):
-        raise InvalidInputError(f"device {device!r} is not supported here; use cpu or cuda")
-    if not is_available():
-        raise InvalidInputError(f"device {device!r} was asked for, but this torch build or machine has no {dev.type.upper()} device")
-    count = getattr(backend, "device_count", lambda: 1)()
-    if dev.index is not None and dev.index >= count:
-        raise InvalidInputError(f"device {device!r} does not exist ({count} {dev.type} device(s) visible)")
-    return dev
 
 
 @dataclass(frozen=True)
