@@ -57,7 +57,7 @@ def test_baseline_formulas_hand_computed():
 def test_video_budgets():
     b = B.video_pixel_budget(1, 50, 16, 112, 112)
     assert b == 120_422_400 and round(b / B.MiB, 2) == 114.84
-    assert B.tucker_chunk_floats(400, (400, 16, 4, 14, 14), (400, 12, 4, 10, 10)) == 2_080_488
+    assert B.tucker_chunk_floats((400, 16, 4, 14, 14), (400, 12, 4, 10, 10)) == 2_080_488
     assert B.video_total(10, B.SD_VAE_INT8_BYTES).total == 10 + 83_983_007
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from codec import budget as B
 from codec.cli import main
-from codec.errors import InvalidInputError
+from codec.errors import BudgetError, InvalidInputError
 from codec.format import Writer
 
 C = 10
@@ -66,6 +66,22 @@ def test_solve_cli_tiny_ratio_is_a_clean_error(capsys):
     assert len(err) == 1 and err[0].startswith("ddz: error:")
 
 
+def test_solve_says_when_every_candidate_over_compresses():
+    with pytest.raises(BudgetError, match=r"lands in \[2x, 2.2x\].*every candidate compresses more \(the least 6.64x\)"):
+        B.solve(10, 1000, 300, 2)
+    with pytest.raises(BudgetError, match=r"reaches a 1e\+09x ratio"):
+        B.solve(10, 1000, 300, 1e9)
+
+
+def test_formula_functions_validate_their_arguments():
+    for call in (lambda: B.eq8(0, 1, 1, 1, 2, 1, 1), lambda: B.eq8(300, 10_000, 1000, 159, "k", 5, 795),
+                 lambda: B.video_total("a", 1), lambda: B.video_total(1, -1), lambda: B.tucker_chunk_floats((4, 3), (4, "3")),
+                 lambda: B.tucker_chunk_floats((4, 3), (5, 3)), lambda: B.tucker_chunk_floats(4, 3)):
+        with pytest.raises(InvalidInputError):
+            call()
+    assert B.eq8(300, 10_000, 1000, 159, 1024, 5, 795) == pytest.approx(6.28, abs=0.005)
+
+
 def test_s14_needs_k_at_least_2():
     with pytest.raises(InvalidInputError):
         B.s14(5, 1)
@@ -81,7 +97,8 @@ def test_budget_file_rejects_plan_options(tmp_path, opt, capsys):
 
 @pytest.mark.parametrize("spec,classes", [("topk:k=1", 1), ("quant:k=4", 1), ("pca:k=20", 10), ("topk:k=1,k=3", 10),
                                           ("vq:dh=10,dc=5,k=8,param_bytes=3", 10), ("vq:dh=10,dc=5,k=8,dh=20", 10),
-                                          ("lpld:ratio=inf", 10), ("lpld:ratio=nan", 10)])
+                                          ("lpld:ratio=inf", 10), ("lpld:ratio=nan", 10), ("quant:k=100000", 1000),
+                                          ("vq:dh=10,dc=5,k=33554432", 10), ("topk:k=3", 2**25), ("lpld:ratio=2", 1)])
 def test_plan_rejects_specs_the_codecs_reject(spec, classes):
     with pytest.raises(InvalidInputError):
         B.plan(1, classes, 1, spec)

@@ -74,12 +74,28 @@ class PlanRow:
         return d
 
 
+def _check_with_codec(name: str, classes: int, p: dict, spec: str) -> None:
+    """Refuse a spec that the codec itself would refuse, by building its config (the codecs'
+    own checks are the one source; LPLD's ratio and batch are checked by its pool formula)."""
+    from ..codecs import codec_from_config
+
+    cfg: dict[str, Any] = {"id": name, "classes": classes}
+    if name == "vq":
+        cfg.update(dh=p["dh"], dc=p["dc"], k=p["k"], param_dtype="f16" if p.get("param_bytes") == 2 else "f32")
+    elif name != "lpld":
+        cfg["k"] = p["k"]
+    try:
+        codec_from_config(cfg)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"spec {spec!r} for {classes} classes: {exc}") from None
+
+
 def plan(ipc: int, classes: int, epochs: int, spec: str) -> PlanRow:
     """Bytes of one codec spec for IPC x C x EPOCHS soft labels, with the ratio to S11."""
     name, p = parse_spec(spec)
     s11 = F.s11(ipc, classes, epochs)
-    if name != "raw" and classes < 2:
-        raise InvalidInputError(f"codec {name!r} needs at least 2 classes (as the codecs do), got {classes}")
+    if name != "raw":
+        _check_with_codec(name, classes, p, spec)
     if name == "raw":
         t = F.Terms({"labels": s11})
         st, formula = t, "S11"
@@ -139,14 +155,16 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
     target = F.s11(ipc, classes, epochs) / ratio
     out: list[Proposal] = []
     n = F.n_labels(ipc, classes, epochs)
+    least_compressed = None  # the lowest ratio among candidates refused for exceeding ratio * (1 + slack)
     for dc in sorted(set(int(d) for d in dcs), reverse=True):
         if dc > dh_max:
             continue
         best = None
         for k in sorted(set(int(x) for x in ks)):
-            # largest dh = m*dc with n*m*log2(k)/8 + C*m*dc*4 + k*dc*4 <= target
-            per_m = n * math.log2(k) / 8 + classes * dc * 4
-            m_real = (target - k * dc * 4) / per_m
+            # S12 is linear in m: indices and decoder grow with m, the codebook does not.  Largest
+            # m (dh = m*dc) with m * (indices + decoder at m = 1) + codebook <= target:
+            one = F.s12_row_terms(n, classes, dc, dc, k).terms
+            m_real = (target - one["codebook"]) / (one["indices"] + one["decoder"])
             m = min(math.floor(min(m_real, dh_max // dc)), dh_max // dc)  # cap before floor: no inf/overflow
             if m < 1:
                 continue
@@ -156,6 +174,7 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
                 continue
             prop = Proposal(dc, k, dh, F.s11(ipc, classes, epochs) / b, b, m * F.bits_for(k))
             if prop.ratio > ratio * (1 + slack):
+                least_compressed = min(prop.ratio, least_compressed or math.inf)
                 continue
             if all_candidates:
                 out.append(prop)
@@ -166,8 +185,12 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
         if best is not None and not all_candidates:
             out.append(best[1])
     if not out:
-        raise BudgetError(f"no (k, dc, dh) with dh <= {dh_max} reaches a {ratio}x ratio for IPC {ipc}, "
-                          f"{classes} classes, {epochs} epochs")
+        where = f"for IPC {ipc}, {classes} classes, {epochs} epochs"
+        if least_compressed is not None:
+            raise BudgetError(f"no (k, dc, dh) with dh <= {dh_max} lands in [{ratio:g}x, {ratio * (1 + slack):g}x] {where}: "
+                              f"every candidate compresses more (the least {least_compressed:.2f}x), so any of them fits "
+                              "the budget; LPLD pruning of fp16 labels reaches ratios this low exactly")
+        raise BudgetError(f"no (k, dc, dh) with dh <= {dh_max} reaches a {ratio:g}x ratio {where}")
     return out
 
 

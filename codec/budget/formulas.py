@@ -3,9 +3,10 @@
 Every function returns **bytes** (a float when the formula as printed yields a fractional
 byte count, because it uses the real-valued ``log2``).  The paper divides by ``1024**2``
 and calls the result "MB" (its Table S6 prints the same numbers as "GB" after a further
-``/1024``); :data:`MiB` and :data:`GiB` convert.  Functions named ``*_stored`` give what a
-real ``.ddz`` stores for the same term: whole bits per index (``ceil(log2 k)``) and whole
-bytes per bit-packed section (last byte padded).  See ``spec/budget.md``.
+``/1024``); :data:`MiB` and :data:`GiB` convert.  Functions named ``*_stored_terms`` /
+``*_stored_row_terms`` give what a real ``.ddz`` stores for the same terms: whole bits per
+index (``ceil(log2 k)``) and whole bytes per bit-packed section (last byte padded).  See
+``spec/budget.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .._args import int_arg
 from ..errors import InvalidInputError
 
 MiB = 1024**2
@@ -23,12 +25,8 @@ FP32 = 4
 
 
 def _pos_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int,)) and not (isinstance(v, float) and v.is_integer()):
-        raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
-    v = int(v)
-    if v <= 0:
-        raise InvalidInputError(f"{name} must be a positive integer, got {v}")
-    return v
+    """A positive integer; an integral float (``10.0``, as JSON configs carry) counts as one."""
+    return int_arg(name, int(v) if isinstance(v, float) and v.is_integer() else v, 1)
 
 
 def bits_for(n: int) -> int:
@@ -136,6 +134,7 @@ def s13_limit(classes: int, dh: int, dc: int, k: int) -> float:
 
 def eq8(a: int, n: int, c: int, m: int, k: int, dc: int, dh: int) -> float:
     """Eq. 8 (counts of numbers, not bytes): ``a*n*c / (a*n*m + k*dc + c*dh)``."""
+    a, n, c, m, k, dc, dh = (_pos_int(nm, v) for nm, v in zip(("a", "n", "c", "m", "k", "dc", "dh"), (a, n, c, m, k, dc, dh)))
     return a * n * c / (a * n * m + k * dc + c * dh)
 
 
@@ -275,17 +274,23 @@ def video_pixel_budget(ipc: int, classes: int, frames: int, height: int, width: 
             * _pos_int("height", height) * _pos_int("width", width) * bytes_per_value)
 
 
-def tucker_chunk_floats(n: int, shape: tuple, ranks: tuple) -> int:
-    """Floats in one Tucker chunk: core ``prod(ranks)`` + factors ``sum(dim_i x rank_i)``.
-    ``shape``/``ranks`` include the sample mode (its size n)."""
-    if len(shape) != len(ranks):
-        raise InvalidInputError(f"shape {shape} and ranks {ranks} differ in length")
-    return math.prod(ranks) + sum(d * r for d, r in zip(shape, ranks))
+def tucker_chunk_floats(shape: tuple, ranks: tuple) -> int:
+    """Floats in one Tucker chunk as the video paper's code saves it: core ``prod(ranks)`` +
+    factors ``sum(dim_i x rank_i)``.  ``shape``/``ranks`` include the sample mode, whose
+    ``n x n`` factor is counted here although :class:`~codec.codecs.tucker.TuckerCodec`
+    does not store it (a mode kept at full rank is the identity)."""
+    if not isinstance(shape, (tuple, list)) or not isinstance(ranks, (tuple, list)) or len(shape) != len(ranks):
+        raise InvalidInputError(f"shape {shape!r} and ranks {ranks!r} must be sequences of the same length")
+    dims = [_pos_int(f"shape[{i}]", d) for i, d in enumerate(shape)]
+    rs = [_pos_int(f"ranks[{i}]", r) for i, r in enumerate(ranks)]
+    if any(r > d for d, r in zip(dims, rs)):
+        raise InvalidInputError(f"ranks {ranks} exceed the shape {shape}")
+    return math.prod(rs) + sum(d * r for d, r in zip(dims, rs))
 
 
 def video_total(data_bytes: int, vae_bytes: int) -> Terms:
     """Video paper Table 7 total: distilled tensors + the int8 VAE (bytes)."""
-    return Terms({"data": int(data_bytes), "vae": int(vae_bytes)})
+    return Terms({"data": int_arg("data_bytes", data_bytes), "vae": int_arg("vae_bytes", vae_bytes)})
 
 
 #: int8 SD-VAE-FT-MSE computed exactly (perf-baselines notes section 6): 83,983,007 B = 80.09 MiB.
