@@ -4,6 +4,7 @@ every failure is a DDZError (FormatError/LimitError for file data)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 import codec
@@ -122,3 +123,40 @@ def test_shared_check_and_codec_limits():
 def test_lpld_ratio_keeps_only_the_pool():
     cod = LPLDCodec(C, 4.0, batch_size=2, batches_per_epoch=4, epochs=2)
     assert cod.max_rows == 2 * 2  # floor(2 * 4 / 4) = 2 batches of 2
+
+
+def _codec_file(path, cfg, parts):
+    return _file(path, cfg=cfg, parts=parts)
+
+
+NAN16 = np.float16(np.nan)
+
+
+@pytest.mark.parametrize("cid,parts", [
+    ("pca", {"proj": (np.zeros((4, 2), np.float16), None), "components": (np.full((2, C), NAN16), None),
+             "mean": (np.zeros(C, np.float16), None)}),
+    ("pca", {"proj": (np.zeros((4, 2), np.float16), None), "components": (np.zeros((2, C), np.float16), None),
+             "mean": (np.full(C, np.float16(np.inf)), None)}),
+    ("pca", {"proj": (np.array([[0, np.inf]] * 4, np.float16), None),
+             "components": (np.zeros((2, C), np.float16), None), "mean": (np.zeros(C, np.float16), None)}),
+    ("quant", {"indices": (np.zeros((4, C), np.uint8), 2), "levels": (np.array([0, 0.1, np.inf, 1], np.float16), None)}),
+    ("topk", {"values": (np.array([[0.5, np.inf]] * 4, np.float16), None), "indices": (np.zeros((4, 2), np.uint8), 4)}),
+    ("lpld", {"labels": (np.full((4, C), NAN16), None)}),
+])
+def test_non_finite_stored_floats_are_format_errors(tmp_path, cid, parts):
+    """A stored part that would decode to NaN probabilities is refused, not decoded."""
+    cfg = {"pca": {"id": "pca", "classes": C, "k": 2}, "quant": {"id": "quant", "classes": C, "k": 4},
+           "topk": {"id": "topk", "classes": C, "k": 2}, "lpld": {"id": "lpld", "classes": C}}[cid]
+    p = _codec_file(tmp_path / f"{cid}.ddz", codec_from_config(cfg).get_config(), parts)
+    _all_readers_fail(p)
+
+
+def test_bad_reader_arguments_are_invalid_input(tmp_path):
+    p = _file(tmp_path / "g.ddz")
+    for bad in (lambda: open_archive(p, device="cuda:7"), lambda: open_archive(p, device="tpu"),
+                lambda: open_archive(p, dtype="f32"), lambda: open_archive(p)[["a"]], lambda: open_archive(p)[[0.5]],
+                lambda: open_archive(p).labels(0, 2, device="nope"), lambda: open_archive(p).labels(0, 2, dtype=torch.int8),
+                lambda: open_archive(1234)):
+        with pytest.raises(InvalidInputError):
+            bad()
+    assert open_archive(p)[[4, 0, 4]].shape == (3, C)

@@ -78,5 +78,6 @@ def codec_from_config(config: Mapping[str, Any]) -> Codec:
     return cls.from_config(config)
 
 
-def registered_codecs() -> list[str]:
-    return sorted(_REGISTRY)
+def registered_codecs(kind: type | None = None) -> list[str]:
+    """Registered codec ids (only those whose class is a subclass of ``kind``, if given)."""
+    return sorted(cid for cid, cls in _REGISTRY.items() if kind is None or issubclass(cls, kind))

@@ -18,8 +18,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .base import register_codec
-from .topk import _check_common
-from .vq import RowSpec, SoftLabelCodec, as_tensor, renorm_, to_probs
+from .vq import RowSpec, SoftLabelCodec, as_tensor, check_common, renorm_, to_probs
 
 
 @register_codec
@@ -29,7 +28,7 @@ class LPLDCodec(SoftLabelCodec):
     def __init__(self, classes: int, ratio: float = 1.0, *, batch_size: int | None = None,
                  batches_per_epoch: int | None = None, epochs: int | None = None, eps: float = 1e-8,
                  input: str = "probs", temperature: float = 1.0):
-        _check_common(classes, input, temperature, eps)
+        check_common(classes, input, temperature, eps, "lpld")
         if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 1 <= ratio < math.inf):
             raise InvalidInputError(f"lpld: ratio must be a finite number >= 1, got {ratio!r}")
         for nm, v in (("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch), ("epochs", epochs)):

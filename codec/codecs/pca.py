@@ -16,8 +16,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .base import Part, register_codec
-from .topk import _check_common
-from .vq import RowSpec, SoftLabelCodec, as_tensor, renorm_, to_probs
+from .vq import RowSpec, SoftLabelCodec, as_tensor, check_common, finite, renorm_, to_probs
 
 
 @register_codec
@@ -25,7 +24,7 @@ class PCACodec(SoftLabelCodec):
     codec_id = "pca"
 
     def __init__(self, classes: int, k: int, *, eps: float = 1e-8, input: str = "probs", temperature: float = 1.0):
-        _check_common(classes, input, temperature, eps)
+        check_common(classes, input, temperature, eps, "pca")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= classes:
             raise InvalidInputError(f"pca: k must be an integer in [1, classes={classes}], got {k!r}")
         self.classes, self.k = classes, k
@@ -85,7 +84,7 @@ class PCACodec(SoftLabelCodec):
         if tuple(comps.shape) != (self.k, self.classes) or tuple(mean.shape) != (self.classes,):
             raise InvalidInputError(f"pca: components {tuple(comps.shape)} / mean {tuple(mean.shape)} must be "
                                     f"({self.k}, {self.classes}) / ({self.classes},)")
-        self.components, self.mean = comps.float(), mean.float()
+        self.components, self.mean = finite(comps.float(), "pca components"), finite(mean.float(), "pca mean")
         return self
 
     def to(self, device):
@@ -98,5 +97,5 @@ class PCACodec(SoftLabelCodec):
         if proj.ndim != 2 or proj.shape[1] != self.k:
             raise InvalidInputError(f"pca: projections must be (n, {self.k}), got {tuple(proj.shape)}")
         dev = torch.device(device) if device is not None else self.components.device
-        y = proj.to(dev, torch.float32) @ self.components.to(dev) + self.mean.to(dev)
+        y = finite(proj.to(dev, torch.float32), "pca projections") @ self.components.to(dev) + self.mean.to(dev)
         return renorm_(y, self.eps)

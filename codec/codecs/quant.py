@@ -16,8 +16,8 @@ import torch
 
 from ..errors import InvalidInputError
 from .base import Part, register_codec
-from .topk import _check_common
-from .vq import RowSpec, SoftLabelCodec, _DTYPE_NAME, as_tensor, index_bits, index_dtype, renorm_, to_probs
+from .vq import (RowSpec, SoftLabelCodec, as_tensor, check_common, finite, index_bits, index_dtype,
+                  index_dtype_name, renorm_, to_probs)
 
 
 @register_codec
@@ -26,7 +26,7 @@ class QuantCodec(SoftLabelCodec):
 
     def __init__(self, classes: int, k: int, *, eps: float = 1e-8, input: str = "probs", temperature: float = 1.0,
                  iters: int = 30):
-        _check_common(classes, input, temperature, eps)
+        check_common(classes, input, temperature, eps, "quant")
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 65536:
             raise InvalidInputError(f"quant: k (levels) must be an integer in [2, 65536], got {k!r}")
         if isinstance(iters, bool) or not isinstance(iters, int) or not 0 <= iters <= 100_000:
@@ -61,7 +61,7 @@ class QuantCodec(SoftLabelCodec):
         return self
 
     def row_specs(self):
-        return {"indices": RowSpec(_DTYPE_NAME[index_dtype(self.bits)], (self.classes,), self.bits)}
+        return {"indices": RowSpec(index_dtype_name(self.bits), (self.classes,), self.bits)}
 
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
         if self.levels is None:
@@ -84,7 +84,7 @@ class QuantCodec(SoftLabelCodec):
         lv = as_tensor(parts["levels"], "quant levels")
         if tuple(lv.shape) != (self.k,):
             raise InvalidInputError(f"quant: levels must have shape ({self.k},), got {tuple(lv.shape)}")
-        self.levels = lv.float()
+        self.levels = finite(lv.float(), "quant levels")
         return self
 
     def to(self, device):

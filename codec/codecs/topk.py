@@ -24,13 +24,10 @@ import torch
 
 from ..errors import InvalidInputError, LimitError
 from .base import register_codec
-from .vq import RowSpec, SoftLabelCodec, _DTYPE_NAME, as_tensor, check_common, index_bits, index_dtype, renorm_, to_probs
+from .vq import (RowSpec, SoftLabelCodec, as_tensor, check_common, finite, index_bits, index_dtype,
+                  index_dtype_name, renorm_, to_probs)
 
 MISSING = ("renorm", "uniform", "bucket")
-
-
-def _check_common(classes, input, temperature, eps):
-    check_common(classes, input, temperature, eps)
 
 
 #: Largest dense (rows x classes) float32 block one top-k decode call may allocate; decode
@@ -44,7 +41,7 @@ class TopKCodec(SoftLabelCodec):
 
     def __init__(self, classes: int, k: int, *, missing: str = "renorm", eps: float = 1e-8, input: str = "probs",
                  temperature: float = 1.0):
-        _check_common(classes, input, temperature, eps)
+        check_common(classes, input, temperature, eps, "topk")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= classes:
             raise InvalidInputError(f"topk: k must be an integer in [1, classes={classes}], got {k!r}")
         if missing not in MISSING:
@@ -59,7 +56,7 @@ class TopKCodec(SoftLabelCodec):
 
     def row_specs(self):
         specs = {"values": RowSpec("f16", (self.k,)),
-                 "indices": RowSpec(_DTYPE_NAME[index_dtype(self.bits)], (self.k,), self.bits)}
+                 "indices": RowSpec(index_dtype_name(self.bits), (self.k,), self.bits)}
         if self.missing == "bucket":
             specs["rest"] = RowSpec("f16", ())
         return specs
@@ -86,7 +83,7 @@ class TopKCodec(SoftLabelCodec):
         if v.ndim != 2 or v.shape[1] != self.k or i.shape != v.shape:
             raise InvalidInputError(f"topk: values {tuple(v.shape)} / indices {tuple(i.shape)} must both be (n, {self.k})")
         dev = torch.device(device) if device is not None else v.device
-        v = v.to(dev, torch.float32)
+        v = finite(v.to(dev, torch.float32), "topk values")
         i = i.to(dev, torch.int64)
         if i.numel() and (int(i.min()) < 0 or int(i.max()) >= self.classes):
             raise InvalidInputError(f"topk: class index outside [0, {self.classes})")
@@ -96,7 +93,8 @@ class TopKCodec(SoftLabelCodec):
                              f"(limit {MAX_DECODE_BYTES:,} B); decode a smaller row range")
         out = torch.zeros((n, self.classes), dtype=torch.float32, device=dev)
         if self.missing != "renorm" and self.classes > self.k:
-            rest = as_tensor(parts["rest"]).to(dev, torch.float32) if self.missing == "bucket" else (1 - v.sum(1)).clamp_min(0)
+            rest = (finite(as_tensor(parts["rest"], "topk rest").to(dev, torch.float32), "topk rest") if self.missing == "bucket"
+                    else (1 - v.sum(1)).clamp_min(0))
             out += (rest / (self.classes - self.k)).unsqueeze(1)
         out.scatter_(1, i, v)
         return renorm_(out, self.eps)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..format import DTYPES
 from ._vqkernels import NUMBA_MAX_DC, NUMBA_MAX_K, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
 from .base import Codec, Part, register_codec
 
@@ -134,23 +135,6 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
         if renorm:
             renorm_(res[s:e], eps)  # Eq. 9
     return res
-    c = max(1, min(chunk, n))
-    z = torch.empty((c * m, dc), dtype=dtype, device=dev)
-    tmp = torch.empty((c, C), dtype=dtype, device=dev) if dtype != torch.float32 else None
-    flat = idx.reshape(-1)
-    for s in range(0, n, c):
-        e = min(n, s + c)
-        r = e - s
-        zz = z[: r * m]
-        torch.index_select(cb, 0, flat[s * m: e * m], out=zz)
-        if tmp is None:
-            torch.mm(zz.view(r, dh), D, out=res[s:e])
-        else:
-            torch.mm(zz.view(r, dh), D, out=tmp[:r])
-            res[s:e].copy_(tmp[:r])
-        if renorm:
-            renorm_(res[s:e], eps)
-    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,8 +163,13 @@ def index_bits(k: int) -> int:
     return max(1, (int(k) - 1).bit_length())
 
 
+def index_dtype_name(bits: int) -> str:
+    """The smallest unsigned .ddz dtype holding ``bits``-bit indices: "u8", "u16" or "u32"."""
+    return "u8" if bits <= 8 else "u16" if bits <= 16 else "u32"
+
+
 def index_dtype(bits: int) -> np.dtype:
-    return np.dtype(np.uint8) if bits <= 8 else np.dtype(np.uint16) if bits <= 16 else np.dtype(np.uint32)
+    return DTYPES[index_dtype_name(bits)]
 
 
 def as_tensor(x: Any, name: str = "input") -> torch.Tensor:
@@ -192,8 +181,16 @@ def as_tensor(x: Any, name: str = "input") -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(x))
         if np.issubdtype(x.dtype, np.integer):
             return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
-    raise InvalidInputError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}"
-                            + (f" of dtype {x.dtype}" if hasattr(x, "dtype") else ""))
+        raise InvalidInputError(f"{name}: expected a float or integer array, got dtype {x.dtype}")
+    raise InvalidInputError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` unchanged, or InvalidInputError when it holds a NaN or an infinity (a stored
+    part that would decode to NaN probabilities)."""
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise InvalidInputError(f"{what} holds NaN or infinite values")
+    return t
 
 
 def to_probs(x: Any, input: str = "probs", temperature: float = 1.0, *, classes: int | None = None,
@@ -209,12 +206,15 @@ def to_probs(x: Any, input: str = "probs", temperature: float = 1.0, *, classes:
         raise InvalidInputError(f"soft labels have {t.shape[1]} classes, the codec expects {classes}")
     if not t.is_floating_point():
         raise InvalidInputError(f"soft labels must be floating point, got {t.dtype}")
+    if input not in INPUT_KINDS:
+        raise InvalidInputError(f"input must be one of {INPUT_KINDS}, got {input!r}")
     t = t.to(torch.float32)
     if input == "logits":
-        return torch.softmax(t / float(temperature), dim=1)
-    if input == "probs":
-        return t
-    raise InvalidInputError(f"input must be one of {INPUT_KINDS}, got {input!r}")
+        t = torch.softmax(t / float(temperature), dim=1)
+    if not torch.isfinite(t).all():  # NaN/inf probabilities, or logits with NaN or +inf (softmax gives NaN)
+        row = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
+        raise InvalidInputError(f"soft labels ({input}) hold NaN or infinite values (row {row} of this batch)")
+    return t
 
 
 class RowSpec(tuple):
@@ -265,9 +265,6 @@ class SoftLabelCodec(Codec):
     def decode(self, parts: Mapping[str, Any], *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         self.load_parts(parts)
         return self.decode_rows(parts, device=device, dtype=dtype)
-
-
-_DTYPE_NAME = {np.dtype(np.uint8): "u8", np.dtype(np.uint16): "u16", np.dtype(np.uint32): "u32"}
 
 
 @register_codec
@@ -330,10 +327,7 @@ class VQCodec(SoftLabelCodec):
             raise InvalidInputError(f"vq {name} must have shape {shape}, got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise InvalidInputError(f"vq {name} must be floating point, got {t.dtype}")
-        t = t.detach().to(torch.float32)
-        if not torch.isfinite(t).all():
-            raise InvalidInputError(f"vq {name} holds non-finite values")
-        return t
+        return finite(t.detach().to(torch.float32), f"vq {name}")
 
     @property
     def trained(self) -> bool:
@@ -382,7 +376,7 @@ class VQCodec(SoftLabelCodec):
             if self.bits > 8:
                 specs["indices_hi"] = RowSpec("u8" if self.bits <= 16 else "u16", (self.m,), None, self.zstd_level)
             return specs
-        return {"indices": RowSpec(_DTYPE_NAME[index_dtype(self.bits)], (self.m,), self.bits, None)}
+        return {"indices": RowSpec(index_dtype_name(self.bits), (self.m,), self.bits, None)}
 
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
         idx = self.encode_indices(x)

@@ -21,16 +21,17 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..codecs.base import Part
+from .._args import int_arg, parse_device
+from ..codecs.base import Part, registered_codecs
 from ..codecs.vq import SoftLabelCodec
 from ..errors import FormatError, InvalidInputError, SectionNotFoundError
-from ..format import DDZFile, Writer
+from ..format import DTYPES, DDZFile, Writer
+from ..format.arrays import as_path
 from ..format import open as ddz_open
-from .sources import Source, as_source
+from .sources import Source, opened_source
 
 META_KEY = "softlabels"
-_NP = {"u8": np.uint8, "u16": np.uint16, "u32": np.uint32, "i32": np.int32, "i64": np.int64,
-       "f16": np.float16, "f32": np.float32, "bool": np.bool_}
+_DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any, *, section: str | None = None,
@@ -40,14 +41,20 @@ def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any
 
     ``data`` is anything :func:`~codec.softlabels.sources.as_source` accepts (array, memmap,
     tensor, iterator factory, or a .ddz path with ``section=``); it is read ``chunk`` rows at
-    a time, so peak memory is O(chunk x C).  The first row part streams straight into its
-    section; any further row parts (e.g. top-k values next to indices) are spilled to a
-    temporary file and copied in afterwards (the writer holds one open section at a time).
-    Returns ``{part: section}``.
+    a time (an iterator's larger batches are sliced), so peak memory is O(chunk x C).  The
+    first row part streams straight into its section; any further row parts (e.g. top-k
+    values next to indices) are spilled to a temporary file and copied in afterwards (the
+    writer holds one open section at a time).  Returns ``{part: section}``.
     """
     if not isinstance(codec, SoftLabelCodec):
         raise InvalidInputError(f"write_softlabels needs a soft-label codec, got {type(codec).__name__}")
-    src: Source = as_source(data, section)
+    chunk = int_arg("chunk", chunk, 1)
+    with opened_source(data, section) as src:
+        return _write_rows(writer, name, codec, src, chunk, progress, register, extra_meta)
+
+
+def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, chunk: int, progress: bool,
+                register: bool, extra_meta: Mapping[str, Any] | None) -> dict[str, str]:
     if src.classes != codec.classes:
         raise InvalidInputError(f"soft labels have {src.classes} classes, codec {codec.codec_id!r} expects {codec.classes}")
     specs = codec.row_specs()
@@ -77,7 +84,7 @@ def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any
                     f = spills.get(p)
                     if f is None:
                         f = spills[p] = open(os.path.join(tmpdir, p.replace("/", "_")), "wb")
-                    a = np.ascontiguousarray(enc[p], dtype=_NP[specs[p].dtype])
+                    a = np.ascontiguousarray(enc[p], dtype=DTYPES[specs[p].dtype])
                     f.write(a.tobytes())
                 rows += int(x.shape[0])
                 if bar is not None:
@@ -88,13 +95,12 @@ def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any
             with writer.section(sections[p], sp.dtype, sp.row_shape, bits=sp.bits, zstd=sp.zstd) as sec:
                 f = spills.pop(p, None)
                 if f is None:
-                    sec.append(np.zeros((0, *sp.row_shape), _NP[sp.dtype]))
+                    sec.append(np.zeros((0, *sp.row_shape), DTYPES[sp.dtype]))
                     continue
                 f.close()
-                mm = np.memmap(f.name, dtype=_NP[sp.dtype], mode="r") if rows else np.zeros(0, _NP[sp.dtype])
-                step = max(1, chunk)
-                for s in range(0, rows, step):
-                    e = min(rows, s + step)
+                mm = np.memmap(f.name, dtype=DTYPES[sp.dtype], mode="r") if rows else np.zeros(0, DTYPES[sp.dtype])
+                for s in range(0, rows, chunk):
+                    e = min(rows, s + chunk)
                     sec.append(np.asarray(mm[s * per_row: e * per_row]).reshape(e - s, *sp.row_shape))
                 del mm
         for p, part in codec.param_parts().items():
@@ -125,6 +131,12 @@ def save_softlabels(path: str | os.PathLike, codec: SoftLabelCodec, data: Any, *
     return os.fspath(path)
 
 
+def _decode_dtype(dtype: Any) -> torch.dtype:
+    if dtype not in _DECODE_DTYPES:
+        raise InvalidInputError(f"decode dtype must be one of {_DECODE_DTYPES}, got {dtype!r}")
+    return dtype
+
+
 def _check_row_part(info, spec, what: str) -> None:
     """A stored row part must match its codec's RowSpec: rows x row_shape, the dtype, and the
     bit width of a bit-packed part (so e.g. an (n, 1) high plane cannot broadcast against an
@@ -149,9 +161,9 @@ class SoftLabelArchive:
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, *, device: Any = None,
                  dtype: torch.dtype = torch.float32):
-        self.path = os.fspath(path)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype
+        self.path = as_path(path)
+        self.device = parse_device(device)
+        self.dtype = _decode_dtype(dtype)
         self._name = name
         self._file: DDZFile | None = None
         self._pid = None
@@ -177,8 +189,9 @@ class SoftLabelArchive:
         if name is not None and not isinstance(name, str):
             raise FormatError(f"{self.path}: metadata {META_KEY}.object must be a string, got {name!r}")
         if name is None:
+            ids = registered_codecs(SoftLabelCodec)
             cands = [n for n, o in f.objects.items() if isinstance(o, dict) and isinstance(o.get("codec"), dict)
-                     and o["codec"].get("id") in ("vq", "topk", "pca", "quant", "lpld", "dense")]
+                     and o["codec"].get("id") in ids]
             if len(cands) != 1:
                 raise SectionNotFoundError(f"{self.path}: cannot tell which object holds soft labels (candidates {cands}); pass name=")
             name = cands[0]
@@ -248,13 +261,20 @@ class SoftLabelArchive:
         if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer)) and 0 <= start <= stop <= self.rows):
             raise InvalidInputError(f"rows {start}:{stop} outside 0:{self.rows}")
         codec = self._codec_obj()
+        dev = parse_device(device) if device is not None else self.device
+        dtype = _decode_dtype(dtype) if dtype is not None else self.dtype
         parts = {p: self._row_part(p, int(start), int(stop)) for p in self.row_parts}
-        dev = torch.device(device) if device is not None else self.device
-        return codec.decode_rows(parts, device=dev, dtype=dtype or self.dtype)
+        try:
+            return codec.decode_rows(parts, device=dev, dtype=dtype)
+        except InvalidInputError as exc:  # the parts came from the file
+            raise FormatError(f"{self.path}: object {self.name!r} rows {start}:{stop}: {exc}") from None
 
     def rows_at(self, ids: Iterable[int], **kw) -> torch.Tensor:
         """Arbitrary rows (any order, repeats allowed), decoded run by run."""
-        ids = np.asarray(list(ids) if not isinstance(ids, (np.ndarray, torch.Tensor)) else ids, dtype=np.int64).reshape(-1)
+        ids = np.asarray(list(ids) if not isinstance(ids, (np.ndarray, torch.Tensor)) else ids)
+        if ids.size and not (np.issubdtype(ids.dtype, np.integer) and ids.dtype != np.bool_):
+            raise InvalidInputError(f"row ids must be integers, got {ids.dtype} values")
+        ids = ids.astype(np.int64).reshape(-1)
         if ids.size == 0:
             return torch.empty((0, self.classes), dtype=torch.float32, device=kw.get("device") or self.device)
         if ids.min() < 0 or ids.max() >= self.rows:

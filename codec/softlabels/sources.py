@@ -12,6 +12,7 @@ A source yields float tensors of shape (rows, C).  Three kinds cover data larger
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -31,8 +32,11 @@ class Source:
         raise NotImplementedError
 
     def sequential(self, chunk: int) -> Iterator[torch.Tensor]:
-        """All rows in order (for encoding)."""
+        """All rows in order (for encoding), at most ``chunk`` rows at a time."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the source opened itself (a .ddz file opened from a path)."""
 
 
 def _to_tensor(a) -> torch.Tensor:
@@ -47,8 +51,9 @@ def _to_tensor(a) -> torch.Tensor:
 def _release(data, s: int, e: int) -> None:
     """Drop the pages of rows s:e of a file-backed np.memmap from this process's resident set
     (madvise MADV_DONTNEED; the kernel page cache keeps them), so streaming a memmap larger
-    than RAM keeps RSS at O(chunk)."""
-    if not isinstance(data, np.memmap) or e <= s or not hasattr(os, "sysconf"):
+    than RAM keeps RSS at O(chunk).  Not for a copy-on-write memmap (``mode="c"``), whose
+    dropped pages would lose the caller's in-memory changes."""
+    if not isinstance(data, np.memmap) or data.mode == "c" or e <= s or not hasattr(os, "sysconf"):
         return
     try:
         import ctypes
@@ -117,15 +122,21 @@ class DDZSource(Source):
     def __init__(self, file: Any, section: str):
         from ..format import DDZFile, open as ddz_open
 
-        self.file = file if isinstance(file, DDZFile) else ddz_open(file)
+        self._owned = not isinstance(file, DDZFile)
+        self.file = ddz_open(file) if self._owned else file
         info = self.file.info(section)
         if len(info.shape) != 2:
+            self.close()
             raise InvalidInputError(f"section {section!r} must be 2-D (rows, classes), has shape {info.shape}")
         self.section = section
         self.rows, self.classes = int(info.shape[0]), int(info.shape[1])
 
     def _slice(self, s, e):
         return _to_tensor(self.file.get_rows(self.section, s, e))
+
+    def close(self) -> None:
+        if self._owned:
+            self.file.close()
 
     def batches(self, batch_size, generator):
         nb = (self.rows + batch_size - 1) // batch_size
@@ -158,7 +169,10 @@ class IterSource(Source):
             first = next(iter(factory()), None)
             if first is None:
                 raise InvalidInputError("IterSource: the iterator yields no batches")
-            self.classes = int(_to_tensor(first).shape[1])
+            t = _to_tensor(first)
+            if t.ndim != 2:
+                raise InvalidInputError(f"IterSource batch has shape {tuple(t.shape)}, expected (rows, classes)")
+            self.classes = int(t.shape[1])
 
     def _iter(self):
         for b in self.factory():
@@ -201,7 +215,7 @@ class IterSource(Source):
         return torch.cat(got)[:n]
 
     def sequential(self, chunk):
-        return self._iter()
+        return self.batches(chunk, None)
 
 
 def as_source(x: Any, section: str | None = None) -> Source:
@@ -217,3 +231,14 @@ def as_source(x: Any, section: str | None = None) -> Source:
         return IterSource(x)
     raise InvalidInputError(f"cannot use {type(x).__name__} as a soft-label source "
                             "(give an array/memmap/tensor, a .ddz path plus section=, or a callable returning batches)")
+
+
+@contextmanager
+def opened_source(x: Any, section: str | None = None) -> Iterator[Source]:
+    """``as_source(x, section)``, closed on exit if it was made here (not a Source passed in)."""
+    src = as_source(x, section)
+    try:
+        yield src
+    finally:
+        if src is not x:
+            src.close()
