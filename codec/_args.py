@@ -27,7 +27,7 @@ def float_arg(name: str, v: Any, lo: float = -math.inf, hi: float = math.inf, *,
     """A finite real number (not bool) in ``[lo, hi]``, or ``(lo, hi]`` with ``lo_open``."""
     ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
     if not ok or v > hi or v < lo or (lo_open and v == lo):
-        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        rng = f"{'(' if lo_open or lo == -math.inf else '['}{lo:g}, {hi:g}{')' if hi == math.inf else ']'}"
         raise InvalidInputError(f"{name} must be a finite number in {rng}, got {v!r}")
     return float(v)
 

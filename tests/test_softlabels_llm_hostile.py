@@ -17,15 +17,23 @@ from ddzutil import rewrite
 V, K = 300, 4
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
+def _seqs():
     g = torch.Generator().manual_seed(0)
-    seqs = [{"tokens": torch.randint(V, (12,), generator=g), "loss_mask": torch.arange(12) >= 2, "prompt_len": 2,
+    return [{"tokens": torch.randint(V, (12,), generator=g), "loss_mask": torch.arange(12) >= 2, "prompt_len": 2,
              "topk_ids": torch.randint(V, (12, K), generator=g), "topk_logits": torch.randn(12, K, generator=g)}
             for _ in range(3)]
+
+
+def _write(p, **kw):
+    seqs = _seqs()
+    return write_llm_archive(p, lambda: seqs, vocab=V, k=K, vq={"dh": 4, "dc": 2, "k": 8, "epochs": 1, "batch_size": 16,
+                                                           "progress": False}, **kw)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
     p = tmp_path_factory.mktemp("llm") / "good.ddz"
-    write_llm_archive(p, lambda: seqs, vocab=V, k=K, vq={"dh": 4, "dc": 2, "k": 8, "epochs": 1, "batch_size": 16,
-                                                    "progress": False})
+    _write(p)
     return p
 
 
@@ -38,6 +46,29 @@ def _read_all(p):
 
 def test_good(good):
     _read_all(good)
+    a = open_archive(good)
+    for i, want in enumerate(_seqs()):  # ids, tokens and mask are stored exactly; ids ordered by logit
+        s = a.sequence(i)
+        order = torch.argsort(want["topk_logits"][2:], dim=1, descending=True)
+        assert torch.equal(s["topk_ids"], torch.gather(want["topk_ids"][2:], 1, order))
+        assert torch.equal(s["tokens"], want["tokens"]) and torch.equal(s["loss_mask"], want["loss_mask"])
+        assert s["prompt_len"] == 2 and torch.allclose(s["topk_probs"].sum(1), torch.ones(10))
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), "a", None])
+def test_bad_temperature_is_invalid_input(tmp_path, temperature):
+    with pytest.raises(InvalidInputError, match="temperature"):
+        _write(tmp_path / "t.ddz", temperature=temperature)
+    assert not (tmp_path / "t.ddz").exists()
+
+
+def test_bad_tau_and_device_are_invalid_input(good):
+    s = open_archive(good).sequence(0)
+    for bad in (lambda: topk_kd_loss(torch.randn(10, V), s["topk_ids"], s["topk_probs"], tau="x"),
+                lambda: topk_kd_loss(torch.randn(10, V), s["topk_ids"], s["topk_probs"], tau=0),
+                lambda: open_archive(good).sequence(0, device="cuda:9")):
+        with pytest.raises(InvalidInputError):
+            bad()
 
 
 @pytest.mark.parametrize("case", [

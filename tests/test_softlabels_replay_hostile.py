@@ -40,16 +40,18 @@ def good(tmp_path_factory):
 
 
 def _replay_all(p, size=8):
+    """Read every record and replay every view; returns (records, views, label rows)."""
     a = ReplayArchive(p)
-    for e in range(a.epochs):
-        for s in range(a.steps(e)):
-            a.record(e, s)
+    records = sum(1 for e in range(a.epochs) for s in range(a.steps(e)) if a.record(e, s) is not None)
+    views = rows = 0
     for x, y in replay_loader(p, IMGS, batch_size=5, size=size):
-        pass
+        views, rows = views + x.shape[0], rows + y.shape[0]
+        assert x.shape[1:] == (IMGS.shape[1], size, size) and torch.allclose(y.sum(1), torch.ones(y.shape[0]))
+    return records, views, rows
 
 
 def test_good_archive_replays(good):
-    _replay_all(good)
+    assert _replay_all(good) == (6, 6 * B, 6 * B)
 
 
 @pytest.mark.parametrize("edits", [
@@ -142,12 +144,21 @@ def test_import_bad_mix_fields(tmp_path, kw):
         import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
 
 
-@pytest.mark.parametrize("content", ["{bad", "5", '[["a"]]', "[[]]", '[[-1, 2]]'])
+@pytest.mark.parametrize("content", ["{bad", "5", '[["a"]]', "[[]]", '[[-1, 2]]', '{"abc": [0, 1, 2, 3]}',
+                                     '{"1": [0, 1, 2, 3]}', '{"0": [0, 1, 2, 3], "epoch_0": [0, 1, 2, 3]}'])
 def test_import_bad_sampler_json(tmp_path, content):
     src = _fkd(tmp_path / "d")
     (src / "sampler_indices_epoch.json").write_text(content)
     with pytest.raises(FormatError):
         import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
+
+
+@pytest.mark.parametrize("content", ['[[3, 2, 1, 0]]', '{"0": [3, 2, 1, 0]}', '{"epoch_0": [3, 2, 1, 0]}'])
+def test_import_sampler_json_forms(tmp_path, content):
+    src = _fkd(tmp_path / "d")
+    (src / "sampler_indices_epoch.json").write_text(content)
+    import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
+    assert ReplayArchive(tmp_path / "o.ddz").sample_ids(0, 0).tolist() == [3, 2, 1, 0]
 
 
 def test_import_sampler_json_directory_and_epoch_file(tmp_path):

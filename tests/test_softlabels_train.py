@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+import codec
+from codec.errors import InvalidInputError
 from codec.format import Writer
-from codec.softlabels import train_vq
-from codec.softlabels.sources import DDZSource, IterSource
+from codec.softlabels import kd_loss, train_vq
+from codec.softlabels.sources import ArraySource, DDZSource, IterSource, opened_source
 from codec.softlabels.train import cache_loss, kmeans_pp
 
 
@@ -80,3 +82,76 @@ def test_dead_codes_are_reseeded():
     assert vq.train_log.reseeded > 0  # 64 codes, 64 segments per step: some go unused within 2 steps
     none = train_vq(y, dh=8, dc=2, k=64, epochs=3, batch_size=16, progress=False, init_sample=128, dead_window=0)
     assert none.train_log.reseeded == 0
+
+
+Y = np.random.default_rng(5).dirichlet(np.ones(10), 300).astype(np.float32)
+
+
+@pytest.mark.parametrize("kw", [dict(epochs="2"), dict(epochs=-1), dict(batch_size=2.5), dict(batch_size=0),
+                                dict(max_steps=-3), dict(seed="x"), dict(seed=-1), dict(lr=0), dict(lr=float("nan")),
+                                dict(alpha=-1.0), dict(beta=float("inf")), dict(kmeans_iters=-1), dict(init_sample=0),
+                                dict(dead_window=1.5), dict(straight_through="yes"), dict(device="tpu"),
+                                dict(device="cuda:7"), dict(init="svd")])
+def test_train_vq_rejects_bad_arguments(kw):
+    with pytest.raises(InvalidInputError):
+        train_vq(Y, dh=10, dc=5, k=8, progress=False, **kw)
+
+
+@pytest.mark.parametrize("input,value", [("probs", np.nan), ("probs", np.inf), ("logits", np.nan), ("logits", np.inf)])
+def test_train_vq_rejects_non_finite_labels(input, value):
+    y = Y.copy()
+    y[7, 3] = value
+    with pytest.raises(InvalidInputError, match="NaN or infinite"):
+        train_vq(y, dh=10, dc=5, k=8, progress=False, input=input, init_sample=1000)
+
+
+def test_minus_inf_logits_are_zero_probabilities():
+    z = np.log(Y)
+    z[:, 0] = -np.inf  # a masked class
+    c = train_vq(z, dh=10, dc=5, k=8, progress=False, input="logits", max_steps=3)
+    assert c.trained
+
+
+def test_kd_loss_rejects_bad_tau_and_inputs():
+    s, t = torch.randn(4, 10), torch.softmax(torch.randn(4, 10), 1)
+    for bad in (lambda: kd_loss(s, t, tau="x"), lambda: kd_loss(s, t, tau=0), lambda: kd_loss(s, t, tau=float("nan")),
+                lambda: kd_loss(s.numpy(), t)):
+        with pytest.raises(InvalidInputError):
+            bad()
+
+
+def test_iter_source_first_batch_must_be_2d():
+    with pytest.raises(InvalidInputError):
+        IterSource(lambda: iter([np.zeros(10, np.float32)]))
+
+
+def test_iter_source_sequential_yields_at_most_chunk_rows():
+    src = IterSource(lambda: iter([np.zeros((50, 10), np.float32), np.zeros((3, 10), np.float32)]))
+    sizes = [int(b.shape[0]) for b in src.sequential(16)]
+    assert sizes == [16, 16, 16, 5]
+
+
+def test_streaming_keeps_a_copy_on_write_memmap_intact(tmp_path):
+    """Pages of a mode='c' memmap are private: releasing them would drop the caller's edits."""
+    path = tmp_path / "y.f32"
+    rows = np.ones((8192, 10), np.float32)
+    rows.tofile(path)
+    mm = np.memmap(path, dtype=np.float32, mode="c", shape=(8192, 10))
+    mm[:2048] = 2.0  # in-memory edits, never written to the file
+    seen = torch.cat(list(ArraySource(mm).sequential(1024)))
+    assert float(seen[:2048].min()) == 2.0 and float(mm[:2048].min()) == 2.0
+
+
+def test_a_source_opened_from_a_path_is_closed(tmp_path):
+    p = tmp_path / "s.ddz"
+    with Writer(p) as w:
+        w.add("y", Y)
+    with opened_source(p, "y") as src:
+        f = src.file
+        assert src.rows == 300
+    with pytest.raises(InvalidInputError, match="closed"):
+        f.get("y")
+    with codec.open(p) as f:  # a DDZFile passed in stays open
+        with opened_source(f, "y"):
+            pass
+        assert f.get("y").shape == (300, 10)

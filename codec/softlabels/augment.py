@@ -306,11 +306,11 @@ def load_fkd_batch(path: str) -> list:
     return [coords, flip, mix_index, lam, bbox, out]
 
 
-def _sampler_ids(epochs_sizes: list[int], *, sampler_seed: int | None, sample_ids, src: str, num_samples: int | None):
-    """Per-epoch ordered sample ids, or None when unknown."""
+def _sampler_ids(epochs: int, *, sampler_seed: int | None, sample_ids, src: str, num_samples: int | None):
+    """Per-epoch ordered sample ids for ``epochs`` epochs, or None when unknown."""
     if sample_ids is not None:
         if callable(sample_ids):
-            return [np.asarray(sample_ids(e), np.int64) for e in range(len(epochs_sizes))]
+            return [np.asarray(sample_ids(e), np.int64) for e in range(epochs)]
         return [np.asarray(x, np.int64) for x in sample_ids]
     js = os.path.join(src, "sampler_indices_epoch.json")
     if os.path.exists(js):  # LPLD writes the image order of every epoch
@@ -320,7 +320,7 @@ def _sampler_ids(epochs_sizes: list[int], *, sampler_seed: int | None, sample_id
             raise InvalidInputError("simulating the sampler needs num_samples")
         g = torch.Generator().manual_seed(int(sampler_seed))
         sampler = torch.utils.data.RandomSampler(range(num_samples), generator=g)
-        return [np.asarray(list(iter(sampler)), np.int64) for _ in epochs_sizes]
+        return [np.asarray(list(iter(sampler)), np.int64) for _ in range(epochs)]
     return None
 
 
@@ -334,10 +334,15 @@ def _read_sampler_json(js: str) -> list[np.ndarray]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{js}: cannot be read as JSON: {exc}") from None
     if isinstance(data, dict):
-        try:
-            data = [data[k] for k in sorted(data, key=lambda k: int(re.sub(r"\D", "", k) or 0))]
-        except ValueError as exc:
-            raise FormatError(f"{js}: epoch keys must be numbers: {exc}") from None
+        epochs = {}
+        for key in data:
+            m = re.fullmatch(r"(?:epoch_?)?(\d+)", key)
+            if m is None:
+                raise FormatError(f"{js}: epoch key {key!r} is not an epoch number (0, 1, ... or epoch_0, ...)")
+            epochs.setdefault(int(m.group(1)), []).append(key)
+        if sorted(epochs) != list(range(len(epochs))) or any(len(v) > 1 for v in epochs.values()):
+            raise FormatError(f"{js}: epoch keys must be 0..E-1, each once; got {sorted(data)[:8]}")
+        data = [data[epochs[e][0]] for e in range(len(epochs))]
     if not isinstance(data, list):
         raise FormatError(f"{js}: expected a list of per-epoch sample-id lists, got {type(data).__name__}")
     out = []
@@ -399,11 +404,7 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
     if getattr(codec, "input", input) != input or getattr(codec, "temperature", temperature) != temperature:
         raise InvalidInputError(f"codec declares input={codec.input!r}, T={codec.temperature}; the import says "
                                 f"input={input!r}, T={temperature}")
-    epochs_sizes = []
-    for e, _, _ in files:
-        if e == len(epochs_sizes):
-            epochs_sizes.append(0)
-    ids = _sampler_ids(epochs_sizes, sampler_seed=sampler_seed, sample_ids=sample_ids, src=src, num_samples=num_samples)
+    ids = _sampler_ids(files[-1][0] + 1, sampler_seed=sampler_seed, sample_ids=sample_ids, src=src, num_samples=num_samples)
     if ids is not None and num_samples is None:
         num_samples = max((int(x.max()) for x in ids if x.size), default=-1) + 1
         if num_samples == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._args import float_arg
 from ..errors import InvalidInputError
 
 
@@ -17,11 +18,12 @@ def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, tau: float
     "none" are also accepted.  ``scale_by_tau2`` multiplies by tau^2 (Hinton et al.'s
     gradient-scale convention, used by SRe2L-style training scripts).
     """
+    if not (isinstance(student_logits, torch.Tensor) and isinstance(target_probs, torch.Tensor)):
+        raise InvalidInputError("kd_loss: student logits and target probabilities must be torch tensors")
     if student_logits.shape != target_probs.shape:
         raise InvalidInputError(f"kd_loss: student logits {tuple(student_logits.shape)} and targets "
                                 f"{tuple(target_probs.shape)} differ in shape")
-    if not tau > 0:
-        raise InvalidInputError(f"kd_loss: tau must be > 0, got {tau}")
+    tau = float_arg("kd_loss: tau", tau, 0, lo_open=True)
     logq = torch.log_softmax(student_logits.float() / tau, dim=-1)
     p = target_probs.float()
     kl = torch.where(p > 0, p * (torch.log(p.clamp_min(1e-45)) - logq), torch.zeros_like(p)).sum(-1)

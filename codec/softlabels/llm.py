@@ -30,9 +30,10 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..codecs.vq import VQCodec, index_bits, index_dtype
+from .._args import float_arg, parse_device
+from ..codecs.vq import VQCodec, index_bits, index_dtype, index_dtype_name
 from ..errors import FormatError, InvalidInputError
-from ..format import Writer
+from ..format import DTYPES, Writer
 from .archive import SoftLabelArchive, write_softlabels
 from .sources import IterSource
 
@@ -99,6 +100,7 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
         raise InvalidInputError(f"vocab must be an integer >= 2, got {vocab!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise InvalidInputError(f"k must be in [1, vocab], got {k!r}")
+    temperature = float_arg("temperature", temperature, 0, lo_open=True)
 
     def probs_only():
         for i, s in enumerate(sequences()):
@@ -136,12 +138,12 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
             w.add("llm/seq_labels", np.asarray(seq_labels, np.uint64))
             w.add("llm/prompt_len", np.asarray(prompts, np.uint32))
             T, n = seq_tokens[-1], seq_labels[-1]
-            for name, shape, bits, dt in (("tokens", (T,), vbits, index_dtype(vbits).type), ("loss_mask", (T,), 1, np.uint8),
-                                          ("topk_ids", (n, k), vbits, index_dtype(vbits).type)):
+            for name, shape, bits, dname in (("tokens", (T,), vbits, index_dtype_name(vbits)), ("loss_mask", (T,), 1, "u8"),
+                                             ("topk_ids", (n, k), vbits, index_dtype_name(vbits))):
+                dt = DTYPES[dname]
                 arr = np.memmap(spills[name].name, dtype=dt, mode="r", shape=shape) if T and (name != "topk_ids" or n) else np.zeros(shape, dt)
                 z = ids_zstd if name == "topk_ids" else None
                 b = None if z is not None else bits
-                dname = {np.uint8: "u8", np.uint16: "u16", np.uint32: "u32"}[dt]
                 with w.section(f"llm/{name}", dname, shape[1:], bits=b, zstd=z) as sec:
                     step = 1 << 20
                     for s0 in range(0, shape[0], step):
@@ -221,7 +223,7 @@ class LLMArchive(SoftLabelArchive):
             if a.size and int(a.max()) >= self.vocab:
                 raise FormatError(f"{self.path}: sequence {i}: llm/{nm} holds id {int(a.max())} >= vocab {self.vocab}",
                                   section=f"llm/{nm}")
-        dev = torch.device(device) if device is not None else self.device
+        dev = parse_device(device) if device is not None else self.device
         return {"tokens": tokens, "loss_mask": mask, "prompt_len": int(self.prompt_len[i]),
                 "positions": torch.nonzero(mask).flatten(),
                 "topk_ids": torch.from_numpy(np.asarray(ids).astype(np.int64)).to(dev),
@@ -236,6 +238,7 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_prob
         raise InvalidInputError("student logits (n, V), top-k ids (n, k) and probs (n, k) must agree")
     if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= student_logits.shape[-1]):
         raise InvalidInputError(f"top-k ids outside the student's vocabulary [0, {student_logits.shape[-1]})")
+    tau = float_arg("topk_kd_loss: tau", tau, 0, lo_open=True)
     logq = torch.log_softmax(student_logits.float() / tau, dim=-1).gather(1, topk_ids.long())
     p = topk_probs.float()
     return (p * (torch.log(p.clamp_min(1e-45)) - logq)).sum(1).mean()

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..codecs.vq import nearest_code
-from ..codecs.vq import VQCodec, to_probs
+from .._args import float_arg, int_arg, parse_device
+from ..codecs.vq import VQCodec, nearest_code, to_probs
 from ..errors import InvalidInputError
-from .sources import Source, as_source
+from .sources import opened_source
 
 
 @dataclass
@@ -122,94 +122,102 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
     ``temperature`` declare what the rows are (probabilities, or logits to which
     ``softmax(z / temperature)`` is applied).  Deterministic for a given ``seed`` on CPU.
     """
-    src: Source = as_source(data, section)
-    C = src.classes
-    codec = VQCodec(C, dh, dc, k, eps=eps, input=input, temperature=temperature, param_dtype=param_dtype,
-                    entropy=entropy, store_encoder=store_encoder)
-    if init not in ("pca", "pca_rot", "random"):
-        raise InvalidInputError(f"init must be 'pca', 'pca_rot' or 'random', got {init!r}")
-    if epochs < 0 or batch_size <= 0:
-        raise InvalidInputError("epochs must be >= 0 and batch_size > 0")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    gen = torch.Generator().manual_seed(int(seed))
-    log = log if log is not None else TrainLog()
-    m = dh // dc
+    with opened_source(data, section) as src:
+        C = src.classes
+        codec = VQCodec(C, dh, dc, k, eps=eps, input=input, temperature=temperature, param_dtype=param_dtype,
+                        entropy=entropy, store_encoder=store_encoder)
+        if init not in ("pca", "pca_rot", "random"):
+            raise InvalidInputError(f"train_vq: init must be 'pca', 'pca_rot' or 'random', got {init!r}")
+        epochs, batch_size = int_arg("train_vq: epochs", epochs, 0), int_arg("train_vq: batch_size", batch_size, 1)
+        max_steps = None if max_steps is None else int_arg("train_vq: max_steps", max_steps, 0)
+        init_sample = int_arg("train_vq: init_sample", init_sample, 1)
+        kmeans_iters = int_arg("train_vq: kmeans_iters", kmeans_iters, 0)
+        dead_window = int_arg("train_vq: dead_window", dead_window, 0)
+        seed = int_arg("train_vq: seed", seed, 0, 2**64 - 1)
+        lr = float_arg("train_vq: lr", lr, 0, lo_open=True)
+        alpha, beta = float_arg("train_vq: alpha", alpha, 0), float_arg("train_vq: beta", beta, 0)
+        if not isinstance(straight_through, bool):
+            raise InvalidInputError(f"train_vq: straight_through must be True or False, got {straight_through!r}")
+        dev = parse_device(device)
+        gen = torch.Generator().manual_seed(seed)
+        log = log if log is not None else TrainLog()
+        m = dh // dc
 
-    # -- initialisation --------------------------------------------------------------------------
-    ys = to_probs(src.sample(init_sample, gen), input, temperature, classes=C)
-    if init == "random":
-        P = torch.randn(C, dh, generator=gen) / math.sqrt(C)
-    else:
-        P = _init_projection(ys, dh, init == "pca_rot", gen)
-    D = P.T.contiguous().clone()
-    segs = (ys @ P).reshape(-1, dc)
-    if segs.shape[0] > 65536:
-        segs = segs[torch.randperm(segs.shape[0], generator=gen)[:65536]]
-    cb = lloyd(segs, kmeans_pp(segs, k, gen), kmeans_iters)
+        # -- initialisation --------------------------------------------------------------------------
+        ys = to_probs(src.sample(init_sample, gen), input, temperature, classes=C)
+        if init == "random":
+            P = torch.randn(C, dh, generator=gen) / math.sqrt(C)
+        else:
+            P = _init_projection(ys, dh, init == "pca_rot", gen)
+        D = P.T.contiguous().clone()
+        segs = (ys @ P).reshape(-1, dc)
+        if segs.shape[0] > 65536:
+            segs = segs[torch.randperm(segs.shape[0], generator=gen)[:65536]]
+        cb = lloyd(segs, kmeans_pp(segs, k, gen), kmeans_iters)
 
-    P = torch.nn.Parameter(P.to(dev))
-    D = torch.nn.Parameter(D.to(dev))
-    mu = torch.nn.Parameter(cb.to(dev))
-    opt = torch.optim.Adam([P, D, mu], lr=lr)
-    usage = torch.zeros(k, dtype=torch.int64, device=dev)
-    total = None
-    if src.rows is not None:
-        total = epochs * ((src.rows + batch_size - 1) // batch_size)
-        if max_steps is not None:
-            total = min(total, max_steps)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        P = torch.nn.Parameter(P.to(dev))
+        D = torch.nn.Parameter(D.to(dev))
+        mu = torch.nn.Parameter(cb.to(dev))
+        opt = torch.optim.Adam([P, D, mu], lr=lr)
+        usage = torch.zeros(k, dtype=torch.int64, device=dev)
+        total = None
+        if src.rows is not None:
+            total = epochs * ((src.rows + batch_size - 1) // batch_size)
+            if max_steps is not None:
+                total = min(total, max_steps)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="train vq", unit="batch", leave=False)
-    step = 0
-    try:
-        for _ in range(epochs):
-            for batch in src.batches(batch_size, gen):
+            bar = tqdm(total=total, desc="train vq", unit="batch", leave=False)
+        step = 0
+        try:
+            for _ in range(epochs):
+                for batch in src.batches(batch_size, gen):
+                    if max_steps is not None and step >= max_steps:
+                        break
+                    y = to_probs(batch, input, temperature, classes=C).to(dev)
+                    h = (y @ P).reshape(-1, dc)
+                    with torch.no_grad():
+                        q = nearest_code(h.detach(), mu.detach())
+                        usage += torch.bincount(q, minlength=k)
+                    muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
+                    loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    if dead_window and step % dead_window == 0:
+                        with torch.no_grad():
+                            dead = (usage == 0).nonzero().flatten()
+                            if dead.numel():
+                                pick = torch.randint(h.shape[0], (dead.numel(),), generator=gen).to(dev)
+                                mu.data[dead] = h.detach()[pick]
+                                log.reseeded += int(dead.numel())
+                            usage.zero_()
+                    if step % 10 == 0 or step == 1:
+                        log.losses.append((step, float(loss.detach()), float(l_rec.detach()), float(l_vq.detach())))
+                    if bar is not None:
+                        bar.update(1)
+                        if step % 10 == 0:
+                            bar.set_postfix(rec=f"{float(l_rec.detach()):.3g}", vq=f"{float(l_vq.detach()):.3g}")
                 if max_steps is not None and step >= max_steps:
                     break
-                y = to_probs(batch, input, temperature, classes=C).to(dev)
-                h = (y @ P).reshape(-1, dc)
-                with torch.no_grad():
-                    q = nearest_code(h.detach(), mu.detach())
-                    usage += torch.bincount(q, minlength=k)
-                muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
-                loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                if dead_window and step % dead_window == 0:
-                    with torch.no_grad():
-                        dead = (usage == 0).nonzero().flatten()
-                        if dead.numel():
-                            pick = torch.randint(h.shape[0], (dead.numel(),), generator=gen).to(dev)
-                            mu.data[dead] = h.detach()[pick]
-                            log.reseeded += int(dead.numel())
-                        usage.zero_()
-                if step % 10 == 0 or step == 1:
-                    log.losses.append((step, float(loss.detach()), float(l_rec.detach()), float(l_vq.detach())))
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0:
-                        bar.set_postfix(rec=f"{float(l_rec.detach()):.3g}", vq=f"{float(l_vq.detach()):.3g}")
-            if max_steps is not None and step >= max_steps:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    log.steps = step
-    # order codes by how often the init sample uses them (most used first): the decoded labels
-    # do not change, but small indices become frequent, which the entropy-coded index stream
-    # (zstd over byte planes) turns into fewer bits per index.
-    with torch.no_grad():
-        Pc, muc = P.detach().cpu(), mu.detach().cpu()
-        q = nearest_code((ys @ Pc).reshape(-1, dc), muc)
-        cnt = torch.bincount(q, minlength=k)
-        order = torch.sort(-cnt, stable=True).indices
-        muc = muc[order].contiguous()
-        log.usage = cnt[order]
-    codec.set_params(encoder=Pc, decoder=D.detach().cpu(), codebook=muc)
-    codec.rounded()
-    codec.train_log = log
-    return codec
+        finally:
+            if bar is not None:
+                bar.close()
+        log.steps = step
+        # order codes by how often the init sample uses them (most used first): the decoded labels
+        # do not change, but small indices become frequent, which the entropy-coded index stream
+        # (zstd over byte planes) turns into fewer bits per index.
+        with torch.no_grad():
+            Pc, muc = P.detach().cpu(), mu.detach().cpu()
+            q = nearest_code((ys @ Pc).reshape(-1, dc), muc)
+            cnt = torch.bincount(q, minlength=k)
+            order = torch.sort(-cnt, stable=True).indices
+            muc = muc[order].contiguous()
+            log.usage = cnt[order]
+        codec.set_params(encoder=Pc, decoder=D.detach().cpu(), codebook=muc)
+        codec.rounded()
+        codec.train_log = log
+        return codec
