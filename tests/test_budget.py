@@ -144,6 +144,13 @@ def test_attribution_rows_sum_to_file_size(tmp_path_factory, n, k, dc, m, entrop
         assert idx.formula_bytes == pytest.approx(n * m * math.log2(k) / 8)
         assert idx.bytes == math.ceil(n * m * max(1, (k - 1).bit_length()) / 8)
         assert "S12 batch data" in idx.term
+    elif n:  # the low plane's formula value and difference cover both planes
+        lo, hi = byname["labels/indices_lo"], byname.get("labels/indices_hi")
+        planes = lo.bytes + (hi.bytes if hi else 0)
+        assert lo.formula_bytes == pytest.approx(n * m * math.log2(k) / 8)
+        assert f"both planes: {planes:,} B = {8 * planes / (n * m):.3f} bits per index" in lo.note
+        assert f"actual - formula = {planes - lo.formula_bytes:+,.1f} B (both planes)" in lo.note
+        assert (hi is None) == (k <= 256)
     assert byname["labels/decoder"].formula_bytes == C * dc * m * 4 == byname["labels/decoder"].bytes
     assert byname["labels/codebook"].formula_bytes == k * dc * 4
 
@@ -181,3 +188,4 @@ def test_attribution_of_tucker_sections_uses_fp32_floats(tmp_path):
     assert sum(r.bytes for r in rows.values()) == (tmp_path / "t.ddz").stat().st_size
     for section in parts.values():
         assert rows[section].formula_bytes == 2 * rows[section].bytes and "HOSVD" in rows[section].term
+        assert "stored f16 (formula counts fp32" in rows[section].note

@@ -212,7 +212,9 @@ class Row:
 
 
 _TERMS = {
-    "vq": {"indices": ("S12 batch data: n*(dh/dc)*log2(k)/8", "idx"), "indices_lo": ("S12 batch data, entropy-coded (low byte plane; the formula value covers both planes)", "idx_lo"),
+    "vq": {"indices": ("S12 batch data: n*(dh/dc)*log2(k)/8", "idx"),
+           "indices_lo": ("S12 batch data, entropy-coded (low byte plane; the formula value and its difference "
+                          "cover both planes)", "idx_lo"),
            "indices_hi": ("S12 batch data, entropy-coded (high bits plane; formula value on indices_lo)", None),
            "decoder": ("S12 decoder: C*dh*4", "dec"), "codebook": ("S12 codebook: k*dc*4", "cb"),
            "encoder": ("encoder P (not in S12; kept to encode more labels)", None)},
@@ -261,7 +263,9 @@ def _formula_for(codec, part: str, n: int, elems: int = 0) -> float | None:
     return None
 
 
-def _explain(info, formula: float | None, actual: int, codec, part: str | None) -> str:
+def _explain(info, formula: float | None, actual: int, codec, part: str | None, planes: int | None = None) -> str:
+    """Notes on one section's bytes.  ``planes``: for an entropy-coded VQ low plane, the bytes
+    of both index planes, which its formula value is compared with."""
     cid = codec.codec_id if codec is not None else None
     notes = []
     count = math.prod(info.shape) if info.shape else 1
@@ -282,9 +286,16 @@ def _explain(info, formula: float | None, actual: int, codec, part: str | None) 
     if formula is not None and codec is not None:
         if cid == "vq" and part in ("decoder", "codebook") and codec.param_dtype == "f16":
             notes.append("stored fp16 (formula counts fp32, 4 B/value)")
+        if cid == "tucker" and codec.dtype != "f32":
+            notes.append(f"stored {codec.dtype} (formula counts fp32, 4 B/value)")
+    if planes is not None:
+        count = math.prod(info.shape) if info.shape else 1
+        notes.append(f"both planes: {planes:,} B = {8 * planes / max(1, count):.3f} bits per index "
+                     f"(bit-packed: {codec.bits}, formula log2({codec.k}) = {math.log2(codec.k):.3f})")
+        actual = planes
     if formula is not None:
         d = actual - formula
-        notes.append(f"actual - formula = {d:+,.1f} B")
+        notes.append(f"actual - formula = {d:+,.1f} B" + (" (both planes)" if planes is not None else ""))
     return "; ".join(notes)
 
 
@@ -310,7 +321,7 @@ def attribute(path: str | os.PathLike) -> list[Row]:
         for oname, obj in f.objects.items():
             cfg = obj.get("codec", {}) if isinstance(obj, dict) else {}
             for part, sec in obj.get("sections", {}).items():
-                owner[sec] = (oname, part, cfg)
+                owner[sec] = (oname, part, cfg, obj["sections"])
         meta = f.metadata if isinstance(f.metadata, dict) else {}
         from ..format.layout import PREAMBLE_SIZE
 
@@ -322,9 +333,9 @@ def attribute(path: str | os.PathLike) -> list[Row]:
                                 f"container overhead: zero bytes aligning to {f.alignment} B", offset=pos))
             elif info.offset < pos:
                 raise DDZError(f"section {info.name!r} overlaps the previous one", section=info.name, offset=info.offset)
-            term, formula, codec, part = "", None, None, None
+            term, formula, codec, part, planes = "", None, None, None, None
             if info.name in owner:
-                oname, part, cfg = owner[info.name]
+                oname, part, cfg, secs = owner[info.name]
                 codec, err = _codec_for(cfg)
                 cid = cfg.get("id") if isinstance(cfg, dict) else None
                 key = "factor" if cid == "tucker" and str(part).startswith("factor_") else part
@@ -340,6 +351,9 @@ def attribute(path: str | os.PathLike) -> list[Row]:
                                                    math.prod(info.shape))
                         except DDZError as exc:
                             term = f"object {oname!r}: no formula value ({exc})"
+                    if part == "indices_lo" and codec.codec_id == "vq":
+                        hi = secs.get("indices_hi")
+                        planes = info.length + (f.info(hi).length if isinstance(hi, str) and hi in f else 0)
                 else:
                     term = f"object {oname!r} ({cid}) part {part!r}"
             elif info.name.startswith(("aug/", "augment/")):
@@ -349,7 +363,7 @@ def attribute(path: str | os.PathLike) -> list[Row]:
             else:
                 term = "plain section (no formula term)"
             rows.append(Row("section", info.name, info.length, term, formula,
-                            _explain(info, formula, info.length, codec, part), info.offset))
+                            _explain(info, formula, info.length, codec, part, planes), info.offset))
             pos = info.offset + info.length
         if f.header_offset > pos:
             rows.append(Row("padding", "padding before header", f.header_offset - pos, "container overhead", offset=pos))

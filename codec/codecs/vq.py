@@ -429,8 +429,9 @@ class VQCodec(SoftLabelCodec):
 # -- entropy-coded index stream ------------------------------------------------------------------
 def entropy_index_parts(idx: np.ndarray, bits: int, level: int = 19) -> dict[str, Part]:
     """Indices as byte planes compressed by zstd: ``indices_lo`` (low 8 bits) and, for
-    bits > 8, ``indices_hi`` (the remaining bits).  zstd's Huffman literal stage codes each
-    plane at roughly its order-0 entropy."""
+    bits > 8, ``indices_hi`` (the remaining bits).  zstd's Huffman literals exploit the skewed
+    code usage and its matches repeated index patterns, so a plane can go below its order-0
+    entropy (README: 7.2 bits per 9-bit index where the order-0 entropy is 8.2)."""
     idx = np.ascontiguousarray(idx)
     lo = (idx & 0xFF).astype(np.uint8)
     parts = {"indices_lo": Part(lo, zstd=level)}

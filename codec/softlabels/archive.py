@@ -157,6 +157,8 @@ class SoftLabelArchive:
     The file is opened lazily on first use (and re-opened in each process after a fork), so
     an instance can be handed to DataLoader workers.  ``device`` picks where decoding runs
     (the same torch code on CPU and CUDA); ``dtype=torch.bfloat16`` runs VQ's matmul in bf16.
+    Bit-packed and raw row parts decode only the rows asked for; a zstd (entropy-coded) row
+    part is one stream, decoded whole on first use and kept.
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, *, device: Any = None,
