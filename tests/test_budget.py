@@ -189,3 +189,13 @@ def test_attribution_of_tucker_sections_uses_fp32_floats(tmp_path):
     for section in parts.values():
         assert rows[section].formula_bytes == 2 * rows[section].bytes and "HOSVD" in rows[section].term
         assert "stored f16 (formula counts fp32" in rows[section].note
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet():
+    import subprocess
+    import sys
+
+    specs = " ".join(f"--codec topk:k={k}" for k in range(1, 1000))
+    p = subprocess.run(f"{sys.executable} -m codec.cli budget plan --ipc 10 --classes 1000 --epochs 300 {specs} | head -c 20",
+                       shell=True, capture_output=True, text=True, timeout=120)
+    assert p.stdout == "IPC 10, 1000 classes" and "Traceback" not in p.stderr and "Error" not in p.stderr

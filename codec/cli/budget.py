@@ -60,11 +60,17 @@ def _table(hdr: str, lines) -> None:
 
 
 def _mib(b: float) -> str:
-    return f"{b / 1024**2:,.3f}"
+    """A table cell in the MiB column (the unit is in the header)."""
+    from ..budget import MiB
+
+    return f"{b / MiB:,.3f}"
 
 
 def _gib(b: float) -> str:
-    return f"{b / 1024**3:,.4f}"
+    """A table cell in the GiB column."""
+    from ..budget import GiB
+
+    return f"{b / GiB:,.4f}"
 
 
 def run(args: argparse.Namespace) -> int:
