@@ -65,18 +65,19 @@ def test_block_shape_fits_the_register_file():
         assert dc * H * S * 4 <= 40 * 1024 or S == 16  # the tile stays near L1 size
 
 
+def _compiled_tile(dc):
+    """The production kernel's per-tile function for ``dc``, compiled by one call."""
+    K.nearest_kernel(dc)(np.zeros((1, dc), np.float32), *K.prep_codebook(np.ones((6, dc), np.float32)), np.empty(1, np.int32))
+    return inspect.getclosurevars(K.nearest_kernel(dc).py_func).nonlocals["tile"]
+
+
 def test_tile_uses_512_bit_vectors_where_the_target_has_avx512():
     """LLVM's Intel server tuning prefers 256-bit vectors unless told otherwise (1.4-1.8x slower)."""
     if not K._wide_vectors():
         pytest.skip("numba does not target AVX-512 here")
-    shape = K.block_shape(5)
-    tile = K._tile(5, shape)
-    x = np.zeros((shape[0] * shape[2], 5), np.float32)
-    cb, bias = K.prep_codebook(np.ones((7, 5), np.float32), shape)
-    tile(x, 0, x.shape[0], cb, bias, np.empty(x.shape[0], np.int32))
-    (asm,) = tile.inspect_asm().values()
-    assert 'prefer-vector-width"="512"' in next(iter(tile.inspect_llvm().values()))
-    fmas = [line for line in asm.splitlines() if "vfmadd" in line]
+    tile = _compiled_tile(5)
+    assert 'prefer-vector-width"="512"' in "\n".join(tile.inspect_llvm().values())
+    fmas = [line for line in "\n".join(tile.inspect_asm().values()).splitlines() if "vfmadd" in line]
     assert sum("zmm" in line for line in fmas) > 0.9 * len(fmas) > 0
 
 
@@ -125,9 +126,7 @@ def test_non_finite_rows_get_minus_one(dc):
 def test_the_inner_loop_is_vectorised():
     """LLVM silently leaves the loop scalar when it cannot prove the accesses independent (8x
     slower, still correct): packed FMAs must appear in the tile function's machine code."""
-    K.nearest_kernel(25)(np.zeros((1, 25), np.float32), *K.prep_codebook(np.ones((6, 25), np.float32)), np.empty(1, np.int32))
-    tile = inspect.getclosurevars(K.nearest_kernel(25).py_func).nonlocals["tile"]
-    asm = "\n".join(tile.inspect_asm().values())
+    asm = "\n".join(_compiled_tile(25).inspect_asm().values())
     packed = sum(1 for line in asm.splitlines() if "vfmadd" in line and "ps" in line.split()[0] and ("mm" in line))
     scalar = sum(1 for line in asm.splitlines() if "vfmadd" in line and line.split()[0].endswith("ss"))
     H, Q, _ = K.block_shape(25)

@@ -149,15 +149,10 @@ def _tile_source(dc: int, shape: tuple[int, int, int]) -> str:
     return "\n".join(L)
 
 
-def _tile(dc: int, shape: tuple[int, int, int]) -> Callable:
-    """The per-tile numba function (not yet compiled: numba compiles at the first call)."""
+def _compile(dc: int, shape: tuple[int, int, int]) -> Callable:
     ns: dict[str, Any] = {"np": np, "prefer_512_bit_vectors": _prefer_512_bit_vectors}
     exec(compile(_tile_source(dc, shape), f"<ddz nearest-code tile dc={dc}>", "exec"), ns)  # noqa: S102 - generated from integers only
-    return _nb.njit(boundscheck=False, fastmath={"contract"})(ns["tile"])
-
-
-def _compile(dc: int, shape: tuple[int, int, int]) -> Callable:
-    tile = _tile(dc, shape)
+    tile = _nb.njit(boundscheck=False, fastmath={"contract"})(ns["tile"])
     T = shape[0] * shape[2]
 
     def kern(x, cb, bias, out):
