@@ -18,7 +18,7 @@ cores of the reference machine) before anything is timed.
 
 Run: ``pytest benches/bench_vq.py --benchmark-only -s``.  Sizes: ``DDZ_BENCH_VQ_N`` (vectors for 1,
 default 1,000,000), ``DDZ_BENCH_VQ_DECODE_N`` (rows for 2, default 100,000),
-``DDZ_BENCH_VQ_ENCODE_ROWS`` (rows for 3, default 200,000; the full run used 3,000,000).
+``DDZ_BENCH_VQ_ENCODE_ROWS`` (rows for 3, default 3,000,000: the floor's size; a 6 GB temp file).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
 
 N = int(os.environ.get("DDZ_BENCH_VQ_N", 1_000_000))
 DEC_N = int(os.environ.get("DDZ_BENCH_VQ_DECODE_N", 100_000))
-ENC_ROWS = int(os.environ.get("DDZ_BENCH_VQ_ENCODE_ROWS", 200_000))
+ENC_ROWS = int(os.environ.get("DDZ_BENCH_VQ_ENCODE_ROWS", 3_000_000))
 ROUNDS = int(os.environ.get("DDZ_BENCH_VQ_ROUNDS", 5))
 CONFIGS = [(5, 1024), (25, 512), (50, 128), (100, 64)]
 T_ASSIGN = f"VQ nearest-code assignment, N={N:,} float32 vectors, {THREADS} threads (interleaved medians of {ROUNDS})"

@@ -335,7 +335,7 @@ def llm_extra(seed, log, tmpdir, sequences=200, length=256, V=50257, K=20):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sets (for a smoke run)")
-    ap.add_argument("--views", type=int, default=100, help="views per digits image")
+    ap.add_argument("--views", type=int, default=300, help="views per digits image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write all rows to this file")
     args = ap.parse_args(argv)
