@@ -72,7 +72,7 @@ def _compiled_tile(dc):
 
 
 def test_tile_uses_512_bit_vectors_where_the_target_has_avx512():
-    """LLVM's Intel server tuning prefers 256-bit vectors unless told otherwise (1.4-1.8x slower)."""
+    """LLVM's Intel server tuning prefers 256-bit vectors unless told otherwise (1.2-1.8x slower)."""
     if not K._wide_vectors():
         pytest.skip("numba does not target AVX-512 here")
     tile = _compiled_tile(5)

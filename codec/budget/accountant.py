@@ -289,7 +289,6 @@ def _explain(info, formula: float | None, actual: int, codec, part: str | None, 
         if cid == "tucker" and codec.dtype != "f32":
             notes.append(f"stored {codec.dtype} (formula counts fp32, 4 B/value)")
     if planes is not None:
-        count = math.prod(info.shape) if info.shape else 1
         notes.append(f"both planes: {planes:,} B = {8 * planes / max(1, count):.3f} bits per index "
                      f"(bit-packed: {codec.bits}, formula log2({codec.k}) = {math.log2(codec.k):.3f})")
         actual = planes

@@ -15,7 +15,7 @@ argmax fused in, so no (n, k) score matrix is ever written.
 * The inner loop runs over ``S`` rows and is vectorised by LLVM (16 fp32 lanes with AVX-512).
   The tile function carries LLVM's ``"prefer-vector-width"="512"``: LLVM's tuning for Intel
   server cores (Skylake-SP to Emerald Rapids) otherwise prefers 256-bit vectors, which on an
-  Emerald Rapids host ran 1.4-1.8x slower (medians of 9 at 1M rows, 2 threads: 112 -> 77 ms
+  Emerald Rapids host ran 1.2-1.8x slower (medians of 9 at 1M rows, 2 threads: 112 -> 77 ms
   at (5, 1024), 294 -> 237 ms at (25, 512), 257 -> 143 ms at (100, 64)).  Without AVX-512
   LLVM caps the width at the widest legal vector, so the attribute is harmless there.
   Each iteration updates ``H`` row streams (``r``, ``r + S``, ...) against ``Q`` codes: ``H x Q``
