@@ -186,10 +186,11 @@ def as_tensor(x: Any, name: str = "input") -> torch.Tensor:
 
 
 def finite(t: torch.Tensor, what: str) -> torch.Tensor:
-    """``t`` unchanged, or InvalidInputError when it holds a NaN or an infinity (a stored
-    part that would decode to NaN probabilities)."""
+    """``t`` unchanged, or InvalidInputError (naming the first bad row of a 2-D ``t``) when it
+    holds a NaN or an infinity, e.g. a stored part that would decode to NaN probabilities."""
     if t.is_floating_point() and not torch.isfinite(t).all():
-        raise InvalidInputError(f"{what} holds NaN or infinite values")
+        row = f" (row {int((~torch.isfinite(t)).any(1).nonzero()[0, 0])})" if t.ndim == 2 else ""
+        raise InvalidInputError(f"{what} holds NaN or infinite values{row}")
     return t
 
 
@@ -211,10 +212,8 @@ def to_probs(x: Any, input: str = "probs", temperature: float = 1.0, *, classes:
     t = t.to(torch.float32)
     if input == "logits":
         t = torch.softmax(t / float(temperature), dim=1)
-    if not torch.isfinite(t).all():  # NaN/inf probabilities, or logits with NaN or +inf (softmax gives NaN)
-        row = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
-        raise InvalidInputError(f"soft labels ({input}) hold NaN or infinite values (row {row} of this batch)")
-    return t
+    # NaN/inf probabilities, or logits with NaN or +inf (their softmax is NaN)
+    return finite(t, f"this batch of soft labels ({input})")
 
 
 class RowSpec(tuple):

@@ -334,15 +334,16 @@ def _read_sampler_json(js: str) -> list[np.ndarray]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{js}: cannot be read as JSON: {exc}") from None
     if isinstance(data, dict):
-        epochs = {}
+        epoch = {}
         for key in data:
             m = re.fullmatch(r"(?:epoch_?)?(\d+)", key)
             if m is None:
                 raise FormatError(f"{js}: epoch key {key!r} is not an epoch number (0, 1, ... or epoch_0, ...)")
-            epochs.setdefault(int(m.group(1)), []).append(key)
-        if sorted(epochs) != list(range(len(epochs))) or any(len(v) > 1 for v in epochs.values()):
+            epoch[key] = int(m.group(1))
+        order = sorted(data, key=epoch.get)
+        if [epoch[k] for k in order] != list(range(len(order))):
             raise FormatError(f"{js}: epoch keys must be 0..E-1, each once; got {sorted(data)[:8]}")
-        data = [data[epochs[e][0]] for e in range(len(epochs))]
+        data = [data[k] for k in order]
     if not isinstance(data, list):
         raise FormatError(f"{js}: expected a list of per-epoch sample-id lists, got {type(data).__name__}")
     out = []
