@@ -148,8 +148,8 @@ def test_attribution_rows_sum_to_file_size(tmp_path_factory, n, k, dc, m, entrop
         lo, hi = byname["labels/indices_lo"], byname.get("labels/indices_hi")
         planes = lo.bytes + (hi.bytes if hi else 0)
         assert lo.formula_bytes == pytest.approx(n * m * math.log2(k) / 8)
-        assert f"both planes: {planes:,} B = {8 * planes / (n * m):.3f} bits per index" in lo.note
-        assert f"actual - formula = {planes - lo.formula_bytes:+,.1f} B (both planes)" in lo.note
+        assert f"term total (indices_lo{' + indices_hi' if hi else ''}): {planes:,} B = {8 * planes / (n * m):.3f} bits per value" in lo.note
+        assert f"actual - formula = {planes - lo.formula_bytes:+,.1f} B (term total)" in lo.note
         assert (hi is None) == (k <= 256)
     assert byname["labels/decoder"].formula_bytes == C * dc * m * 4 == byname["labels/decoder"].bytes
     assert byname["labels/codebook"].formula_bytes == k * dc * 4
@@ -188,7 +188,7 @@ def test_attribution_of_tucker_sections_uses_fp32_floats(tmp_path):
     assert sum(r.bytes for r in rows.values()) == (tmp_path / "t.ddz").stat().st_size
     for section in parts.values():
         assert rows[section].formula_bytes == 2 * rows[section].bytes and "HOSVD" in rows[section].term
-        assert "stored f16 (formula counts fp32" in rows[section].note
+        assert "stored f16 (formula counts f32, 4 B/value)" in rows[section].note
 
 
 def test_cli_output_into_a_closed_pipe_is_quiet():

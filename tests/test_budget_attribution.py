@@ -12,7 +12,7 @@ import torch
 
 from codec import budget as B
 from codec.cli import main
-from codec.softlabels import LPLDCodec, PCACodec, QuantCodec, TopKCodec, open_archive, save_softlabels
+from codec.softlabels import LPLDCodec, PCACodec, QuantCodec, TopKCodec, fit, open_archive, save_softlabels
 from codec.softlabels.augment import BatchRecord, write_replay_archive
 from codec.softlabels.llm import write_llm_archive
 
@@ -28,7 +28,7 @@ def _rows(p):
 
 @pytest.mark.parametrize("kind", ["topk", "pca", "quant", "lpld"])
 def test_baseline_files_attribute_to_their_formula(tmp_path, kind, capsys):
-    cod = {"topk": lambda: TopKCodec(C, 3), "pca": lambda: PCACodec(C, 4).fit(Y), "quant": lambda: QuantCodec(C, 4).fit(Y),
+    cod = {"topk": lambda: TopKCodec(C, 3), "pca": lambda: fit(PCACodec(C, 4), Y), "quant": lambda: fit(QuantCodec(C, 4), Y),
            "lpld": lambda: LPLDCodec(C)}[kind]()
     p = tmp_path / f"{kind}.ddz"
     save_softlabels(p, cod, Y)
@@ -62,7 +62,7 @@ def test_replay_file_attributes_aug_sections(tmp_path):
     write_replay_archive(p, TopKCodec(C, 2, input="logits"), recs, classes=C)
     r = _rows(p)
     aug = [v for k, v in r.items() if k.startswith("aug/")]
-    assert len(aug) >= 8 and all("augmentation records" in v.term for v in aug)
+    assert len(aug) >= 8 and all(v.term == "plain section of group 'aug' (in no formula)" for v in aug)
 
 
 def test_llm_file_attributes_llm_sections(tmp_path):
@@ -73,7 +73,7 @@ def test_llm_file_attributes_llm_sections(tmp_path):
     write_llm_archive(p, lambda: seqs, vocab=300, k=4, vq={"dh": 4, "dc": 2, "k": 4, "epochs": 1, "batch_size": 8,
                                                              "progress": False})
     r = _rows(p)
-    assert all("LLM per-sequence" in v.term for k, v in r.items() if k.startswith("llm/"))
+    assert all(v.term == "plain section of group 'llm' (in no formula)" for k, v in r.items() if k.startswith("llm/"))
     assert "S12" in r["llm_values/indices"].term
 
 

@@ -78,7 +78,8 @@ def test_state_dict_codec_roundtrip_and_manifest(tmp_path):
     g = torch.Generator().manual_seed(0)
     sd = {"conv.weight": torch.randn(8, 3, 3, 3, generator=g), "conv.bias": torch.randn(8, generator=g),
           "lin.weight": torch.randn(5, 8, generator=g), "norm.weight": torch.ones(8)}
-    c = Int8StateDictCodec(quantize={"conv.weight": 0, "lin.weight": 0}, model={"note": "opaque"})
+    c = Int8StateDictCodec.for_state_dict({k: v.shape for k, v in sd.items()}, {"conv.weight": 0, "lin.weight": 0},
+                                          model={"note": "opaque"})
     with codec.Writer(tmp_path / "s.ddz") as w:
         write_object(w, "m", c, sd)
     with codec.open(tmp_path / "s.ddz") as f:
@@ -96,7 +97,7 @@ def test_state_dict_codec_roundtrip_and_manifest(tmp_path):
 def test_state_dict_codec_rejects_corrupt_manifest(tmp_path):
     sd = {"w": torch.randn(4, 4), "b": torch.randn(4)}
     with codec.Writer(tmp_path / "s.ddz") as w:
-        write_object(w, "m", Int8StateDictCodec(quantize={"w": 0}), sd)
+        write_object(w, "m", Int8StateDictCodec.for_state_dict({k: v.shape for k, v in sd.items()}, {"w": 0}), sd)
     with codec.open(tmp_path / "s.ddz") as f:
         cfg = dict(f.objects["m"]["codec"])
         parts = {p: f.get(s, framework="torch") for p, s in f.objects["m"]["sections"].items()}
@@ -104,12 +105,16 @@ def test_state_dict_codec_rejects_corrupt_manifest(tmp_path):
     with pytest.raises(InvalidInputError):
         codec_from_config(cfg).decode(parts)
     with pytest.raises(InvalidInputError):
-        Int8StateDictCodec(quantize={"missing": 0}).encode(sd)
+        Int8StateDictCodec.for_state_dict({k: v.shape for k, v in sd.items()}, {"missing": 0})
+    with pytest.raises(InvalidInputError, match="shape"):  # the manifest fixes what encode accepts
+        codec_from_config({**cfg, "tensors": [["w", [4, 4], "q", 0], ["b", [4], "f"]]}).encode({**sd, "b": torch.ones(5)})
+    with pytest.raises(InvalidInputError, match="manifest"):
+        codec_from_config({**cfg, "tensors": [["w", [4, 4], "q", 0], ["b", [4], "f"]]}).encode({"w": sd["w"]})
 
 
 def _stored_state_parts():
     sd = {"w": torch.randn(4, 4, generator=torch.Generator().manual_seed(1)), "b": torch.randn(4)}
-    c = Int8StateDictCodec(quantize={"w": 0})
+    c = Int8StateDictCodec.for_state_dict({k: v.shape for k, v in sd.items()}, {"w": 0})
     parts = {k: v.array for k, v in c.encode(sd).items()}
     return c.get_config(), parts
 
@@ -125,9 +130,9 @@ def test_malformed_manifest_entries_are_invalid_input(tensors):
 
 
 def test_quantize_map_must_map_names_to_ints():
-    for q in ({"a": "x"}, [1], {"a": 1.5}):
+    for q in ({"a": "x"}, [1], {"a": 1.5}, {"a": 2}):
         with pytest.raises(InvalidInputError):
-            Int8StateDictCodec(quantize=q)
+            Int8StateDictCodec.for_state_dict({"a": (3, 4)}, q)
 
 
 def test_parts_the_config_does_not_use_are_refused():

@@ -16,7 +16,7 @@ from codec.codecs import codec_from_config, read_object, write_object
 from codec.codecs.vq import VQCodec, nearest_code
 from codec.errors import DDZError, InvalidInputError, UnknownCodecError
 from codec.softlabels import (LPLDCodec, PCACodec, QuantCodec, TopKCodec, kd_loss, kl_div, open_archive,
-                              save_softlabels, train_vq)
+                              fit, save_softlabels, train_vq)
 
 C = 24
 
@@ -104,9 +104,9 @@ def _fitted(kind, x):
     if kind == "topk_bucket":
         return TopKCodec(C, 3, missing="bucket", input="logits", temperature=2.0)
     if kind == "pca":
-        return PCACodec(C, 6, input="logits", temperature=2.0).fit(_labels(200, 99))
+        return fit(PCACodec(C, 6, input="logits", temperature=2.0), _labels(200, 99))
     if kind == "quant":
-        return QuantCodec(C, 8, input="logits", temperature=2.0).fit(_labels(200, 99))
+        return fit(QuantCodec(C, 8, input="logits", temperature=2.0), _labels(200, 99))
     return LPLDCodec(C, 1.0, input="logits", temperature=2.0)
 
 

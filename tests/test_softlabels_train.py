@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import codec
+from codec.codecs import codec_from_config
 from codec.errors import InvalidInputError
 from codec.format import Writer
-from codec.softlabels import kd_loss, train_vq
+from codec.softlabels import kd_loss, to_probs, train_vq
 from codec.softlabels.sources import ArraySource, DDZSource, IterSource, opened_source
 from codec.softlabels.train import cache_loss, kmeans_pp
 
@@ -108,8 +109,18 @@ def test_train_vq_rejects_non_finite_labels(input, value):
 def test_minus_inf_logits_are_zero_probabilities():
     z = np.log(Y)
     z[:, 0] = -np.inf  # a masked class
+    y = to_probs(z, "logits")
+    assert bool((y[:, 0] == 0).all()) and bool(torch.isfinite(y).all())
+    torch.testing.assert_close(y.sum(1), torch.ones(len(y)))
     c = train_vq(z, dh=10, dc=5, k=8, progress=False, input="logits", max_steps=3)
-    assert c.trained
+    assert c.fitted and all(bool(torch.isfinite(getattr(c, p)).all()) for p in ("encoder", "decoder", "codebook"))
+    # the logits encode exactly as their probabilities (class 0 at 0) do with the same parameters
+    as_probs = codec_from_config({**c.get_config(), "input": "probs"})
+    as_probs.set_params(encoder=c.encoder, decoder=c.decoder, codebook=c.codebook)
+    assert np.array_equal(c.encode_indices(z), as_probs.encode_indices(y))
+    rec = c.reconstruct(z)
+    assert bool(torch.isfinite(rec).all()) and bool((rec > 0).all())
+    torch.testing.assert_close(rec.sum(1), torch.ones(len(y)))
 
 
 def test_kd_loss_rejects_bad_tau_and_inputs():

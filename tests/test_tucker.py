@@ -93,10 +93,13 @@ def test_decode_rows_matches_full_decode_and_factors_are_orthonormal():
         eye = f.transpose(1, 2) @ f
         torch.testing.assert_close(eye, torch.eye(f.shape[2]).expand_as(eye), atol=1e-5, rtol=0)
     ids = torch.tensor([10, 0, 5, 3])
-    rows = c.decode_rows(parts["core"][ids], facs, ids)
+    rows = c.decode_rows({**parts, "core": parts["core"][ids]}, rows=ids)
     torch.testing.assert_close(rows, full[ids], atol=1e-5, rtol=1e-5)
-    one = c.decode_rows(parts["core"][7:8], facs, [7])
+    one = c.decode_rows({**parts, "core": parts["core"][7:8]}, rows=[7])
     torch.testing.assert_close(one[0], full[7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c.decode_rows(parts), full, atol=1e-5, rtol=1e-5)  # rows default to 0..n-1
+    with pytest.raises(InvalidInputError):
+        c.decode_rows({**parts, "core": parts["core"][:1]}, rows=[12])  # no chunk holds sample 12
 
 
 def test_deterministic_encoding():

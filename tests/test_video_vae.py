@@ -34,12 +34,10 @@ def test_sd_vae_ft_mse_sizes_match_the_paper_scale():
         m = AutoencoderKL.from_config(SD_VAE_FT_MSE_CONFIG)
     sd = m.state_dict()
     assert sum(v.numel() for v in sd.values()) == 83_653_863
-    item = {"i8": 1, "f32": 4}
     for dec, expect in ((False, 83_983_007), (True, 49_677_135)):
         c = vae_codec(m, decoder_only=dec)
         keep = {k: v.shape for k, v in sd.items() if not (dec and k.startswith(("encoder.", "quant_conv.")))}
-        sizes = c.part_sizes(keep)
-        assert sum(n * item[d] for n, d in sizes.values()) == expect
+        assert sum(s.nbytes for s in c.encoded_parts(keep).values()) == expect
     assert len(quantizable_weights(m)) == 72
 
 

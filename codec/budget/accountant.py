@@ -7,7 +7,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from ..codecs.base import BudgetTerm
 from ..errors import BudgetError, DDZError, InvalidInputError
+from ..format.layout import DTYPES, regions
 from . import formulas as F
 
 # ------------------------------------------------------------------------------------------------
@@ -211,167 +213,98 @@ class Row:
         return asdict(self)
 
 
-_TERMS = {
-    "vq": {"indices": ("S12 batch data: n*(dh/dc)*log2(k)/8", "idx"),
-           "indices_lo": ("S12 batch data, entropy-coded (low byte plane; the formula value and its difference "
-                          "cover both planes)", "idx_lo"),
-           "indices_hi": ("S12 batch data, entropy-coded (high bits plane; formula value on indices_lo)", None),
-           "decoder": ("S12 decoder: C*dh*4", "dec"), "codebook": ("S12 codebook: k*dc*4", "cb"),
-           "encoder": ("encoder P (not in S12; kept to encode more labels)", None)},
-    "topk": {"values": ("S15 class prob.: n*2k", "val"), "indices": ("S15 top-k indices: n*log2(C)/8*k", "idx"),
-             "rest": ("missing-mass bucket (not in S15): n*2", None)},
-    "pca": {"proj": ("S16 PC projections: n*2k", "proj"), "components": ("S16 PC vectors: k*C*2", "comp"),
-            "mean": ("PCA mean (not in S16): C*2", None)},
-    "quant": {"indices": ("S17 level indices: n*C*log2(k)/8", "idx"), "levels": ("S17 levels: 2k", "lv")},
-    "lpld": {"labels": ("S11 rows kept by LPLD: n_kept*C*2", "lab")},
-    "tucker": {"core": ("HOSVD core (video paper B.4): N*prod(ranks) floats x 4 B (fp32, as the paper stores)", "elems"),
-               "factor": ("HOSVD factor U_k per chunk: n_chunks*d*r floats x 4 B (the sample-axis factor, n x n per chunk "
-                          "in the paper's code, is the identity and not stored)", "elems")},
-    "int8-state": {"q": ("int8 VAE weights, Eq. 6: 1 B per weight", "elems"),
-                   "scale": ("Eq. 6 scales s: 4 B per output channel", "elems"),
-                   "zero_point": ("Eq. 6 zero points z: 1 B per output channel", "elems"),
-                   "float": ("biases and norms kept float: 4 B each (fp32)", "elems")},
-}
-# bytes per stored element that the video formulas count (Eq. 6 int8 weights, fp32 everywhere else)
-_VIDEO_ELEM_BYTES = {"q": 1, "zero_point": 1}
-
-
-def _formula_for(codec, part: str, n: int, elems: int = 0) -> float | None:
-    """The formula value (bytes) of one part of a validated ``codec``: soft-label parts holding
-    ``n`` rows from the Eq. S11-S17 functions of :mod:`codec.budget.formulas`; video parts
-    (``tucker``, ``int8-state``) from their ``elems`` stored elements at the paper's widths."""
-    cid = codec.codec_id
-    if cid in ("tucker", "int8-state"):
-        return float(elems * _VIDEO_ELEM_BYTES.get(part, 4))
-    C = codec.classes
-    if n <= 0:
-        return 0.0 if part in ("indices", "values", "proj", "labels") else None
-    if cid == "vq":
-        t = F.s12_row_terms(n, C, codec.dh, codec.dc, codec.k).terms
-        return {"indices": t["indices"], "decoder": t["decoder"], "codebook": t["codebook"]}.get(part)
-    if cid == "topk":
-        t = F.s15_row_terms(n, C, codec.k).terms
-        return {"values": t["values"], "indices": t["indices"]}.get(part)
-    if cid == "pca":
-        t = F.s16_row_terms(n, C, codec.k).terms
-        return {"proj": t["projections"], "components": t["components"]}.get(part)
-    if cid == "quant":
-        t = F.s17_row_terms(n, C, codec.k).terms
-        return {"indices": t["indices"], "levels": t["levels"]}.get(part)
-    if cid == "lpld":
-        return {"labels": F.s11_rows(n, C)}.get(part)
-    return None
-
-
-def _explain(info, formula: float | None, actual: int, codec, part: str | None, planes: int | None = None) -> str:
-    """Notes on one section's bytes.  ``planes``: for an entropy-coded VQ low plane, the bytes
-    of both index planes, which its formula value is compared with."""
-    cid = codec.codec_id if codec is not None else None
+def _explain(info: Any, term: BudgetTerm | None, actual: int, parts: list[str]) -> str:
+    """Notes on one section's bytes against its formula term; ``actual`` is the bytes of all
+    the term's stored ``parts`` (this one and those it ``covers``: both planes of an
+    entropy-coded index stream)."""
     notes = []
     count = math.prod(info.shape) if info.shape else 1
-    raw = info.decoded_length
+    formula = term.formula_bytes if term is not None else None
     if info.bits is not None:
         packed = math.ceil(count * info.bits / 8)
         notes.append(f"bit-packed {count:,} values x {info.bits} bits = {count * info.bits:,} bits -> {packed:,} B"
                      + (f" ({packed * 8 - count * info.bits} padding bits in the last byte)" if packed * 8 != count * info.bits else ""))
-        if formula is not None and cid in ("vq", "quant", "topk"):
-            kk = codec.k if cid in ("vq", "quant") else codec.classes
-            exact = math.log2(kk)
+        if formula is not None and term is not None and term.log2_of is not None:
+            exact = math.log2(term.log2_of)
             if info.bits != exact:
-                notes.append(f"formula uses log2({kk}) = {exact:.4f} bits, storage ceil = {info.bits} bits "
+                notes.append(f"formula uses log2({term.log2_of}) = {exact:.4f} bits, storage ceil = {info.bits} bits "
                              f"(+{count * (info.bits - exact) / 8:,.1f} B)")
     if info.zstd:
-        pre = math.ceil(count * info.bits / 8) if info.bits is not None else raw
-        notes.append(f"zstd: {pre:,} B -> {actual:,} B ({8 * actual / max(1, count):.3f} bits/value; saved {pre - actual:,} B)")
-    if formula is not None and codec is not None:
-        if cid == "vq" and part in ("decoder", "codebook") and codec.param_dtype == "f16":
-            notes.append("stored fp16 (formula counts fp32, 4 B/value)")
-        if cid == "tucker" and codec.dtype != "f32":
-            notes.append(f"stored {codec.dtype} (formula counts fp32, 4 B/value)")
-    if planes is not None:
-        notes.append(f"both planes: {planes:,} B = {8 * planes / max(1, count):.3f} bits per index "
-                     f"(bit-packed: {codec.bits}, formula log2({codec.k}) = {math.log2(codec.k):.3f})")
-        actual = planes
+        pre = math.ceil(count * info.bits / 8) if info.bits is not None else info.decoded_length
+        notes.append(f"zstd: {pre:,} B -> {info.length:,} B ({8 * info.length / max(1, count):.3f} bits/value; "
+                     f"saved {pre - info.length:,} B)")
+    if formula is not None and term is not None and term.formula_dtype is not None and info.dtype != term.formula_dtype:
+        width = DTYPES[term.formula_dtype].itemsize
+        notes.append(f"stored {info.dtype} (formula counts {term.formula_dtype}, {width} B/value)")
+    covered = term is not None and bool(term.covers)
+    if covered and term is not None:
+        k = term.log2_of
+        notes.append(f"term total ({' + '.join(parts)}): {actual:,} B = {8 * actual / max(1, count):.3f} bits per value"
+                     + (f" (bit-packed: {max(1, (k - 1).bit_length())}, formula log2({k}) = {math.log2(k):.3f})" if k else ""))
     if formula is not None:
-        d = actual - formula
-        notes.append(f"actual - formula = {d:+,.1f} B" + (" (both planes)" if planes is not None else ""))
+        notes.append(f"actual - formula = {actual - formula:+,.1f} B" + (" (term total)" if covered else ""))
     return "; ".join(notes)
 
 
-def _codec_for(cfg):
-    """(validated codec, None) or (None, reason) for an objects-table codec config."""
+def _object_terms(f: Any, oname: str, obj: Any) -> tuple[dict[str, Any], dict[str, BudgetTerm], str]:
+    """``(sections by part, budget terms by part, label of a part with no term)`` of one
+    objects-table entry, from its codec's ``budget_terms`` hook."""
     from ..codecs import codec_from_config
 
+    secs = obj.get("sections", {}) if isinstance(obj, dict) else {}
+    cfg = obj.get("codec", {}) if isinstance(obj, dict) else {}
     try:
-        return codec_from_config(cfg), None
+        codec = codec_from_config(cfg)
     except DDZError as exc:
-        return None, str(exc)
+        return secs, {}, f"object {oname!r}: invalid codec config ({exc})"
+    other = f"object {oname!r} ({codec.codec_id}) part"
+    try:
+        shapes = {p: f.info(sec).shape for p, sec in secs.items() if isinstance(sec, str) and sec in f}
+        return secs, codec.budget_terms(shapes), other
+    except DDZError as exc:
+        return secs, {}, f"object {oname!r}: no formula value ({exc})"
 
 
 def attribute(path: str | os.PathLike) -> list[Row]:
     """Attribute every byte of a .ddz: preamble, each section (with its formula term and
-    value), zero padding between sections, and the header.  Rows sum to the file size."""
+    value, from the owning object's codec: ``Codec.budget_terms``), zero padding between
+    sections (``codec.format.layout.regions``), and the header.  Rows sum to the file size."""
     from ..format import open as ddz_open
 
     rows: list[Row] = []
     with ddz_open(path) as f:
-        size = f.file_size
-        owner: dict[str, tuple[str, str, dict]] = {}
+        owner: dict[str, tuple[str, BudgetTerm | None, str, dict[str, Any]]] = {}
         for oname, obj in f.objects.items():
-            cfg = obj.get("codec", {}) if isinstance(obj, dict) else {}
-            for part, sec in obj.get("sections", {}).items():
-                owner[sec] = (oname, part, cfg, obj["sections"])
-        meta = f.metadata if isinstance(f.metadata, dict) else {}
-        from ..format.layout import PREAMBLE_SIZE
-
-        rows.append(Row("preamble", "preamble", PREAMBLE_SIZE, "container overhead (magic, version, offsets, 2 CRC-32s)"))
-        pos = PREAMBLE_SIZE
-        for info in sorted(f.sections, key=lambda s: s.offset):
-            if info.offset > pos:
-                rows.append(Row("padding", f"padding before {info.name}", info.offset - pos,
-                                f"container overhead: zero bytes aligning to {f.alignment} B", offset=pos))
-            elif info.offset < pos:
-                raise DDZError(f"section {info.name!r} overlaps the previous one", section=info.name, offset=info.offset)
-            term, formula, codec, part, planes = "", None, None, None, None
-            if info.name in owner:
-                oname, part, cfg, secs = owner[info.name]
-                codec, err = _codec_for(cfg)
-                cid = cfg.get("id") if isinstance(cfg, dict) else None
-                key = "factor" if cid == "tucker" and str(part).startswith("factor_") else part
-                t = _TERMS.get(cid, {}).get(key) if isinstance(cid, str) else None
-                n = info.shape[0] if info.shape else 1
-                if codec is None:
-                    term = f"object {oname!r}: invalid codec config ({err})"
-                elif t is not None:
-                    term = t[0]
-                    if t[1] is not None:
-                        try:
-                            formula = _formula_for(codec, "indices" if part == "indices_lo" else part, n,
-                                                   math.prod(info.shape))
-                        except DDZError as exc:
-                            term = f"object {oname!r}: no formula value ({exc})"
-                    if part == "indices_lo" and codec.codec_id == "vq":
-                        hi = secs.get("indices_hi")
-                        planes = info.length + (f.info(hi).length if isinstance(hi, str) and hi in f else 0)
-                else:
-                    term = f"object {oname!r} ({cid}) part {part!r}"
-            elif info.name.startswith(("aug/", "augment/")):
-                term = "augmentation records (not in S11-S17)"
-            elif info.name.startswith("llm/"):
-                term = "LLM per-sequence data (not in S11-S17)"
+            secs, terms, other = _object_terms(f, oname, obj)
+            for part, sec in secs.items():
+                owner[sec] = (part, terms.get(part), other, secs)
+        by_name = {info.name: info for info in f.sections}
+        spans = [(info.name, info.offset, info.length) for info in f.sections]
+        for reg in regions(spans, f.header_offset, f.header_length, f.file_size):
+            if reg.kind == "preamble":
+                rows.append(Row("preamble", "preamble", reg.length, "container overhead (magic, version, offsets, 2 CRC-32s)"))
+            elif reg.kind == "header":
+                rows.append(Row("header", "header", reg.length, "container overhead: JSON header (section table with "
+                                "offsets, shapes, encodings, CRC-32s; objects; metadata)", offset=reg.offset))
+            elif reg.kind == "padding":
+                why = {"trailing bytes": "bytes after the header", "padding before header": "container overhead"}.get(
+                    reg.name, f"container overhead: zero bytes aligning to {f.alignment} B")
+                rows.append(Row("padding", reg.name, reg.length, why, offset=reg.offset))
             else:
-                term = "plain section (no formula term)"
-            rows.append(Row("section", info.name, info.length, term, formula,
-                            _explain(info, formula, info.length, codec, part, planes), info.offset))
-            pos = info.offset + info.length
-        if f.header_offset > pos:
-            rows.append(Row("padding", "padding before header", f.header_offset - pos, "container overhead", offset=pos))
-        rows.append(Row("header", "header", f.header_length,
-                        "container overhead: JSON header (section table with offsets, shapes, encodings, CRC-32s; objects; metadata)",
-                        offset=f.header_offset))
-        end = f.header_offset + f.header_length
-        if size > end:
-            rows.append(Row("padding", "trailing bytes", size - end, "bytes after the header", offset=end))
+                info = by_name[reg.name]
+                term, actual, parts = None, info.length, []
+                if info.name in owner:
+                    part, term, other, secs = owner[info.name]
+                    label = term.label if term is not None else (f"{other} {part!r}" if other.endswith("part") else other)
+                    if term is not None:
+                        parts = [part, *(p for p in term.covers if isinstance(secs.get(p), str) and secs[p] in f)]
+                        actual = sum(f.info(secs[p]).length for p in parts)
+                else:
+                    group = info.name.partition("/")[0] if "/" in info.name else None
+                    label = f"plain section of group {group!r} (in no formula)" if group else "plain section (in no formula)"
+                rows.append(Row("section", info.name, info.length, label, term.formula_bytes if term is not None else None,
+                                _explain(info, term, actual, parts), info.offset))
+        size = f.file_size
     total = sum(r.bytes for r in rows)
     if total != size:
         raise DDZError(f"attribution sums to {total} B but the file has {size} B")

@@ -15,26 +15,13 @@ import math
 from dataclasses import dataclass
 
 from .._args import int_arg
+from ..codecs.formulas import (FP16, FP32, Terms, _pos_int, _vq_check, bits_for, s11_rows, s12_row_terms,
+                               s12_stored_row_terms, s15_row_terms, s15_stored_row_terms, s16_row_terms,
+                               s16_stored_row_terms, s17_row_terms, s17_stored_row_terms)
 from ..errors import InvalidInputError
 
 MiB = 1024**2
 GiB = 1024**3
-
-FP16 = 2
-FP32 = 4
-
-
-def _pos_int(name: str, v) -> int:
-    """A positive integer; an integral float (``10.0``, as JSON configs carry) counts as one."""
-    return int_arg(name, int(v) if isinstance(v, float) and v.is_integer() else v, 1)
-
-
-def bits_for(n: int) -> int:
-    """Whole bits needed to store an index in ``range(n)``: ``ceil(log2 n)`` (at least 1)."""
-    from ..codecs.vq import index_bits  # the one ceil(log2) the codecs store with
-
-    return index_bits(_pos_int("count", n))
-
 
 def n_labels(ipc: int, classes: int, epochs: int) -> int:
     """Soft labels stored: one per distilled sample per epoch, ``IPC x C x EPOCHS``."""
@@ -52,38 +39,6 @@ def s11(ipc: int, classes: int, epochs: int) -> int:
 # --------------------------------------------------------------------------------------
 # S12: VQ autoencoder
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Terms:
-    """A formula split into its named terms (bytes each)."""
-
-    terms: dict
-
-    @property
-    def total(self) -> float:
-        return sum(self.terms.values())
-
-
-def _vq_check(dh: int, dc: int, k: int) -> tuple[int, int, int]:
-    dh, dc, k = _pos_int("dh", dh), _pos_int("dc", dc), _pos_int("k", k)
-    if dh % dc:
-        raise InvalidInputError(f"dh={dh} must be divisible by dc={dc} (m = dh/dc segments, Eq. 3)")
-    if k < 2:
-        raise InvalidInputError(f"k must be at least 2, got {k}")
-    return dh, dc, k
-
-
-def s12_row_terms(n: int, classes: int, dh: int, dc: int, k: int) -> Terms:
-    """Eq. S12's terms for ``n`` stored soft labels (``n = IPC*C*EPOCHS`` in the paper):
-    batch data ``n*(dh/dc)*log2(k)/8`` (real log2), decoder ``C*dh*4``, codebook ``k*dc*4`` bytes."""
-    dh, dc, k = _vq_check(dh, dc, k)
-    n, classes = _pos_int("rows", n), _pos_int("classes", classes)
-    return Terms({
-        "indices": n * (dh // dc) * math.log2(k) / 8,
-        "decoder": classes * dh * FP32,
-        "codebook": k * dc * FP32,
-    })
-
-
 def s12_terms(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> Terms:
     """Eq. S12 as printed: batch data ``IPC*C*EPOCHS*(dh/dc)*log2(k)/8`` (real log2),
     decoder ``C*dh*4`` and codebook ``k*dc*4`` bytes (fp32)."""
@@ -99,17 +54,6 @@ def s12_stored_terms(ipc, classes, epochs, dh, dc, k, param_bytes: int = FP32) -
     """What a .ddz stores for S12's terms: ``ceil(n*m*ceil(log2 k)/8)`` index bytes
     (one bit-packed stream), decoder and codebook at ``param_bytes`` per value."""
     return s12_stored_row_terms(n_labels(ipc, classes, epochs), classes, dh, dc, k, param_bytes)
-
-
-def s12_stored_row_terms(n, classes, dh, dc, k, param_bytes: int = FP32) -> Terms:
-    """:func:`s12_stored_terms` for ``n`` stored soft labels."""
-    dh, dc, k = _vq_check(dh, dc, k)
-    n, classes = _pos_int("rows", n), _pos_int("classes", classes)
-    return Terms({
-        "indices": math.ceil(n * (dh // dc) * bits_for(k) / 8),
-        "decoder": classes * dh * param_bytes,
-        "codebook": k * dc * param_bytes,
-    })
 
 
 def s13(ipc: int, classes: int, epochs: int, dh: int, dc: int, k: int) -> float:
@@ -141,17 +85,6 @@ def eq8(a: int, n: int, c: int, m: int, k: int, dc: int, dh: int) -> float:
 # --------------------------------------------------------------------------------------
 # S15-S17: baselines
 # --------------------------------------------------------------------------------------
-def s15_row_terms(n: int, classes: int, k: int) -> Terms:
-    """Eq. S15's terms for ``n`` stored soft labels: values ``n*2k`` and indices
-    ``n*log2(C)/8*k`` bytes (real log2)."""
-    n, classes, k = _pos_int("rows", n), _pos_int("classes", classes), _pos_int("k", k)
-    if classes < 2:
-        raise InvalidInputError(f"top-k needs at least 2 classes, got {classes}")
-    if k > classes:
-        raise InvalidInputError(f"top-k k={k} exceeds classes={classes}")
-    return Terms({"values": n * 2 * k, "indices": n * math.log2(classes) / 8 * k})
-
-
 def s15_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
     """Eq. S15 (top-k): ``IPC*C*EPOCHS*(2k + log2(C)/8*k)`` bytes: fp16 class
     probabilities and real-valued log2(C) bits per index."""
@@ -167,20 +100,6 @@ def s15_stored_terms(ipc, classes, epochs, k) -> Terms:
     """Eq. S15's terms as a .ddz stores them: ``ceil(n*k*ceil(log2 C)/8)`` index bytes
     (one bit-packed stream) and ``n*k*2`` fp16 value bytes."""
     return s15_stored_row_terms(n_labels(ipc, classes, epochs), classes, k)
-
-
-def s15_stored_row_terms(n, classes, k) -> Terms:
-    """:func:`s15_stored_terms` for ``n`` stored soft labels."""
-    s15_row_terms(n, classes, k)  # same validation as the formula
-    return Terms({"values": n * k * FP16, "indices": math.ceil(n * k * bits_for(classes) / 8)})
-
-
-def s16_row_terms(n: int, classes: int, k: int) -> Terms:
-    """Eq. S16's terms for ``n`` stored soft labels: projections ``n*2k``, PC vectors ``k*C*2`` bytes."""
-    n, classes, k = _pos_int("rows", n), _pos_int("classes", classes), _pos_int("k", k)
-    if k > classes:
-        raise InvalidInputError(f"PCA k={k} exceeds classes={classes}")
-    return Terms({"projections": n * 2 * k, "components": k * classes * FP16})
 
 
 def s16_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
@@ -199,21 +118,6 @@ def s16_stored_terms(ipc, classes, epochs, k) -> Terms:
     return s16_stored_row_terms(n_labels(ipc, classes, epochs), classes, k)
 
 
-def s16_stored_row_terms(n, classes, k) -> Terms:
-    """:func:`s16_stored_terms` for ``n`` stored soft labels."""
-    t = dict(s16_row_terms(n, classes, k).terms)
-    t["mean"] = classes * FP16
-    return Terms(t)
-
-
-def s17_row_terms(n: int, classes: int, k: int) -> Terms:
-    """Eq. S17's terms for ``n`` stored soft labels: level indices ``n*C*log2(k)/8`` + levels ``2k`` bytes."""
-    n, classes, k = _pos_int("rows", n), _pos_int("classes", classes), _pos_int("k", k)
-    if k < 2:
-        raise InvalidInputError(f"quantisation needs at least 2 levels, got {k}")
-    return Terms({"indices": n * classes * math.log2(k) / 8, "levels": 2 * k})
-
-
 def s17_terms(ipc: int, classes: int, epochs: int, k: int) -> Terms:
     """Eq. S17 (scalar quantisation to k levels): level indices
     ``IPC*C*EPOCHS*C*log2(k)/8`` + levels ``2k`` bytes."""
@@ -228,17 +132,6 @@ def s17(ipc, classes, epochs, k) -> float:
 def s17_stored_terms(ipc, classes, epochs, k) -> Terms:
     """Eq. S17's terms as stored: ``ceil(n*C*ceil(log2 k)/8)`` index bytes and ``2k`` level bytes."""
     return s17_stored_row_terms(n_labels(ipc, classes, epochs), classes, k)
-
-
-def s17_stored_row_terms(n, classes, k) -> Terms:
-    """:func:`s17_stored_terms` for ``n`` stored soft labels."""
-    s17_row_terms(n, classes, k)
-    return Terms({"indices": math.ceil(n * classes * bits_for(k) / 8), "levels": 2 * k})
-
-
-def s11_rows(n: int, classes: int) -> int:
-    """Eq. S11 for ``n`` stored dense fp16 soft labels: ``n*C*2`` bytes."""
-    return _pos_int("rows", n) * _pos_int("classes", classes) * FP16
 
 
 # --------------------------------------------------------------------------------------
@@ -298,11 +191,9 @@ SD_VAE_INT8_BYTES = 83_983_007
 
 
 def fmt_bytes(b: float) -> str:
-    """``'6,000,000,000 B (5.588 GiB)'`` — units always explicit."""
-    if b >= GiB:
-        return f"{b:,.0f} B ({b / GiB:.3f} GiB)"
-    if b >= MiB:
-        return f"{b:,.0f} B ({b / MiB:.3f} MiB)"
-    if b >= 1024:
-        return f"{b:,.0f} B ({b / 1024:.3f} KiB)"
+    """``'83,999,186 B (84.00 MB, 80.11 MiB)'``: exact bytes, then decimal and binary units
+    (the paper's "MB" is MiB, the video budgets' "115MB" is 10^6 B), so neither is ambiguous."""
+    for dec, bin_, unit in ((10**9, GiB, "G"), (10**6, MiB, "M"), (10**3, 1024, "k")):
+        if b >= min(dec, bin_):
+            return f"{b:,.0f} B ({b / dec:.2f} {unit}B, {b / bin_:.3f} {unit.upper()}iB)"
     return f"{b:,.0f} B"

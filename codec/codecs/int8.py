@@ -19,38 +19,19 @@ All arithmetic is device-agnostic torch: CUDA tensors are quantised on the GPU.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
+from .._args import int_arg
 from ..errors import InvalidInputError
-from .base import Codec, Part, register_codec
+from ._tensors import as_tensor
+from .base import BudgetTerm, Codec, Part, PartSpec, register_codec
 
 __all__ = ["Int8Codec", "Int8StateDictCodec", "quantize_int8", "dequantize_int8"]
 
 _SCHEMES = ("asymmetric", "symmetric")
-
-
-def _as_tensor(x: Any, what: str = "input") -> torch.Tensor:
-    """``x`` as a torch tensor (numpy arrays zero-copy; lists/scalars converted); the one copy
-    shared by the int8 and Tucker codecs. Raw bf16 numpy arrays (dtype ``V2``/uint16 bits from a
-    .ddz read with ``framework="numpy"``) are refused: read bf16 sections as torch tensors."""
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind == "V":
-            raise InvalidInputError(f"{what}: cannot read raw bf16 numpy arrays; ask for torch tensors")
-        if x.dtype.kind not in "biuf":
-            raise InvalidInputError(f"{what}: unsupported numpy dtype {x.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(x))
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # noqa: BLE001 - report any conversion failure as bad input
-        raise InvalidInputError(f"{what}: cannot convert {type(x).__name__} to a tensor: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise InvalidInputError(f"{what}: cannot convert {type(x).__name__} to a numeric tensor (got dtype {arr.dtype})")
-    return torch.from_numpy(np.ascontiguousarray(arr))
 
 
 def _check_scheme(scheme: str) -> None:
@@ -74,8 +55,7 @@ def quantize_int8(
     symmetric scheme. Raises :class:`InvalidInputError` on non-float or non-finite input.
     """
     _check_scheme(scheme)
-    if not isinstance(x, torch.Tensor):
-        x = _as_tensor(x)
+    x = as_tensor(x)
     if not (x.is_floating_point()):
         raise InvalidInputError(f"int8 quantisation needs a floating-point tensor, got {x.dtype}")
     if x.numel() == 0:
@@ -147,8 +127,8 @@ class Int8Codec(Codec):
 
     def __init__(self, scheme: str = "asymmetric", axis: int | None = 0, dtype: str = "f32"):
         _check_scheme(scheme)
-        if axis is not None and not isinstance(axis, int):
-            raise InvalidInputError(f"int8 axis must be an int or None, got {axis!r}")
+        if axis is not None:
+            axis = int_arg("int8 axis", axis, -16, 15)
         if dtype not in _OUT_DTYPES:
             raise InvalidInputError(f"int8 output dtype must be one of {sorted(_OUT_DTYPES)}, got {dtype!r}")
         self.scheme = scheme
@@ -158,8 +138,21 @@ class Int8Codec(Codec):
     def get_config(self) -> dict[str, Any]:
         return {"id": self.codec_id, "scheme": self.scheme, "axis": self.axis, "dtype": self.dtype}
 
+    def encoded_parts(self, shape: Any) -> dict[str, PartSpec]:
+        shape = tuple(int(d) for d in shape)
+        if self.axis is not None and not -len(shape) <= self.axis < len(shape):
+            raise InvalidInputError(f"axis {self.axis} out of range for a tensor of shape {shape}")
+        c = 1 if self.axis is None else shape[self.axis]
+        out = {"q": PartSpec("i8", shape), "scale": PartSpec("f32", (c,))}
+        if self.scheme == "asymmetric":
+            out["zero_point"] = PartSpec("i8", (c,))
+        return out
+
+    def budget_terms(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+        return _eq6_terms(shapes)
+
     def encode(self, x: Any) -> dict[str, Part]:
-        t = _as_tensor(x, "Int8Codec.encode")
+        t = as_tensor(x, "Int8Codec.encode")
         q, scale, zp = quantize_int8(t, scheme=self.scheme, axis=self.axis)
         parts = {"q": Part(q), "scale": Part(scale.contiguous())}
         if zp is not None:
@@ -170,9 +163,9 @@ class Int8Codec(Codec):
         for need in ("q", "scale") + (("zero_point",) if self.scheme == "asymmetric" else ()):
             if need not in parts:
                 raise InvalidInputError(f"int8 object is missing its {need!r} part")
-        q = _as_tensor(parts["q"], "int8 part 'q'")
-        scale = _as_tensor(parts["scale"], "int8 part 'scale'")
-        zp = _as_tensor(parts["zero_point"], "int8 part 'zero_point'") if self.scheme == "asymmetric" else None
+        q = as_tensor(parts["q"], "int8 part 'q'")
+        scale = as_tensor(parts["scale"], "int8 part 'scale'")
+        zp = as_tensor(parts["zero_point"], "int8 part 'zero_point'") if self.scheme == "asymmetric" else None
         if q.dtype != torch.int8:
             raise InvalidInputError(f"int8 part 'q' has dtype {q.dtype}, expected int8")
         n = 1 if self.axis is None else (q.shape[self.axis % q.dim()] if q.dim() else -1)
@@ -190,8 +183,14 @@ _OUT_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat1
 _FLOAT_STORE = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _eq6_terms(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+    """Int8 parts at the paper's widths: 1 B per int8 weight and zero point, 4 B per scale and float value."""
+    labels = {"q": ("int8 weights, Eq. 6: 1 B per weight", 1, None),
+              "scale": ("Eq. 6 scales s: 4 B per output channel", 4, "f32"),
+              "zero_point": ("Eq. 6 zero points z: 1 B per output channel", 1, None),
+              "float": ("biases and norms kept float: 4 B each (fp32)", 4, "f32")}
+    return {p: BudgetTerm(labels[p][0], float(labels[p][1] * math.prod(shape)), formula_dtype=labels[p][2])
+            for p, shape in shapes.items() if p in labels}
 
 
 def _check_manifest(tensors: Any) -> list[list[Any]]:
@@ -208,16 +207,15 @@ def _check_manifest(tensors: Any) -> list[list[Any]]:
         if not isinstance(name, str) or not name or name in seen:
             raise InvalidInputError(f"{bad}: name must be a unique non-empty string")
         seen.add(name)
-        if not isinstance(shape, (list, tuple)) or len(shape) > 16 or not all(_is_int(d) and d >= 0 for d in shape):
+        if not isinstance(shape, (list, tuple)) or len(shape) > 16:
             raise InvalidInputError(f"{bad}: shape must be a list of at most 16 ints >= 0")
-        if kind == "q":
-            if len(ent) != 4 or not _is_int(ent[3]) or not 0 <= ent[3] < len(shape):
-                raise InvalidInputError(f"{bad}: a 'q' entry needs an axis int in 0..{len(shape) - 1}")
-            out.append([name, [int(d) for d in shape], "q", int(ent[3])])
+        shape = [int_arg(f"{bad}: shape", d) for d in shape]
+        if kind == "q" and len(ent) == 4 and shape:
+            out.append([name, shape, "q", int_arg(f"{bad}: axis", ent[3], 0, len(shape) - 1)])
         elif kind == "f" and len(ent) == 3:
-            out.append([name, [int(d) for d in shape], "f"])
+            out.append([name, shape, "f"])
         else:
-            raise InvalidInputError(f"{bad}: kind must be 'q' (with an axis) or 'f'")
+            raise InvalidInputError(f"{bad}: kind must be 'q' (with an axis, for a tensor of at least 1 dimension) or 'f'")
     return out
 
 
@@ -225,35 +223,52 @@ def _check_manifest(tensors: Any) -> list[list[Any]]:
 class Int8StateDictCodec(Codec):
     """A dict of named tensors (a model's state dict) with chosen tensors int8-quantised (Eq. 6).
 
-    ``quantize`` maps each tensor name to quantise to its channel axis (0 for Conv/Linear
-    weights); every other tensor is stored as float (``float_dtype``). All int8 values
-    are concatenated into one part ``q``, all per-channel scales into ``scale`` (fp32),
-    zero points into ``zero_point`` (int8, asymmetric scheme) and the float tensors into
-    ``float``, so a reader maps four sections and slices them without copying. The
-    manifest (names, shapes, axes, in state-dict order) lives in the codec config, with
-    ``model``: an opaque JSON description of what the state dict belongs to (e.g. a
-    diffusers config), carried along and not interpreted here.
+    The manifest ``tensors`` (in storage order: ``[name, shape, "q", axis]`` for a tensor
+    quantised per channel along ``axis``, ``[name, shape, "f"]`` for one kept float at
+    ``float_dtype``) fixes what ``encode`` accepts and what ``decode`` rebuilds; build it
+    from a state dict with :meth:`for_state_dict`. All int8 values are concatenated into one
+    part ``q``, all per-channel scales into ``scale`` (fp32), zero points into ``zero_point``
+    (int8, asymmetric scheme) and the float tensors into ``float``, so a reader maps four
+    sections and slices them without copying. ``model`` is an opaque JSON description of
+    what the state dict belongs to (e.g. a diffusers config), carried along and not
+    interpreted here.
     """
 
     codec_id = "int8-state"
 
-    def __init__(self, scheme: str = "asymmetric", quantize: Mapping[str, int] | None = None,
-                 float_dtype: str = "f32", zstd: int | None = None, tensors: Sequence[Any] | None = None,
-                 model: Any = None):
+    def __init__(self, tensors: Sequence[Any], scheme: str = "asymmetric", float_dtype: str = "f32",
+                 zstd: int | None = None, model: Any = None):
         _check_scheme(scheme)
         if float_dtype not in _FLOAT_STORE:
             raise InvalidInputError(f"float_dtype must be one of {sorted(_FLOAT_STORE)}, got {float_dtype!r}")
-        if zstd is not None and not (isinstance(zstd, int) and 1 <= zstd <= 22):
-            raise InvalidInputError(f"zstd level must be 1..22 or None, got {zstd!r}")
-        if quantize is not None and not (isinstance(quantize, Mapping)
-                                         and all(isinstance(k, str) and _is_int(v) for k, v in quantize.items())):
-            raise InvalidInputError(f"int8-state quantize must map tensor names to axis ints, got {quantize!r:.80}")
         self.scheme = scheme
-        self.quantize = {str(k): int(v) for k, v in (quantize or {}).items()}
         self.float_dtype = float_dtype
-        self.zstd = zstd
-        self.tensors = None if tensors is None else _check_manifest(tensors)
+        self.zstd = None if zstd is None else int_arg("int8-state zstd level", zstd, 1, 22)
+        self.tensors = _check_manifest(tensors)
         self.model = model
+
+    @classmethod
+    def for_state_dict(cls, shapes: Mapping[str, Sequence[int]], quantize: Mapping[str, int], **options: Any
+                       ) -> "Int8StateDictCodec":
+        """The codec for a state dict with these tensor ``shapes`` (name -> shape, in state-dict order),
+        quantising the tensors of ``quantize`` (name -> channel axis, e.g. 0 for Conv/Linear weights)
+        and keeping the others float; ``options`` are the other constructor arguments."""
+        if not isinstance(quantize, Mapping) or not all(isinstance(k, str) for k in quantize):
+            raise InvalidInputError(f"int8-state quantize must map tensor names to axis ints, got {quantize!r:.80}")
+        unknown = set(quantize) - set(shapes)
+        if unknown:
+            raise InvalidInputError(f"tensors to quantise are not in the state dict: {sorted(unknown)[:5]}")
+        manifest: list[list[Any]] = []
+        for name, shape in shapes.items():
+            dims = [int(d) for d in shape]
+            if name in quantize:
+                axis = int_arg(f"int8-state quantize axis of {name!r}", quantize[name], -len(dims), len(dims) - 1)
+                if not dims:
+                    raise InvalidInputError(f"cannot quantise the 0-d tensor {name!r} per channel")
+                manifest.append([name, dims, "q", axis % len(dims)])
+            else:
+                manifest.append([name, dims, "f"])
+        return cls(manifest, **options)
 
     def get_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"id": self.codec_id, "scheme": self.scheme, "float_dtype": self.float_dtype}
@@ -263,31 +278,13 @@ class Int8StateDictCodec(Codec):
         cfg["model"] = self.model
         return cfg
 
-    def plan(self, shapes: Mapping[str, Sequence[int]]) -> list[list[Any]]:
-        """Manifest entries ``[name, shape, "q", axis]`` / ``[name, shape, "f"]`` for tensors of ``shapes``."""
-        unknown = set(self.quantize) - set(shapes)
-        if unknown:
-            raise InvalidInputError(f"tensors to quantise are not in the state dict: {sorted(unknown)[:5]}")
-        out = []
-        for name, shape in shapes.items():
-            shape = [int(s) for s in shape]
-            if name in self.quantize:
-                axis = self.quantize[name]
-                if not shape or not -len(shape) <= axis < len(shape):
-                    raise InvalidInputError(f"cannot quantise {name!r} of shape {shape} along axis {axis}")
-                out.append([name, shape, "q", axis % len(shape)])
-            else:
-                out.append([name, shape, "f"])
-        return out
-
-    def part_sizes(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, str]]:
-        """``{part: (element count, dtype name)}`` that ``encode`` would store for these shapes."""
-        return self._sizes(self.plan(shapes))
-
-    def _sizes(self, manifest: Sequence[Any]) -> dict[str, tuple[int, str]]:
+    def encoded_parts(self, shape: Any = None) -> dict[str, PartSpec]:
+        """The parts of the manifest's state dict (``shape``, a name -> shape mapping, must match it if given)."""
+        if shape is not None:
+            self._check_shapes({k: tuple(int(d) for d in v) for k, v in shape.items()})
         nq = nc = nf = 0
-        for ent in manifest:
-            n = int(np.prod(ent[1])) if ent[1] else 1
+        for ent in self.tensors:
+            n = math.prod(ent[1])
             if ent[2] == "q":
                 nq += n
                 nc += ent[1][ent[3]]
@@ -295,25 +292,37 @@ class Int8StateDictCodec(Codec):
                 nf += n
         out = {}
         if nq:
-            out["q"] = (nq, "i8")
-            out["scale"] = (nc, "f32")
+            out["q"] = PartSpec("i8", (nq,), zstd=self.zstd)
+            out["scale"] = PartSpec("f32", (nc,))
             if self.scheme == "asymmetric":
-                out["zero_point"] = (nc, "i8")
+                out["zero_point"] = PartSpec("i8", (nc,))
         if nf:
-            out["float"] = (nf, self.float_dtype)
+            out["float"] = PartSpec(self.float_dtype, (nf,))
         return out
+
+    def budget_terms(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+        return _eq6_terms(shapes)
+
+    def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        want = {ent[0]: tuple(ent[1]) for ent in self.tensors}
+        if set(shapes) != set(want):
+            raise InvalidInputError(f"state dict tensors {sorted(set(shapes) ^ set(want))[:5]} are not both in the input "
+                                    f"and in the codec's manifest")
+        for name, shape in shapes.items():
+            if shape != want[name]:
+                raise InvalidInputError(f"state dict entry {name!r} has shape {list(shape)}, the manifest says {list(want[name])}")
 
     def encode(self, x: Mapping[str, Any]) -> dict[str, Part]:
         if not isinstance(x, Mapping) or not x:
             raise InvalidInputError("Int8StateDictCodec.encode needs a non-empty mapping name -> tensor")
-        tensors = {str(k): _as_tensor(v, f"state dict entry {k!r}") for k, v in x.items()}
+        tensors = {str(k): as_tensor(v, f"state dict entry {k!r}") for k, v in x.items()}
+        self._check_shapes({k: tuple(t.shape) for k, t in tensors.items()})
         for k, t in tensors.items():
             if not t.is_floating_point():
                 raise InvalidInputError(f"state dict entry {k!r} has non-float dtype {t.dtype}")
-        manifest = self.plan({k: t.shape for k, t in tensors.items()})
         qs, scales, zps, floats = [], [], [], []
         fdt = _FLOAT_STORE[self.float_dtype]
-        for ent in manifest:
+        for ent in self.tensors:
             t = tensors[ent[0]]
             if ent[2] == "q":
                 q, s, z = quantize_int8(t, scheme=self.scheme, axis=ent[3])
@@ -325,7 +334,6 @@ class Int8StateDictCodec(Codec):
                 if not bool(torch.isfinite(t).all()):
                     raise InvalidInputError(f"state dict entry {ent[0]!r} holds NaN or infinity")
                 floats.append(t.detach().reshape(-1).to(fdt))
-        self.tensors = manifest
         parts: dict[str, Part] = {}
         if qs:
             parts["q"] = Part(torch.cat([q.cpu() for q in qs]), zstd=self.zstd)
@@ -338,15 +346,13 @@ class Int8StateDictCodec(Codec):
 
     def decode(self, parts: Mapping[str, Any], dtype: torch.dtype = torch.float32,
                device: Any = None) -> dict[str, torch.Tensor]:
-        if self.tensors is None:
-            raise InvalidInputError("int8 state dict config has no tensor manifest")
-        get = {k: _as_tensor(v, f"int8 state part {k!r}") for k, v in parts.items()}
-        need = self._sizes(self.tensors)
+        get = {k: as_tensor(v, f"int8 state part {k!r}") for k, v in parts.items()}
+        need = {p: spec.count for p, spec in self.encoded_parts().items()}
         unexpected = sorted(set(get) - set(need))
         if unexpected:  # e.g. a zero point stored but the config says symmetric: decoding would be wrong
             raise InvalidInputError(f"int8 state dict object has parts {unexpected} that its config "
                                     f"(scheme {self.scheme!r}, manifest) does not use; expected {sorted(need)}")
-        for name, (count, _) in need.items():
+        for name, count in need.items():
             if name not in get:
                 raise InvalidInputError(f"int8 state dict object is missing its {name!r} part")
             if get[name].numel() != count:
@@ -361,7 +367,7 @@ class Int8StateDictCodec(Codec):
         oq = oc = of = 0
         for ent in self.tensors:
             name, shape = ent[0], ent[1]
-            n = int(np.prod(shape)) if shape else 1
+            n = math.prod(shape)
             if ent[2] == "q":
                 axis = ent[3]
                 c = shape[axis]

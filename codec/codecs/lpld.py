@@ -11,14 +11,17 @@ probabilities.  With ``ratio=1`` this is the uncompressed fp16 baseline of Eq. S
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .._args import float_arg, int_arg
 from ..errors import InvalidInputError
-from .base import register_codec
-from .vq import RowSpec, SoftLabelCodec, as_tensor, check_common, renorm_, to_probs
+from ._tensors import as_tensor
+from .base import BudgetTerm, PartSpec, register_codec
+from .formulas import s11_rows
+from .softlabel import SoftLabelCodec, check_common, need, renorm_, to_probs
 
 
 @register_codec
@@ -28,19 +31,15 @@ class LPLDCodec(SoftLabelCodec):
     def __init__(self, classes: int, ratio: float = 1.0, *, batch_size: int | None = None,
                  batches_per_epoch: int | None = None, epochs: int | None = None, eps: float = 1e-8,
                  input: str = "probs", temperature: float = 1.0):
-        check_common(classes, input, temperature, eps, "lpld")
-        if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 1 <= ratio < math.inf):
-            raise InvalidInputError(f"lpld: ratio must be a finite number >= 1, got {ratio!r}")
-        for nm, v in (("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch), ("epochs", epochs)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-                raise InvalidInputError(f"lpld: {nm} must be a positive integer, got {v!r}")
+        self.classes, self.input, self.temperature, self.eps = check_common(classes, input, temperature, eps, "lpld")
+        self.ratio = float_arg("lpld: ratio", ratio, 1)
+        self.batch_size, self.batches_per_epoch, self.epochs = (
+            None if v is None else int_arg(f"lpld: {nm}", v, 1)
+            for nm, v in (("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch), ("epochs", epochs)))
         if ratio != 1 and None in (batch_size, batches_per_epoch, epochs):
             # without the batch geometry the pool size is unknown and every row would be kept
             raise InvalidInputError(f"lpld: ratio {ratio} needs batch_size, batches_per_epoch and epochs "
                                     "(the prefix pool is floor(epochs * batches_per_epoch / ratio) batches)")
-        self.classes, self.ratio = classes, float(ratio)
-        self.batch_size, self.batches_per_epoch, self.epochs = batch_size, batches_per_epoch, epochs
-        self.eps, self.input, self.temperature = float(eps), input, float(temperature)
 
     def get_config(self) -> dict[str, Any]:
         return {"id": self.codec_id, "classes": self.classes, "ratio": self.ratio, "batch_size": self.batch_size,
@@ -61,20 +60,28 @@ class LPLDCodec(SoftLabelCodec):
             return None
         return self.pool_batches * self.batch_size
 
-    def row_specs(self):
-        return {"labels": RowSpec("f16", (self.classes,))}
+    def encoded_parts(self, shape: Any) -> dict[str, PartSpec]:
+        n = self._rows(shape)
+        kept = n if self.max_rows is None else min(n, self.max_rows)
+        return {"labels": PartSpec("f16", (kept, self.classes), per_row=True)}
+
+    def budget_terms(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+        n = int(shapes["labels"][0]) if shapes.get("labels") else 0
+        return {"labels": BudgetTerm("S11 rows kept by LPLD: n_kept*C*2", float(s11_rows(n, self.classes)) if n else 0.0)}
 
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
-        t = as_tensor(x)
+        t = as_tensor(x, "soft labels")
         if t.ndim != 2 or t.shape[1] != self.classes:
             raise InvalidInputError(f"lpld: soft labels must be (n, {self.classes}), got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise InvalidInputError(f"lpld: soft labels must be floating point, got {t.dtype}")
         return {"labels": t.to(torch.float16).cpu().numpy()}
 
-    def decode_rows(self, parts: Mapping[str, Any], *, device=None, dtype=torch.float32) -> torch.Tensor:
-        t = as_tensor(parts["labels"], "lpld labels")
+    def decode_rows(self, parts: Mapping[str, Any], *, rows: Sequence[int] | None = None, device: Any = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        t = as_tensor(need(parts, "labels", "lpld"), "lpld labels")
         if t.ndim != 2 or t.shape[1] != self.classes:
             raise InvalidInputError(f"lpld: labels must be (n, {self.classes}), got {tuple(t.shape)}")
+        self._check_rows(t.shape[0], rows)
         dev = torch.device(device) if device is not None else t.device
         return renorm_(to_probs(t.to(dev), self.input, self.temperature), self.eps)

@@ -17,15 +17,17 @@ Decoding ends with Eq. 9's ``max(., eps)`` renormalisation so KL(y || y~) stays 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .._args import int_arg
 from ..errors import InvalidInputError, LimitError
-from .base import register_codec
-from .vq import (RowSpec, SoftLabelCodec, as_tensor, check_common, finite, index_bits, index_dtype,
-                  index_dtype_name, renorm_, to_probs)
+from ._tensors import as_tensor
+from .base import BudgetTerm, PartSpec, register_codec
+from .formulas import s15_row_terms
+from .softlabel import SoftLabelCodec, check_common, finite, index_bits, index_dtype, index_dtype_name, need, renorm_, to_probs
 
 MISSING = ("renorm", "uniform", "bucket")
 
@@ -41,25 +43,31 @@ class TopKCodec(SoftLabelCodec):
 
     def __init__(self, classes: int, k: int, *, missing: str = "renorm", eps: float = 1e-8, input: str = "probs",
                  temperature: float = 1.0):
-        check_common(classes, input, temperature, eps, "topk")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= classes:
-            raise InvalidInputError(f"topk: k must be an integer in [1, classes={classes}], got {k!r}")
+        self.classes, self.input, self.temperature, self.eps = check_common(classes, input, temperature, eps, "topk")
+        self.k = int_arg(f"topk: k (classes={classes})", k, 1, self.classes)
         if missing not in MISSING:
             raise InvalidInputError(f"topk: missing must be one of {MISSING}, got {missing!r}")
-        self.classes, self.k, self.missing = classes, k, missing
-        self.eps, self.input, self.temperature = float(eps), input, float(temperature)
-        self.bits = index_bits(classes)
+        self.missing = missing
+        self.bits = index_bits(self.classes)
 
     def get_config(self) -> dict[str, Any]:
         return {"id": self.codec_id, "classes": self.classes, "k": self.k, "missing": self.missing,
                 "eps": self.eps, "input": self.input, "temperature": self.temperature}
 
-    def row_specs(self):
-        specs = {"values": RowSpec("f16", (self.k,)),
-                 "indices": RowSpec(index_dtype_name(self.bits), (self.k,), self.bits)}
+    def encoded_parts(self, shape: Any) -> dict[str, PartSpec]:
+        n = self._rows(shape)
+        specs = {"values": PartSpec("f16", (n, self.k), per_row=True),
+                 "indices": PartSpec(index_dtype_name(self.bits), (n, self.k), self.bits, per_row=True)}
         if self.missing == "bucket":
-            specs["rest"] = RowSpec("f16", ())
+            specs["rest"] = PartSpec("f16", (n,), per_row=True)
         return specs
+
+    def budget_terms(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+        n = int(shapes["values"][0]) if shapes.get("values") else 0
+        t = s15_row_terms(n, self.classes, self.k).terms if n else {"values": 0.0, "indices": 0.0}
+        return {"values": BudgetTerm("S15 class prob.: n*2k", t["values"]),
+                "indices": BudgetTerm("S15 top-k indices: n*log2(C)/8*k", t["indices"], log2_of=self.classes),
+                "rest": BudgetTerm("missing-mass bucket (not in S15): n*2")}
 
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
         y = to_probs(x, self.input, self.temperature, classes=self.classes)
@@ -70,18 +78,20 @@ class TopKCodec(SoftLabelCodec):
             out["rest"] = (1.0 - v.double().sum(1)).clamp_min(0).to(torch.float16).cpu().numpy()
         return out
 
-    def buckets(self, parts: Mapping[str, Any]):
+    def buckets(self, parts: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(values (n,k) float32, indices (n,k) int64, rest (n,) float32) for a (k+1)-bucket loss."""
-        v = as_tensor(parts["values"]).float()
-        i = as_tensor(parts["indices"]).long()
-        rest = as_tensor(parts["rest"]).float() if "rest" in parts else (1 - v.sum(1)).clamp_min(0)
+        v = as_tensor(need(parts, "values", "topk"), "topk values").float()
+        i = as_tensor(need(parts, "indices", "topk"), "topk indices").long()
+        rest = as_tensor(parts["rest"], "topk rest").float() if "rest" in parts else (1 - v.sum(1)).clamp_min(0)
         return v, i, rest
 
-    def decode_rows(self, parts: Mapping[str, Any], *, device=None, dtype=torch.float32) -> torch.Tensor:
-        v = as_tensor(parts["values"], "topk values")
-        i = as_tensor(parts["indices"], "topk indices")
+    def decode_rows(self, parts: Mapping[str, Any], *, rows: Sequence[int] | None = None, device: Any = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        v = as_tensor(need(parts, "values", "topk"), "topk values")
+        i = as_tensor(need(parts, "indices", "topk"), "topk indices")
         if v.ndim != 2 or v.shape[1] != self.k or i.shape != v.shape:
             raise InvalidInputError(f"topk: values {tuple(v.shape)} / indices {tuple(i.shape)} must both be (n, {self.k})")
+        self._check_rows(v.shape[0], rows)
         dev = torch.device(device) if device is not None else v.device
         v = finite(v.to(dev, torch.float32), "topk values")
         i = i.to(dev, torch.int64)
@@ -93,7 +103,7 @@ class TopKCodec(SoftLabelCodec):
                              f"(limit {MAX_DECODE_BYTES:,} B); decode a smaller row range")
         out = torch.zeros((n, self.classes), dtype=torch.float32, device=dev)
         if self.missing != "renorm" and self.classes > self.k:
-            rest = (finite(as_tensor(parts["rest"], "topk rest").to(dev, torch.float32), "topk rest") if self.missing == "bucket"
+            rest = (finite(as_tensor(need(parts, "rest", "topk"), "topk rest").to(dev, torch.float32), "topk rest") if self.missing == "bucket"
                     else (1 - v.sum(1)).clamp_min(0))
             out += (rest / (self.classes - self.k)).unsqueeze(1)
         out.scatter_(1, i, v)

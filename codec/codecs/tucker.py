@@ -32,12 +32,12 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
+from .._args import float_arg, int_arg
 from ..errors import InvalidInputError, LimitError
-from .base import Codec, Part, register_codec
-from .int8 import _as_tensor  # the one shared array -> tensor helper
+from ._tensors import as_tensor
+from .base import BudgetTerm, Codec, Part, PartSpec, register_codec
 
 __all__ = [
     "TuckerCodec",
@@ -58,13 +58,8 @@ MAX_EXPANSION = 32768
 MAX_SAMPLE_ELEMENTS = 1 << 28
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _check_rate(rate: Any) -> None:
-    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 < float(rate) <= 1):
-        raise InvalidInputError(f"Tucker compression rate must be in (0, 1], got {rate!r}")
+def _check_rate(rate: Any) -> float:
+    return float_arg("Tucker compression rate", rate, 0, 1, lo_open=True)
 
 
 def tucker_ranks(shape: Sequence[int], rate: float = 0.75, keep: Sequence[int] | None = None,
@@ -159,13 +154,11 @@ def hosvd(
     """
     if method not in _METHODS:
         raise InvalidInputError(f"Tucker method must be one of {_METHODS}, got {method!r}")
-    if not (_is_int(n_iter) and n_iter >= 0):
-        raise InvalidInputError(f"Tucker n_iter must be a non-negative int, got {n_iter!r}")
+    n_iter = int_arg("Tucker n_iter", n_iter)
     if x.dim() != len(ranks) + 1:
         raise InvalidInputError(f"Tucker ranks {list(ranks)} do not match a chunk of shape {tuple(x.shape)}")
-    for k, r in enumerate(ranks, start=1):
-        if not (_is_int(r) and 1 <= r <= x.shape[k]):
-            raise InvalidInputError(f"Tucker rank {r!r} for axis {k} is not in 1..{x.shape[k]} (chunk shape {tuple(x.shape)})")
+    ranks = [int_arg(f"Tucker rank for axis {k} (chunk shape {tuple(x.shape)})", r, 1, x.shape[k])
+             for k, r in enumerate(ranks, start=1)]
     x = x.to(torch.float32)
     axes = [k for k in range(1, x.dim()) if ranks[k - 1] < x.shape[k]]
     factors: dict[int, torch.Tensor] = {}
@@ -182,7 +175,7 @@ def hosvd(
     if method == "hooi" and axes and n_iter > 0:
         norm_x = float(torch.linalg.vector_norm(x))
         prev = None
-        for _ in range(int(n_iter)):
+        for _ in range(n_iter):
             for k in axes:
                 y = project(x, skip=k)
                 factors[k] = _top_eigvecs(_gram(y, k), ranks[k - 1]).to(torch.float32)
@@ -221,6 +214,10 @@ def reconstruct_rows(
     if ids.numel() != core_rows.shape[0]:
         raise InvalidInputError(f"{ids.numel()} sample ids for {core_rows.shape[0]} core rows")
     chunks = ids // int(chunk_size)
+    n_chunks = min((int(f.shape[0]) for f in factor_parts.values()), default=None)
+    if ids.numel() and (int(ids.min()) < 0 or (n_chunks is not None and int(chunks.max()) >= n_chunks)):
+        raise InvalidInputError(f"sample ids {int(ids.min())}..{int(ids.max())} fall outside the {n_chunks} stored chunks "
+                                f"of {chunk_size} samples")
     dev = core_rows.device
     if chunks.numel() and bool((chunks == chunks[0]).all()):
         c = int(chunks[0])
@@ -254,26 +251,16 @@ class TuckerCodec(Codec):
             raise InvalidInputError(f"Tucker method must be one of {_METHODS}, got {method!r}")
         if dtype not in _STORE:
             raise InvalidInputError(f"Tucker storage dtype must be one of {sorted(_STORE)}, got {dtype!r}")
-        if not _is_int(chunk_size) or chunk_size < 1:
-            raise InvalidInputError(f"Tucker chunk_size must be a positive int, got {chunk_size!r}")
-        _check_rate(rate)
-        if not (_is_int(n_iter) and n_iter >= 0):
-            raise InvalidInputError(f"Tucker n_iter must be a non-negative int (0: plain HOSVD), got {n_iter!r}")
-        if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol) and tol >= 0):
-            raise InvalidInputError(f"Tucker tol must be a finite number >= 0, got {tol!r}")
-        if ranks is not None:
-            if not isinstance(ranks, (list, tuple)) or not all(r is None or _is_int(r) for r in ranks):
-                raise InvalidInputError(f"Tucker ranks must be a list of ints or None, got {ranks!r:.80}")
-        if keep is not None:
-            if not isinstance(keep, (list, tuple)) or not all(_is_int(k) for k in keep):
-                raise InvalidInputError(f"Tucker keep must be a list of axis numbers, got {keep!r:.80}")
-        self.rate = float(rate)
-        self.ranks = None if ranks is None else [None if r is None else int(r) for r in ranks]
-        self.keep = None if keep is None else [int(k) for k in keep]
-        self.chunk_size = int(chunk_size)
+        for name, seq in (("ranks", ranks), ("keep", keep)):
+            if seq is not None and not isinstance(seq, (list, tuple)):
+                raise InvalidInputError(f"Tucker {name} must be a list, got {seq!r:.80}")
+        self.rate = _check_rate(rate)
+        self.ranks = None if ranks is None else [None if r is None else int_arg("Tucker rank", r, -1) for r in ranks]
+        self.keep = None if keep is None else [int_arg("Tucker keep axis", k) for k in keep]
+        self.chunk_size = int_arg("Tucker chunk_size", chunk_size, 1)
         self.method = method
-        self.n_iter = int(n_iter)
-        self.tol = float(tol)
+        self.n_iter = int_arg("Tucker n_iter (0: plain HOSVD)", n_iter)
+        self.tol = float_arg("Tucker tol", tol, 0)
         self.dtype = dtype
 
     def get_config(self) -> dict[str, Any]:
@@ -285,19 +272,33 @@ class TuckerCodec(Codec):
         """Ranks of the non-sample axes for a tensor of ``shape``."""
         return tucker_ranks(shape, self.rate, self.keep, self.ranks)
 
-    def planned_parts(self, shape: Sequence[int]) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Shapes and dtype names of the parts ``encode`` would produce for ``shape`` (for budgets)."""
+    def encoded_parts(self, shape: Any) -> dict[str, PartSpec]:
+        """``core`` ``[N, r...]`` (per row: one core row per sample) and ``factor_K`` ``[n_chunks, d_K, r_K]``."""
         ranks = self.ranks_for(shape)
         n = int(shape[0])
         n_chunks = -(-n // self.chunk_size)
-        out = {"core": ((n, *ranks), self.dtype)}
+        out = {"core": PartSpec(self.dtype, (n, *ranks), per_row=True)}
         for k, (d, r) in enumerate(zip(shape[1:], ranks), start=1):
             if r < d:
-                out[f"factor_{k}"] = ((n_chunks, int(d), r), self.dtype)
+                out[f"factor_{k}"] = PartSpec(self.dtype, (n_chunks, int(d), r))
+        return out
+
+    def budget_terms(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+        """The paper stores core and factors in fp32: 4 B per element (B.4)."""
+        out = {}
+        for part, shape in shapes.items():
+            elems = 4.0 * math.prod(shape)
+            if part == "core":
+                out[part] = BudgetTerm("HOSVD core (video paper B.4): N*prod(ranks) floats x 4 B (fp32, as the paper "
+                                       "stores)", elems, formula_dtype="f32")
+            elif part.startswith("factor_"):
+                out[part] = BudgetTerm("HOSVD factor U_k per chunk: n_chunks*d*r floats x 4 B (the sample-axis factor, "
+                                       "n x n per chunk in the paper's code, is the identity and not stored)", elems,
+                                       formula_dtype="f32")
         return out
 
     def encode(self, x: Any, progress: Any = None) -> dict[str, Part]:
-        t = _as_tensor(x, "TuckerCodec.encode")
+        t = as_tensor(x, "TuckerCodec.encode")
         if not t.is_floating_point():
             raise InvalidInputError(f"Tucker needs floating-point latents, got {t.dtype}")
         if t.dim() < 2 or t.shape[0] == 0 or t.numel() == 0:
@@ -332,7 +333,7 @@ class TuckerCodec(Codec):
                     k = int(name[len("factor_"):])
                 except ValueError:
                     raise InvalidInputError(f"Tucker part name {name!r} is not factor_<axis>") from None
-                f = _as_tensor(arr, f"Tucker part {name!r}")
+                f = as_tensor(arr, f"Tucker part {name!r}")
                 if f.dim() != 3:
                     raise InvalidInputError(f"Tucker part {name!r} must be [n_chunks, d, r], got shape {tuple(f.shape)}")
                 out[k] = f
@@ -373,7 +374,7 @@ class TuckerCodec(Codec):
     def decode(self, parts: Mapping[str, Any]) -> torch.Tensor:
         if "core" not in parts:
             raise InvalidInputError("Tucker object is missing its 'core' part")
-        core = _as_tensor(parts["core"], "Tucker part 'core'")
+        core = as_tensor(parts["core"], "Tucker part 'core'")
         if not core.is_floating_point():
             raise InvalidInputError(f"Tucker part 'core' must be floating point, got {core.dtype}")
         factors = self.factor_parts(parts)
@@ -383,7 +384,21 @@ class TuckerCodec(Codec):
             out[s:s + self.chunk_size] = reconstruct(core[s:s + self.chunk_size], {k: f[c] for k, f in factors.items()})
         return out
 
-    def decode_rows(self, core_rows: torch.Tensor, factors: Mapping[int, torch.Tensor],
-                    sample_ids: Sequence[int] | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Rebuild selected samples from their core rows (see :func:`reconstruct_rows`)."""
-        return reconstruct_rows(core_rows, factors, sample_ids, self.chunk_size, dtype)
+    def decode_rows(self, parts: Mapping[str, Any], *, rows: Sequence[int] | torch.Tensor | None = None,
+                    device: Any = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rebuild the samples ``rows`` (default ``0..n-1``) from ``parts``: their ``core`` rows, in
+        that order, and the whole ``factor_K`` stacks (see :func:`reconstruct_rows`)."""
+        core = as_tensor(need_part(parts, "core"), "Tucker part 'core'")
+        if not core.is_floating_point() or core.dim() < 2:
+            raise InvalidInputError(f"Tucker core rows must be a floating-point [n, ...] tensor, got {core.dtype} "
+                                    f"{tuple(core.shape)}")
+        if device is not None:
+            core = core.to(device)
+        ids = torch.arange(core.shape[0]) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        return reconstruct_rows(core, self.factor_parts(parts), ids, self.chunk_size, dtype)
+
+
+def need_part(parts: Mapping[str, Any], name: str) -> Any:
+    if name not in parts:
+        raise InvalidInputError(f"Tucker object is missing its {name!r} part")
+    return parts[name]

@@ -19,16 +19,19 @@ Decoding: Eq. 5-6 ``yhat = [mu_q(1), ..., mu_q(m)] D`` then Eq. 9
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Self, Sequence
 
 import numpy as np
 import torch
 
+from .._args import int_arg
 from ..errors import InvalidInputError
-from ..format import DTYPES
+from ._tensors import as_tensor
 from ._vqkernels import NUMBA_MAX_DC, NUMBA_MAX_K, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
-from .base import Codec, Part, register_codec
+from .base import BudgetTerm, Part, PartSpec, register_codec
+from .formulas import s12_row_terms
+from .softlabel import (SoftLabelCodec, check_common, index_bits, index_dtype, index_dtype_name, need, param,
+                        renorm_, to_probs)
 
 # ----------------------------------------------------------------------------------------------
 # Nearest-code assignment (Eq. 4) and index -> probability decoding (Eq. 5, 6, 9)
@@ -88,13 +91,6 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     return result.numpy() if is_np else result
 
 
-def renorm_(y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. 9 in place: ``y <- max(y, eps) / sum_l max(y_l, eps)`` row-wise."""
-    y.clamp_min_(eps)
-    y.div_(y.sum(1, keepdim=True))
-    return y
-
-
 def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: float, *,
                  dtype: torch.dtype = torch.float32, chunk: int = 4096, out: torch.Tensor | None = None,
                  renorm: bool = True) -> torch.Tensor:
@@ -140,200 +136,96 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
 # ----------------------------------------------------------------------------------------------
 
 _PARAM_DTYPES = {"f32": torch.float32, "f16": torch.float16}
-INPUT_KINDS = ("probs", "logits")
-#: Largest class count a soft-label codec accepts (a config read from a file cannot ask a
-#: decoder to allocate rows x 2**40 floats).
-MAX_CLASSES = 1 << 24
-
-
-def check_common(classes, input, temperature, eps, who: str = "soft labels") -> None:
-    """Validate the arguments every soft-label codec shares (InvalidInputError otherwise)."""
-    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
-        raise InvalidInputError(f"{who}: classes must be an integer in [2, 2**24], got {classes!r}")
-    if input not in INPUT_KINDS:
-        raise InvalidInputError(f"{who}: input must be one of {INPUT_KINDS}, got {input!r}")
-    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
-        raise InvalidInputError(f"{who}: temperature must be a finite number > 0, got {temperature!r}")
-    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise InvalidInputError(f"{who}: eps must be in (0, 1), got {eps!r}")
-
-
-def index_bits(k: int) -> int:
-    """``ceil(log2 k)`` (at least 1): bits per stored index."""
-    return max(1, (int(k) - 1).bit_length())
-
-
-def index_dtype_name(bits: int) -> str:
-    """The smallest unsigned .ddz dtype holding ``bits``-bit indices: "u8", "u16" or "u32"."""
-    return "u8" if bits <= 8 else "u16" if bits <= 16 else "u32"
-
-
-def index_dtype(bits: int) -> np.dtype:
-    return DTYPES[index_dtype_name(bits)]
-
-
-def as_tensor(x: Any, name: str = "input") -> torch.Tensor:
-    """numpy / memmap / torch -> torch tensor (no copy for numpy when possible)."""
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        if x.dtype == np.float16 or x.dtype == np.float32 or x.dtype == np.float64:
-            return torch.from_numpy(np.ascontiguousarray(x))
-        if np.issubdtype(x.dtype, np.integer):
-            return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
-        raise InvalidInputError(f"{name}: expected a float or integer array, got dtype {x.dtype}")
-    raise InvalidInputError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
-
-
-def finite(t: torch.Tensor, what: str) -> torch.Tensor:
-    """``t`` unchanged, or InvalidInputError (naming the first bad row of a 2-D ``t``) when it
-    holds a NaN or an infinity, e.g. a stored part that would decode to NaN probabilities."""
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        row = f" (row {int((~torch.isfinite(t)).any(1).nonzero()[0, 0])})" if t.ndim == 2 else ""
-        raise InvalidInputError(f"{what} holds NaN or infinite values{row}")
-    return t
-
-
-def to_probs(x: Any, input: str = "probs", temperature: float = 1.0, *, classes: int | None = None,
-             device=None) -> torch.Tensor:
-    """Soft labels as float32 probabilities: ``softmax(z / temperature)`` for logits
-    (paper Sec. 3.1, ``y = softmax(z / tau)``), unchanged for probabilities."""
-    t = as_tensor(x)
-    if device is not None:
-        t = t.to(device)
-    if t.ndim != 2:
-        raise InvalidInputError(f"soft labels must be 2-D (n, C), got shape {tuple(t.shape)}")
-    if classes is not None and t.shape[1] != classes:
-        raise InvalidInputError(f"soft labels have {t.shape[1]} classes, the codec expects {classes}")
-    if not t.is_floating_point():
-        raise InvalidInputError(f"soft labels must be floating point, got {t.dtype}")
-    if input not in INPUT_KINDS:
-        raise InvalidInputError(f"input must be one of {INPUT_KINDS}, got {input!r}")
-    t = t.to(torch.float32)
-    if input == "logits":
-        t = torch.softmax(t / float(temperature), dim=1)
-    # NaN/inf probabilities, or logits with NaN or +inf (their softmax is NaN)
-    return finite(t, f"this batch of soft labels ({input})")
-
-
-class RowSpec(tuple):
-    """How a per-row part is stored: (dtype name, row shape, bits or None, zstd level or None)."""
-
-    def __new__(cls, dtype: str, row_shape: tuple, bits: int | None = None, zstd: int | None = None):
-        return super().__new__(cls, (dtype, tuple(row_shape), bits, zstd))
-
-    dtype = property(lambda s: s[0])
-    row_shape = property(lambda s: s[1])
-    bits = property(lambda s: s[2])
-    zstd = property(lambda s: s[3])
-
-
-class SoftLabelCodec(Codec):
-    """A codec for soft labels (rows of class probabilities).
-
-    Parts split into *row parts* (one row per soft label, streamed and sliceable by row
-    range: ``row_specs``/``encode_rows``) and *shared parts* (codebook, decoder, levels,
-    components: ``param_parts``).  ``decode_rows`` turns a row range's parts plus the shared
-    parts into renormalised probabilities (float32 torch, on the requested device).
-    """
-
-    classes: int
-
-    def row_specs(self) -> dict[str, RowSpec]:
-        raise NotImplementedError
-
-    def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def param_parts(self) -> dict[str, Part]:
-        return {}
-
-    def load_parts(self, parts: Mapping[str, Any]) -> "SoftLabelCodec":
-        return self
-
-    def decode_rows(self, parts: Mapping[str, Any], *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        raise NotImplementedError
-
-    def encode(self, x: Any) -> dict[str, Part]:
-        rows = self.encode_rows(x)
-        specs = self.row_specs()
-        parts = {n: Part(a, bits=specs[n].bits, zstd=specs[n].zstd) for n, a in rows.items()}
-        parts.update(self.param_parts())
-        return parts
-
-    def decode(self, parts: Mapping[str, Any], *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        self.load_parts(parts)
-        return self.decode_rows(parts, device=device, dtype=dtype)
+_PARAMS = ("encoder", "decoder", "codebook")
 
 
 @register_codec
 class VQCodec(SoftLabelCodec):
-    """Linear VQ autoencoder (paper Eq. 2-9). Parameters live on the instance after
-    training (:func:`codec.softlabels.train_vq`) or after :meth:`decode`/:meth:`load_parts`."""
+    """Linear VQ autoencoder (paper Eq. 2-9). Its learned parameters (encoder P, decoder D,
+    codebook) come from :func:`codec.softlabels.fit` / :func:`~codec.softlabels.train_vq`,
+    or from stored parts through :meth:`with_params`."""
 
     codec_id = "vq"
 
     def __init__(self, classes: int, dh: int, dc: int, k: int, *, eps: float = 1e-8, input: str = "probs",
                  temperature: float = 1.0, param_dtype: str = "f32", entropy: bool = False,
                  store_encoder: bool = False, zstd_level: int = 19):
-        check_common(classes, input, temperature, eps, "vq")
-        for nm, v in (("dh", dh), ("dc", dc), ("k", k)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise InvalidInputError(f"vq: {nm} must be a positive integer, got {v!r}")
-        if dh % dc:
+        self.classes, self.input, self.temperature, self.eps = check_common(classes, input, temperature, eps, "vq")
+        self.dh, self.dc = int_arg("vq: dh", dh, 1), int_arg("vq: dc", dc, 1)
+        self.k = int_arg("vq: k", k, 2, 1 << 24)
+        if self.dh % self.dc:
             raise InvalidInputError(f"vq: dh={dh} must be divisible by dc={dc} (Eq. 3)")
-        if not 2 <= k <= 1 << 24:
-            raise InvalidInputError(f"vq: k must be in [2, 2**24], got {k}")
         if param_dtype not in _PARAM_DTYPES:
             raise InvalidInputError(f"vq: param_dtype must be one of {sorted(_PARAM_DTYPES)}, got {param_dtype!r}")
-        if isinstance(zstd_level, bool) or not isinstance(zstd_level, int) or not -7 <= zstd_level <= 22:
-            raise InvalidInputError(f"vq: zstd_level must be an integer in [-7, 22], got {zstd_level!r}")
-        self.classes, self.dh, self.dc, self.k = classes, dh, dc, k
-        self.m = dh // dc
-        self.bits = index_bits(k)
-        self.eps = float(eps)
-        self.input = input
-        self.temperature = float(temperature)
+        for nm, v in (("entropy", entropy), ("store_encoder", store_encoder)):
+            if not isinstance(v, bool):
+                raise InvalidInputError(f"vq: {nm} must be true or false, got {v!r}")
+        self.m = self.dh // self.dc
+        self.bits = index_bits(self.k)
         self.param_dtype = param_dtype
-        self.entropy = bool(entropy)
-        self.store_encoder = bool(store_encoder)
-        self.zstd_level = int(zstd_level)
+        self.entropy = entropy
+        self.store_encoder = store_encoder
+        self.zstd_level = int_arg("vq: zstd_level", zstd_level, -7, 22)
         self.encoder: torch.Tensor | None = None  # (C, dh)
         self.decoder: torch.Tensor | None = None  # (dh, C)
         self.codebook: torch.Tensor | None = None  # (k, dc)
 
-    # -- config --------------------------------------------------------------------------------
+    # -- config and parts ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {"id": self.codec_id, "classes": self.classes, "dh": self.dh, "dc": self.dc, "k": self.k,
                 "eps": self.eps, "input": self.input, "temperature": self.temperature,
                 "param_dtype": self.param_dtype, "entropy": self.entropy, "store_encoder": self.store_encoder,
                 "zstd_level": self.zstd_level}
 
+    def encoded_parts(self, shape: Any) -> dict[str, PartSpec]:
+        n = self._rows(shape)
+        if self.entropy:
+            specs = {"indices_lo": PartSpec("u8", (n, self.m), None, self.zstd_level, per_row=True)}
+            if self.bits > 8:
+                specs["indices_hi"] = PartSpec("u8" if self.bits <= 16 else "u16", (n, self.m), None, self.zstd_level,
+                                               per_row=True)
+        else:
+            specs = {"indices": PartSpec(index_dtype_name(self.bits), (n, self.m), self.bits, per_row=True)}
+        specs["codebook"] = PartSpec(self.param_dtype, (self.k, self.dc))
+        specs["decoder"] = PartSpec(self.param_dtype, (self.dh, self.classes))
+        if self.store_encoder:
+            specs["encoder"] = PartSpec(self.param_dtype, (self.classes, self.dh))
+        return specs
+
+    def budget_terms(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, BudgetTerm]:
+        row = "indices_lo" if self.entropy else "indices"
+        n = int(shapes[row][0]) if shapes.get(row) else 0
+        t = s12_row_terms(max(n, 1), self.classes, self.dh, self.dc, self.k).terms
+        idx = t["indices"] if n else 0.0
+        out = {"codebook": BudgetTerm("S12 codebook: k*dc*4", t["codebook"], formula_dtype="f32"),
+               "decoder": BudgetTerm("S12 decoder: C*dh*4", t["decoder"], formula_dtype="f32"),
+               "encoder": BudgetTerm("encoder P (not in S12; kept to encode more labels)")}
+        if self.entropy:
+            out["indices_lo"] = BudgetTerm("S12 batch data, entropy-coded (low byte plane; the formula value and its "
+                                           "difference cover both planes)", idx, covers=("indices_hi",), log2_of=self.k)
+            out["indices_hi"] = BudgetTerm("S12 batch data, entropy-coded (high bits plane; formula value on indices_lo)")
+        else:
+            out["indices"] = BudgetTerm("S12 batch data: n*(dh/dc)*log2(k)/8", idx, log2_of=self.k)
+        return out
+
     # -- parameters ------------------------------------------------------------------------------
-    def set_params(self, encoder=None, decoder=None, codebook=None) -> "VQCodec":
-        """Install parameters (validated shapes), stored as float32 tensors."""
+    def set_params(self, encoder: Any = None, decoder: Any = None, codebook: Any = None) -> Self:
+        """Install parameters (validated shapes, finite), as float32 tensors; for building a codec (training)."""
         if encoder is not None:
-            self.encoder = self._param(encoder, (self.classes, self.dh), "encoder")
+            self.encoder = param(encoder, (self.classes, self.dh), "vq encoder")
         if decoder is not None:
-            self.decoder = self._param(decoder, (self.dh, self.classes), "decoder")
+            self.decoder = param(decoder, (self.dh, self.classes), "vq decoder")
         if codebook is not None:
-            self.codebook = self._param(codebook, (self.k, self.dc), "codebook")
+            self.codebook = param(codebook, (self.k, self.dc), "vq codebook")
         return self
 
-    def _param(self, a, shape, name) -> torch.Tensor:
-        t = as_tensor(a, name)
-        if tuple(t.shape) != shape:
-            raise InvalidInputError(f"vq {name} must have shape {shape}, got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise InvalidInputError(f"vq {name} must be floating point, got {t.dtype}")
-        return finite(t.detach().to(torch.float32), f"vq {name}")
-
     @property
-    def trained(self) -> bool:
+    def fitted(self) -> bool:
         return self.encoder is not None and self.decoder is not None and self.codebook is not None
 
-    def to(self, device) -> "VQCodec":
-        for a in ("encoder", "decoder", "codebook"):
+    def to(self, device: Any) -> "VQCodec":
+        """Move the parameters to ``device`` (in place; returns self)."""
+        for a in _PARAMS:
             t = getattr(self, a)
             if t is not None:
                 setattr(self, a, t.to(device))
@@ -342,22 +234,34 @@ class VQCodec(SoftLabelCodec):
     def stored_param(self, name: str) -> torch.Tensor:
         """A parameter as it is stored (param_dtype), on CPU."""
         t = getattr(self, name)
+        if t is None:
+            raise InvalidInputError(f"vq: no {name} (fit the codec first)")
         return t.detach().to("cpu", _PARAM_DTYPES[self.param_dtype]).contiguous()
 
     def rounded(self) -> "VQCodec":
         """Parameters rounded to the storage dtype (so encoding sees what decoding will)."""
-        for a in ("encoder", "decoder", "codebook"):
+        for a in _PARAMS:
             t = getattr(self, a)
             if t is not None:
                 setattr(self, a, t.to(_PARAM_DTYPES[self.param_dtype]).to(torch.float32))
         return self
 
+    def params(self) -> dict[str, Part]:
+        names = ("codebook", "decoder", "encoder") if self.store_encoder else ("codebook", "decoder")
+        return {n: Part(self.stored_param(n)) for n in names if getattr(self, n) is not None}
+
+    def with_params(self, parts: Mapping[str, Any]) -> Self:
+        """This codec with the stored codebook and decoder (and encoder, if stored) of ``parts``."""
+        super().with_params(parts)
+        return self._copy_with().set_params(codebook=need(parts, "codebook", "vq"), decoder=need(parts, "decoder", "vq"),
+                              encoder=need(parts, "encoder", "vq") if "encoder" in parts else None)
+
     # -- encode ----------------------------------------------------------------------------------
     def encode_indices(self, x: Any, *, chunk: int = 65536) -> np.ndarray:
         """Eq. 2-4: soft labels (n, C) -> indices (n, m) of dtype u8/u16/u32."""
-        if not self.trained:
-            raise InvalidInputError("vq: codec has no trained parameters (train it with codec.softlabels.train_vq)")
-        t = as_tensor(x)
+        if self.encoder is None or self.codebook is None:
+            raise InvalidInputError("vq: codec has no trained encoder and codebook (fit it with codec.softlabels.fit)")
+        t = as_tensor(x, "soft labels")
         n = t.shape[0] if t.ndim else 0
         out = np.empty((n, self.m), index_dtype(self.bits))
         P = self.encoder.to(t.device) if t.device.type != "cpu" else self.encoder
@@ -369,43 +273,21 @@ class VQCodec(SoftLabelCodec):
             out[s:s + chunk] = q.reshape(-1, self.m).cpu().numpy()
         return out
 
-    def row_specs(self) -> dict[str, RowSpec]:
-        if self.entropy:
-            specs = {"indices_lo": RowSpec("u8", (self.m,), None, self.zstd_level)}
-            if self.bits > 8:
-                specs["indices_hi"] = RowSpec("u8" if self.bits <= 16 else "u16", (self.m,), None, self.zstd_level)
-            return specs
-        return {"indices": RowSpec(index_dtype_name(self.bits), (self.m,), self.bits, None)}
-
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
         idx = self.encode_indices(x)
         if self.entropy:
             return {n: p.array for n, p in entropy_index_parts(idx, self.bits, self.zstd_level).items()}
         return {"indices": idx}
 
-    def index_parts(self, idx: np.ndarray) -> dict[str, Part]:
-        if self.entropy:
-            return entropy_index_parts(idx, self.bits, self.zstd_level)
-        return {"indices": Part(idx, bits=self.bits)}
-
-    def param_parts(self) -> dict[str, Part]:
-        parts = {"codebook": Part(self.stored_param("codebook")), "decoder": Part(self.stored_param("decoder"))}
-        if self.store_encoder:
-            parts["encoder"] = Part(self.stored_param("encoder"))
-        return parts
-
     # -- decode ----------------------------------------------------------------------------------
-    def load_parts(self, parts: Mapping[str, Any]) -> "VQCodec":
-        """Install codebook/decoder (and encoder if stored) from decoded parts."""
-        self.set_params(codebook=parts["codebook"], decoder=parts["decoder"], encoder=parts.get("encoder"))
-        return self
-
-    def decode_rows(self, parts: Mapping[str, Any], *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def decode_rows(self, parts: Mapping[str, Any], *, rows: Sequence[int] | None = None, device: Any = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Eq. 5, 6, 9: the given rows' indices -> renormalised probabilities (n, C) float32."""
-        idx = join_index_parts(parts, self.bits) if self.entropy else parts["indices"]
+        idx = join_index_parts(parts, self.bits) if self.entropy else need(parts, "indices", "vq")
+        self._check_rows(len(idx), rows)
         return self.decode_indices(idx, device=device, dtype=dtype)
 
-    def decode_indices(self, idx: Any, *, device=None, dtype: torch.dtype = torch.float32,
+    def decode_indices(self, idx: Any, *, device: Any = None, dtype: torch.dtype = torch.float32,
                        out: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 5, 6, 9 for given indices (n, m); ``dtype=torch.bfloat16`` runs the matmul in bf16."""
         if self.codebook is None or self.decoder is None:
@@ -440,17 +322,15 @@ def entropy_index_parts(idx: np.ndarray, bits: int, level: int = 19) -> dict[str
     return parts
 
 
-def join_index_parts(parts: Mapping[str, Any], bits: int):
-    lo = parts["indices_lo"]
-    if isinstance(lo, torch.Tensor):
-        out = lo.to(torch.int64)
-        if bits > 8:
-            out = out | (parts["indices_hi"].to(torch.int64) << 8)
-        return out
-    out = np.asarray(lo).astype(np.int64)
-    if bits > 8:
-        out |= np.asarray(parts["indices_hi"]).astype(np.int64) << 8
-    return out
+def join_index_parts(parts: Mapping[str, Any], bits: int) -> torch.Tensor:
+    """The indices (int64) from their ``indices_lo`` / ``indices_hi`` byte planes."""
+    lo = as_tensor(need(parts, "indices_lo", "vq"), "vq indices_lo").to(torch.int64)
+    if bits <= 8:
+        return lo
+    hi = as_tensor(need(parts, "indices_hi", "vq"), "vq indices_hi").to(device=lo.device, dtype=torch.int64)
+    if hi.shape != lo.shape:
+        raise InvalidInputError(f"vq: index planes disagree in shape: {tuple(lo.shape)} / {tuple(hi.shape)}")
+    return lo | (hi << 8)
 
 
 def empirical_entropy_bits(idx: np.ndarray, k: int) -> float:

@@ -101,3 +101,65 @@ class Preamble:
         if h_off < PREAMBLE_SIZE or h_off + h_len != f_len:
             raise FormatError(f"header [{h_off}, {h_off + h_len}) does not end the {f_len}-byte file", offset=16)
         return cls(alignment, h_off, h_len, h_crc, f_len, major, minor)
+
+
+class Layout:
+    """Where the parts of a .ddz go (spec/ddz.md, 'Layout'): the one calculator the Writer, the
+    video pack planner and the accountant share.
+
+    The preamble takes bytes ``[0, 64)``; each section starts at the next multiple of
+    ``alignment`` after the previous one (zero padding between); the header follows the last
+    section with no padding and ends the file.
+    """
+
+    def __init__(self, alignment: int = DEFAULT_ALIGNMENT):
+        self.alignment = alignment
+        self.end = PREAMBLE_SIZE  # first byte after the last placed section
+
+    def next_offset(self) -> int:
+        """Where the next section will start."""
+        return align_up(self.end, self.alignment)
+
+    def place(self, length: int) -> int:
+        """Place a section of ``length`` stored bytes; returns its offset."""
+        offset = self.next_offset()
+        self.end = offset + length
+        return offset
+
+    def file_length(self, header_length: int) -> int:
+        """Total file size once a header of ``header_length`` bytes follows the sections."""
+        return self.end + header_length
+
+
+@dataclass(frozen=True)
+class Region:
+    """A byte range of a file: ``kind`` is preamble, section, padding or header."""
+
+    kind: str
+    name: str
+    offset: int
+    length: int
+
+
+def regions(sections: list[tuple[str, int, int]], header_offset: int, header_length: int, file_length: int) -> list[Region]:
+    """Every byte of a file, in order: the preamble, each ``(name, offset, length)`` section,
+    the zero padding before each, the header and any bytes after it. Raises
+    :class:`FormatError` for overlapping sections."""
+    out = [Region("preamble", "preamble", 0, PREAMBLE_SIZE)]
+    pos = PREAMBLE_SIZE
+    for name, offset, length in sorted(sections, key=lambda s: s[1]):
+        if offset < pos:
+            raise FormatError(f"section {name!r} overlaps the previous one", offset=offset)
+        if offset > pos:
+            out.append(Region("padding", f"padding before {name}", pos, offset - pos))
+        out.append(Region("section", name, offset, length))
+        pos = offset + length
+    if header_offset < pos:
+        raise FormatError("the header overlaps the last section", offset=header_offset)
+    if header_offset > pos:
+        out.append(Region("padding", "padding before header", pos, header_offset - pos))
+    out.append(Region("header", "header", header_offset, header_length))
+    end = header_offset + header_length
+    if file_length > end:
+        out.append(Region("padding", "trailing bytes", end, file_length - end))
+    return out

@@ -16,7 +16,7 @@ from ..errors import DDZError, FileAccessError, FormatError, InvalidInputError
 from .arrays import as_path, to_storage
 from .header import Header, SectionInfo, check_json_depth, check_name, dump_json
 from .layout import (DEFAULT_ALIGNMENT, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_HEADER_LENGTH, MAX_NDIM,
-                     MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, PREAMBLE_SIZE, Preamble, align_up, crc32)
+                     MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, PREAMBLE_SIZE, Layout, Preamble, crc32)
 
 
 def _remove(path: str) -> None:
@@ -40,6 +40,7 @@ class Writer:
             raise InvalidInputError(f"alignment must be a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}], got {alignment!r}")
         self.path = as_path(path)
         self.alignment = alignment
+        self._layout = Layout(alignment)
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._sections: list[SectionInfo] = []
         self._names: set[str] = set()
@@ -82,8 +83,7 @@ class Writer:
                 raise InvalidInputError(f"section {name!r}: cannot bit-pack dtype {dtype} at bits={bits!r}")
         if zstd is not None and (type(zstd) is not int or not -7 <= zstd <= 22):
             raise InvalidInputError(f"section {name!r}: zstd level must be an integer in [-7, 22], got {zstd!r}")
-        pad = align_up(self._pos, self.alignment) - self._pos
-        self._write(bytes(pad))
+        self._write(bytes(self._layout.next_offset() - self._pos))
         self._names.add(name)
         self._open_section = SectionWriter(self, name, dtype, row_shape, bits, zstd, _shape)
         return self._open_section
@@ -113,9 +113,9 @@ class Writer:
                 raise InvalidInputError(f"metadata or codec configs are not JSON-serialisable: {exc}") from None
             if len(header) > MAX_HEADER_LENGTH:
                 raise InvalidInputError(f"header of {len(header)} bytes exceeds {MAX_HEADER_LENGTH}")
-            header_offset = self._pos
+            header_offset = self._layout.end
             self._write(header)
-            pre = Preamble(self.alignment, header_offset, len(header), crc32(header), self._pos)
+            pre = Preamble(self.alignment, header_offset, len(header), crc32(header), self._layout.file_length(len(header)))
             self._f.seek(0)
             self._f.write(pre.to_bytes())
             self._f.flush()
@@ -161,6 +161,7 @@ class Writer:
         self._pos += memoryview(data).nbytes
 
     def _finish_section(self, info: SectionInfo) -> None:
+        self._layout.place(info.length)
         self._sections.append(info)
         self._open_section = None
 

@@ -11,16 +11,16 @@ import importlib
 import os
 from typing import Any
 
+from ..codecs.base import registered_codecs
+from ..codecs.softlabel import SoftLabelCodec
 from ..errors import FormatError, InvalidInputError
 from ..format import open as ddz_open
 from .video import VIDEO_META_KEY, VideoDataset
 
 __all__ = ["load", "VideoDataset", "archive_kind", "unpack_archive"]
 
-# What codec.softlabels writes (it offers no "is this a soft-label archive" predicate; keep
-# these two lists the one place that knows its metadata keys and codec ids).
+# The metadata keys codec.softlabels writes (soft labels, augmentation records, LLM token labels).
 SOFTLABEL_META_KEYS = ("softlabels", "augment", "llm")
-SOFTLABEL_CODEC_IDS = ("vq", "topk", "pca", "quant", "lpld", "dense")
 
 
 def unpack_archive(*args: Any, **kwargs: Any) -> list[str]:
@@ -39,7 +39,7 @@ def archive_kind(path: str | os.PathLike) -> str:
         if any(k in meta for k in SOFTLABEL_META_KEYS):
             return "soft-labels"
         ids = {str(o.get("codec", {}).get("id", "")) for o in f.objects.values()}
-        if ids & set(SOFTLABEL_CODEC_IDS):
+        if ids & set(registered_codecs(SoftLabelCodec)):
             return "soft-labels"
     return "unknown"
 

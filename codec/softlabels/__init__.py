@@ -4,7 +4,8 @@ augmentation records and the replay API for training code.
 
 Entry points:
 
-* :func:`train_vq` -- train a :class:`~codec.codecs.vq.VQCodec` on a memmap / .ddz section / iterator.
+* :func:`fit` -- the one way a codec learns its parameters (VQ, PCA, quant): returns a fitted copy.
+* :func:`train_vq` -- fit's VQ trainer, a :class:`~codec.codecs.vq.VQCodec` from its shape and a memmap / .ddz section / iterator.
 * :func:`write_softlabels` / :func:`save_softlabels` -- stream labels into a Writer / new file.
 * :func:`open_archive` -- open a soft-label .ddz: ``arch.labels(start, stop)`` -> probabilities.
 * :func:`kd_loss` -- Eq. 10.
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codecs import lpld as _lpld, pca as _pca, quant as _quant, topk as _topk  # noqa: F401 (register codecs)
 from ..codecs.lpld import LPLDCodec
 from ..codecs.pca import PCACodec
 from ..codecs.quant import QuantCodec
+from ..codecs.softlabel import SoftLabelCodec, to_probs
 from ..codecs.topk import TopKCodec
-from ..codecs.vq import VQCodec, to_probs
+from ..codecs.vq import VQCodec
 from .archive import SoftLabelArchive, save_softlabels, write_softlabels
+from .fit import fit
 from .kd import kd_loss, kl_div
 from .sources import ArraySource, DDZSource, IterSource, as_source
 from .train import TrainLog, train_vq
@@ -53,6 +55,7 @@ def open_archive(path, device: Any = None, *, name: str | None = None, dtype=Non
     return SoftLabelArchive(path, name=name, **kw)
 
 
-__all__ = ["VQCodec", "TopKCodec", "PCACodec", "QuantCodec", "LPLDCodec", "to_probs", "train_vq", "TrainLog", "write_softlabels", "save_softlabels",
+__all__ = ["SoftLabelCodec", "VQCodec", "TopKCodec", "PCACodec", "QuantCodec", "LPLDCodec", "to_probs", "fit", "train_vq",
+           "TrainLog", "write_softlabels", "save_softlabels",
            "SoftLabelArchive", "open_archive", "kd_loss", "kl_div", "ArraySource", "DDZSource",
            "IterSource", "as_source"]

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .._args import int_arg, parse_device
-from ..codecs.base import Part, registered_codecs
-from ..codecs.vq import SoftLabelCodec
+from ..codecs.base import registered_codecs
+from ..codecs.softlabel import SoftLabelCodec
 from ..errors import FormatError, InvalidInputError, SectionNotFoundError
 from ..format import DTYPES, DDZFile, Writer
 from ..format.arrays import as_path
@@ -48,6 +48,8 @@ def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any
     """
     if not isinstance(codec, SoftLabelCodec):
         raise InvalidInputError(f"write_softlabels needs a soft-label codec, got {type(codec).__name__}")
+    if not codec.fitted:
+        raise InvalidInputError(f"{codec.codec_id}: the codec has no learned parameters; fit it with codec.softlabels.fit")
     chunk = int_arg("chunk", chunk, 1)
     with opened_source(data, section) as src:
         return _write_rows(writer, name, codec, src, chunk, progress, register, extra_meta)
@@ -57,7 +59,7 @@ def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, c
                 register: bool, extra_meta: Mapping[str, Any] | None) -> dict[str, str]:
     if src.classes != codec.classes:
         raise InvalidInputError(f"soft labels have {src.classes} classes, codec {codec.codec_id!r} expects {codec.classes}")
-    specs = codec.row_specs()
+    specs = codec.row_parts()
     names = list(specs)
     sections = {p: f"{name}/{p}" for p in names}
     spills: dict[str, Any] = {}
@@ -72,7 +74,7 @@ def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, c
         first = names[0]
         s0 = specs[first]
         with writer.section(sections[first], s0.dtype, s0.row_shape, bits=s0.bits, zstd=s0.zstd) as sec:
-            limit = getattr(codec, "max_rows", None)
+            limit = codec.max_rows
             for x in src.sequential(chunk):
                 if limit is not None:
                     if rows >= limit:
@@ -103,9 +105,8 @@ def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, c
                     e = min(rows, s + chunk)
                     sec.append(np.asarray(mm[s * per_row: e * per_row]).reshape(e - s, *sp.row_shape))
                 del mm
-        for p, part in codec.param_parts().items():
-            pp = part if isinstance(part, Part) else Part(part)
-            writer.add(f"{name}/{p}", pp.array, bits=pp.bits, zstd=pp.zstd)
+        for p, part in codec.params().items():
+            writer.add(f"{name}/{p}", part.array, bits=part.bits, zstd=part.zstd)
             sections[p] = f"{name}/{p}"
         writer.add_object(name, codec.get_config(), sections)
         if register:
@@ -138,7 +139,7 @@ def _decode_dtype(dtype: Any) -> torch.dtype:
 
 
 def _check_row_part(info, spec, what: str) -> None:
-    """A stored row part must match its codec's RowSpec: rows x row_shape, the dtype, and the
+    """A stored row part must match its codec's PartSpec: rows x row_shape, the dtype, and the
     bit width of a bit-packed part (so e.g. an (n, 1) high plane cannot broadcast against an
     (n, m) low plane, and a top-k index stream is stored at ceil(log2 C) bits)."""
     shape = tuple(info.shape)
@@ -217,15 +218,15 @@ class SoftLabelArchive:
         if not isinstance(codec, SoftLabelCodec):
             raise FormatError(f"object {self.name!r} uses codec {codec.codec_id!r}, which is not a soft-label codec")
         self.sections = dict(obj["sections"])
-        specs = codec.row_specs()
+        specs = codec.row_parts()
         missing = [p for p in specs if p not in self.sections]
         if missing:
             raise FormatError(f"object {self.name!r} lacks row parts {missing}")
         shared = {p: f.get(s) for p, s in self.sections.items() if p not in specs}
         try:
-            codec.load_parts(shared)
-        except (KeyError, ValueError) as exc:
-            raise FormatError(f"object {self.name!r}: bad shared parts: {exc}") from None
+            codec = codec.with_params(shared)
+        except InvalidInputError as exc:  # the parts came from the file
+            raise FormatError(f"{self.path}: object {self.name!r}: bad shared parts: {exc}") from None
         if hasattr(codec, "to"):
             codec.to(self.device)
         self.row_parts = list(specs)
@@ -267,7 +268,7 @@ class SoftLabelArchive:
         dtype = _decode_dtype(dtype) if dtype is not None else self.dtype
         parts = {p: self._row_part(p, int(start), int(stop)) for p in self.row_parts}
         try:
-            return codec.decode_rows(parts, device=dev, dtype=dtype)
+            return codec.decode_rows(parts, rows=range(int(start), int(stop)), device=dev, dtype=dtype)
         except InvalidInputError as exc:  # the parts came from the file
             raise FormatError(f"{self.path}: object {self.name!r} rows {start}:{stop}: {exc}") from None
 

@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..codecs.vq import SoftLabelCodec, VQCodec, index_bits
+from ..codecs.softlabel import SoftLabelCodec, index_bits
+from ..codecs.vq import VQCodec
 from ..errors import FormatError, InvalidInputError
 from ..format import Writer
 
@@ -235,7 +236,7 @@ def write_replay_archive(path: str | os.PathLike, codec: SoftLabelCodec, batches
     from .sources import IterSource
 
     rec = AugmentRecorder(num_samples)
-    limit = getattr(codec, "max_rows", None)
+    limit = codec.max_rows
 
     def label_batches():
         for i, b in enumerate(batches()):

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .._args import float_arg, parse_device
-from ..codecs.vq import VQCodec, index_bits, index_dtype, index_dtype_name
+from ..codecs.softlabel import index_bits, index_dtype, index_dtype_name
+from ..codecs.vq import VQCodec
 from ..errors import FormatError, InvalidInputError
 from ..format import DTYPES, Writer
 from .archive import SoftLabelArchive, write_softlabels

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .._args import float_arg, int_arg, parse_device
-from ..codecs.vq import VQCodec, nearest_code, to_probs
+from ..codecs.softlabel import to_probs
+from ..codecs.vq import VQCodec, nearest_code
 from ..errors import InvalidInputError
 from .sources import opened_source
 

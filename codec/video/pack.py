@@ -12,7 +12,7 @@ The archive (LVDD's distilled dataset, B.4, made self-describing):
 
 Everything is encoded in memory first (an :class:`ArchivePlan`), so the exact file size is
 known *before* anything is written. The plan does not re-implement the container: offsets
-come from :func:`codec.format.layout.align_up` after ``PREAMBLE_SIZE``, the header length
+come from the format's :class:`codec.format.layout.Layout` (as the Writer's do), the header length
 from :class:`codec.format.header.Header` ``.to_bytes()`` over :class:`SectionInfo` rows,
 and a zstd section's stored length and CRC from the format's own :class:`codec.Writer`
 (into a scratch file that is then discarded). :meth:`ArchivePlan.write` checks every
@@ -35,17 +35,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..budget.formulas import fmt_bytes
 from ..codecs.base import Codec, Part
 from ..codecs.tucker import TuckerCodec
 from ..errors import BudgetError, FormatError, InvalidInputError
 from ..format import Writer
 from ..format.arrays import to_storage
 from ..format.header import Header, SectionInfo
-from ..format.layout import DEFAULT_ALIGNMENT, PREAMBLE_SIZE, align_up, crc32
+from ..format.layout import DEFAULT_ALIGNMENT, Layout, crc32
 from .io import find_clips, parse_resolution, read_clip
-from .vae import encode_frames, stored_state, vae_codec, vae_parts
+from .vae import encode_frames, vae_codec, vae_parts
 
-__all__ = ["parse_size", "format_size", "ArchivePlan", "plan_latent_archive", "pack_latents",
+__all__ = ["parse_size", "ArchivePlan", "plan_latent_archive", "pack_latents",
            "encode_clips", "encode_frame_tensor", "pack_videos", "VIDEO_META_KEY"]
 
 VIDEO_META_KEY = "ddz.video"
@@ -68,11 +69,6 @@ def parse_size(text: Any) -> int:
     if value <= 0:
         raise InvalidInputError(f"size must be positive, got {text!r}")
     return value
-
-
-def format_size(n: int) -> str:
-    """``83,999,186 B (84.00 MB, 80.11 MiB)``."""
-    return f"{n:,} B ({n / 1e6:.2f} MB, {n / 2**20:.2f} MiB)"
 
 
 def _progress(enabled: bool, iterable=None, **kw):
@@ -127,19 +123,18 @@ class ArchivePlan:
             secs[part] = f"{name}/{part}"
         self.objects[name] = {"codec": dict(codec.get_config()), "sections": secs, "must_understand": True}
 
-    def _layout(self) -> tuple[list[SectionInfo], int]:
-        pos, infos = PREAMBLE_SIZE, []
+    def _layout(self) -> tuple[list[SectionInfo], Layout]:
+        layout, infos = Layout(self.alignment), []
         for s in self.sections:
-            pos = align_up(pos, self.alignment)
-            infos.append(SectionInfo(s.name, s.dtype, s.shape, pos, s.length, s.decoded_length, s.encoding, s.crc))
-            pos += s.length
-        return infos, pos
+            offset = layout.place(s.length)
+            infos.append(SectionInfo(s.name, s.dtype, s.shape, offset, s.length, s.decoded_length, s.encoding, s.crc))
+        return infos, layout
 
     @property
     def size(self) -> int:
         """Exact size in bytes of the file :meth:`write` produces."""
-        infos, end = self._layout()
-        return end + len(Header(tuple(infos), self.objects, self.metadata).to_bytes())
+        infos, layout = self._layout()
+        return layout.file_length(len(Header(tuple(infos), self.objects, self.metadata).to_bytes()))
 
     def breakdown(self) -> list[tuple[str, int]]:
         """``(section, stored bytes)`` largest first, plus the container overhead as ``"(header+padding)"``."""
@@ -157,12 +152,12 @@ class ArchivePlan:
         return out
 
     def report(self, budget: int | None = None) -> str:
-        lines = [f"planned .ddz size: {format_size(self.size)}"]
+        lines = [f"planned .ddz size: {fmt_bytes(self.size)}"]
         for name, n in self.by_object().items():
             lines.append(f"  {name:<28} {n:>14,} B  {n / 1e6:9.3f} MB  {n / 2**20:9.3f} MiB")
         if budget is not None:
             ok = self.size <= budget
-            lines.append(f"budget {format_size(budget)}: {'fits' if ok else 'OVER'} "
+            lines.append(f"budget {fmt_bytes(budget)}: {'fits' if ok else 'OVER'} "
                          f"({'headroom' if ok else 'excess'} {abs(budget - self.size):,} B)")
         return "\n".join(lines)
 
@@ -172,7 +167,7 @@ class ArchivePlan:
         size = self.size
         if size > limit:
             top = ", ".join(f"{n} {b / 1e6:.2f} MB" for n, b in self.breakdown()[:4])
-            raise BudgetError(f"planned archive is {format_size(size)}, over the budget of {format_size(limit)} "
+            raise BudgetError(f"planned archive is {fmt_bytes(size)}, over the budget of {fmt_bytes(limit)} "
                               f"by {size - limit:,} B; largest sections: {top}. Nothing was written. "
                               "Lower --hosvd-rate, store with --storage f16/bf16, use --decoder-only, or keep fewer samples.")
         return size
@@ -393,17 +388,14 @@ def encode_frame_tensor(vae: torch.nn.Module, frames: Any, *, batch_size: int = 
 
 
 def _lower_bound(vae: torch.nn.Module, n: int, latent_shape: Sequence[int], kw: Mapping[str, Any]) -> int:
-    """Stored bytes of the data alone (no header), computed from shapes: a cheap early budget check."""
-    dec = kw.get("decoder_only", False)
-    vc = vae_codec(vae, scheme=kw.get("scheme", "asymmetric"), decoder_only=dec, float_dtype=kw.get("vae_float", "f32"))
-    sizes = vc.part_sizes({k: v.shape for k, v in stored_state(vae, dec).items()})
-    item = {"i8": 1, "f32": 4, "f16": 2, "bf16": 2}
-    total = sum(c * item[d] for c, d in sizes.values()) if kw.get("zstd") is None else 0
+    """Stored bytes of the data alone (no header), from the codecs' size hooks: a cheap early budget check
+    (a zstd part counts 0: its compressed size is known only once compressed)."""
+    vc = vae_codec(vae, scheme=kw.get("scheme", "asymmetric"), decoder_only=kw.get("decoder_only", False),
+                   float_dtype=kw.get("vae_float", "f32"), zstd=kw.get("zstd"))
     tc = TuckerCodec(rate=kw.get("hosvd_rate", 0.75), ranks=kw.get("ranks"), chunk_size=kw.get("chunk_size", 400),
                      dtype=kw.get("storage", "f32"))
-    for shape, d in tc.planned_parts((n, *latent_shape)).values():
-        total += int(np.prod(shape)) * item[d]
-    return total + 8 * n
+    specs = [*vc.encoded_parts().values(), *tc.encoded_parts((n, *latent_shape)).values()]
+    return sum(s.nbytes for s in specs if s.zstd is None) + 8 * n
 
 
 def pack_videos(out: str | os.PathLike, vae: torch.nn.Module, video_dir: str | os.PathLike | None = None, *,
@@ -423,8 +415,8 @@ def pack_videos(out: str | os.PathLike, vae: torch.nn.Module, video_dir: str | o
     if budget is not None:
         lb = _lower_bound(vae, len(clips), (frames, meta["latent_channels"] or 4, hw[0] // f, hw[1] // f), kw)
         if lb > parse_size(budget):
-            raise BudgetError(f"{len(clips)} clips need at least {format_size(lb)}, over the budget of "
-                              f"{format_size(parse_size(budget))}; nothing was encoded or written")
+            raise BudgetError(f"{len(clips)} clips need at least {fmt_bytes(lb)}, over the budget of "
+                              f"{fmt_bytes(parse_size(budget))}; nothing was encoded or written")
     latents = encode_clips(vae, [c.path for c in clips], frames=frames, resolution=hw, sampling=sampling,
                            frame_gap=frame_gap, batch_size=batch_size, mode=encode_mode, seed=seed,
                            autocast=autocast, progress=progress)

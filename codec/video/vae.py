@@ -240,11 +240,11 @@ def stored_state(model: nn.Module, decoder_only: bool = False) -> dict[str, torc
 
 def vae_codec(model: nn.Module, *, scheme: str = "asymmetric", decoder_only: bool = False,
               float_dtype: str = "f32", zstd: int | None = None) -> Int8StateDictCodec:
-    """The codec that stores ``model`` (its manifest is filled by ``encode``)."""
-    quant = quantizable_weights(model)
-    sd_keys = set(stored_state(model, decoder_only))
-    return Int8StateDictCodec(scheme=scheme, quantize={k: a for k, a in quant.items() if k in sd_keys},
-                              float_dtype=float_dtype, zstd=zstd, model=_model_desc(model, decoder_only))
+    """The codec that stores ``model``: every Conv/Linear weight int8 per output channel, the rest float."""
+    shapes = {k: tuple(v.shape) for k, v in stored_state(model, decoder_only).items()}
+    quant = {k: a for k, a in quantizable_weights(model).items() if k in shapes}
+    return Int8StateDictCodec.for_state_dict(shapes, quant, scheme=scheme, float_dtype=float_dtype, zstd=zstd,
+                                             model=_model_desc(model, decoder_only))
 
 
 def vae_parts(model: nn.Module, **kw: Any):
