@@ -132,7 +132,8 @@ def interleaved(config_name: str = "sd", rounds: int = 3, n_latents: int = 16) -
     for k in runs:
         med = sorted(times[k])[rounds // 2]
         err = decode_error(outs["fp32 diffusers"], outs[k])
-        rows.append({"what": k, "median s": med, "min s": min(times[k]), "all s": [round(t, 2) for t in times[k]], "speed vs fp32": base / med, **err})
+        rows.append({"what": k, "median s": med, "min s": min(times[k]), "all s": [round(t, 2) for t in times[k]],
+                     "speed vs fp32": base / med, **err})
     return rows
 
 

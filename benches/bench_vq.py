@@ -28,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -88,7 +87,8 @@ def test_assign_vs_faiss(benchmark, bench_table, dc, k):
     benchmark.pedantic(ours, rounds=1, iterations=1)
     ratio = med["faiss"] / med["ours"]
     benchmark.extra_info.update(dc=dc, k=k, faiss_s=med["faiss"], ours_s=med["ours"], ratio=ratio, agree=agree)
-    bench_table.add(T_ASSIGN, {"dc": dc, "k": k, "ddz path": "numba" if dc <= NUMBA_MAX_DC else "BLAS", "faiss ms": med["faiss"] * 1e3, "ddz ms": med["ours"] * 1e3,
+    bench_table.add(T_ASSIGN, {"dc": dc, "k": k, "ddz path": "numba" if dc <= NUMBA_MAX_DC else "BLAS",
+                               "faiss ms": med["faiss"] * 1e3, "ddz ms": med["ours"] * 1e3,
                                "ddz Mvec/s": N / med["ours"] / 1e6, "faiss/ddz": ratio,
                                "floor (>=1)": "met" if ratio >= 1 else "MISSED", "agreement": agree})
     assert agree > 0.9999  # correctness, not speed

@@ -383,6 +383,7 @@ def test_thread_pool_is_rebuilt_after_fork():
     assert os.WEXITSTATUS(status) == 0
 
 
+@pytest.mark.slow  # compiles the shift/mask kernels of every width
 @pytest.mark.skipif(not bits_numpy.HAVE_FAST_PDEP, reason="host without fast BMI2 pdep/pext")
 def test_scalar_and_bmi2_kernels_agree(monkeypatch):
     """Both kernel families on the same (smallest-dtype) arrays: pdep/pext and shift/mask."""

@@ -24,7 +24,7 @@ from codec.errors import InvalidInputError
 from codec.softlabels import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from make_golden import codec_examples  # noqa: E402
+from make_golden import codec_examples
 
 EXAMPLES = codec_examples()
 FITTED = ("vq", "pca", "quant")

@@ -66,7 +66,7 @@ def test_two_worker_dataloader_and_distributed_sampler(archive):
     for rank in range(2):
         s = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
         s.set_epoch(1)
-        for v, y in DataLoader(ds, batch_size=3, sampler=s):
+        for v, _y in DataLoader(ds, batch_size=3, sampler=s):
             assert v.shape[1:] == (3, 3, 16, 16)
         seen += list(s)
     assert sorted(set(seen)) == list(range(9))

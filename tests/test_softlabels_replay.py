@@ -146,7 +146,7 @@ def test_lpld_pruned_pool_keeps_the_records_of_its_batches(tmp_path):
     p = write_replay_archive(tmp_path / "l.ddz", lp, lambda: iter(recs), classes=C)
     a = ReplayArchive(p)
     assert len(a) == 24 and len(a.batch_rows) - 1 == 6 and a.epochs == 2
-    for i, r in enumerate(recs[:6]):
+    for r in recs[:6]:
         assert np.array_equal(a.record(r.epoch, r.step)["coords"], r.coords.numpy())
         want = torch.softmax(r.labels.half().float(), 1)
         assert torch.allclose(a.labels_for(r.epoch, r.step), want, atol=1e-6)

@@ -140,7 +140,7 @@ def test_hostile_header_edit_raises_only_ddz_errors(base, tmp_path, name):
 
 def _build(path, base, parts, cfg=None):
     with codec.open(base) as src, codec.Writer(path, metadata=src.metadata) as w:
-        for part, sec in src.objects["vae"]["sections"].items():
+        for sec in src.objects["vae"]["sections"].values():
             w.add(sec, src.get(sec))
         w.add_object("vae", src.objects["vae"]["codec"], src.objects["vae"]["sections"])
         secs = {}

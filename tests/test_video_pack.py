@@ -126,7 +126,7 @@ def test_load_tensors_formats_and_errors(tmp_path):
 
 def _make_videos(root, classes=("cat", "dog"), per_class=2, frames=10):
     g = torch.Generator().manual_seed(0)
-    for ci, c in enumerate(classes):
+    for c in classes:
         os.makedirs(root / c)
         for k in range(per_class):
             base = torch.rand(3, 1, 1, generator=g)

@@ -12,7 +12,8 @@ from codec.codecs import _vqkernels as K  # noqa: E402
 
 # every dc is its own generated kernel (1-11 s to compile each, so not all of 1..128); these cover dc = 1, odd and
 # even dc, Q = 6 / 4 / 2 (dc <= 50, 64, the limit), S = 16 (the limit) and larger, and tile sizes from 64 rows up.
-DCS = [1, 2, 3, 5, 16, 33, 64, K.NUMBA_MAX_DC]
+# The large dc compile slowest: they run with `pytest -m slow` (CI runs both).
+DCS = [1, 2, 3, 5, 16] + [pytest.param(dc, marks=pytest.mark.slow) for dc in (33, 64, K.NUMBA_MAX_DC)]
 KS = [1, 3, 7, 64, 130]  # k = 1, k not a multiple of Q (padding), k > 128
 
 
@@ -48,6 +49,7 @@ def test_matches_float64_bruteforce(dc):
 
 
 # the shapes block_shape picks on other hosts (AVX2: Q = 3) and odd ones the generator must also get right
+@pytest.mark.slow
 @pytest.mark.parametrize("dc,shape", [(5, (4, 3, 32)), (25, (4, 3, 16)), (7, (3, 5, 48)), (4, (1, 1, 16)), (9, (2, 7, 20))])
 def test_other_block_shapes(dc, shape):
     rng = np.random.default_rng(100 + dc)
@@ -81,7 +83,7 @@ def test_tile_uses_512_bit_vectors_where_the_target_has_avx512():
     assert sum("zmm" in line for line in fmas) > 0.9 * len(fmas) > 0
 
 
-@pytest.mark.parametrize("dc", [5, 25])
+@pytest.mark.parametrize("dc", [5, pytest.param(25, marks=pytest.mark.slow)])
 def test_exact_ties_go_to_lower_index(dc):
     rng = np.random.default_rng(0)
     base = rng.standard_normal((7, dc), dtype=np.float32)
@@ -137,6 +139,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(dc=st.sampled_from([1, 3, 5]), shape=st.sampled_from([None, (4, 3, 16), (2, 5, 16)]),
        n=st.integers(0, 300), k=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))

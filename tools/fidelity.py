@@ -17,7 +17,8 @@ Bytes are matched with the storage formulas at the paper's scale (stored bytes:
 (digits: 1,797 images x 300 epochs; synthetic: IPC 10 x 1,000 classes x 300 epochs =
 3,000,000), so decoder/codebook/components are amortised as they would be in a real file.
 Each codec takes the most expressive setting whose stored ratio is >= the target; a codec
-that cannot reach a ratio is reported as "n/a".  Eq. 9's epsilon is chosen per codec from a grid by KL on training labels.  Metrics on held-out labels: KL(y || y~)
+that cannot reach a ratio is reported as "n/a".  Eq. 9's epsilon is chosen per codec from a grid by KL on training
+labels.  Metrics on held-out labels: KL(y || y~)
 (nats, mean), top-1 agreement, top-5 overlap |top5(y) & top5(y~)| / 5.
 
 Run:  python tools/fidelity.py [--quick] [--json out.json]
@@ -37,8 +38,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from codec.budget import formulas as BF  # noqa: E402
-from codec.softlabels import PCACodec, QuantCodec, TopKCodec, kl_div, train_vq  # noqa: E402
+from codec.budget import formulas as BF
+from codec.softlabels import PCACodec, QuantCodec, TopKCodec, fit, kl_div, train_vq
 
 EPS_GRID = (1e-8, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3)  # Eq. 9 epsilon: tuned per codec on training labels
 
@@ -97,7 +98,7 @@ def digits_labels(views: int, seed: int, T: float = 4.0):
     torch.manual_seed(seed)
     net = Teacher()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for ep in range(30):
+    for _ in range(30):
         idx = tr[torch.randperm(len(tr), generator=g)]
         for s in range(0, len(idx), 128):
             b = idx[s:s + 128]
@@ -249,14 +250,14 @@ def evaluate(name, ytr, yte, nref, ratios, vq_epochs, seed, log):
         ch = pca_choice(C, nref, ratio)
         if ch:
             k, got = ch
-            cod = PCACodec(C, k).fit(ytr)
+            cod = fit(PCACodec(C, k), ytr)
             rows.append({"set": name, "target": ratio, "codec": f"pca k={k}", "ratio": got, **measure(cod, ytr, yte)})
         else:
             rows.append({"set": name, "target": ratio, "codec": "pca", "ratio": None})
         ch = quant_choice(C, nref, ratio)
         if ch:
             k, got = ch
-            cod = QuantCodec(C, k).fit(ytr)
+            cod = fit(QuantCodec(C, k), ytr)
             rows.append({"set": name, "target": ratio, "codec": f"quant levels={k}", "ratio": got, **measure(cod, ytr, yte)})
         else:
             rows.append({"set": name, "target": ratio, "codec": "quant", "ratio": None})
@@ -307,8 +308,6 @@ def llm_extra(seed, log, tmpdir, sequences=200, length=256, V=50257, K=20):
     """Bytes per labelled token of the token-level archive (top-20 ids at 16 bits + VQ values)
     on a synthetic teacher (Zipf-like top-k logits), vs fp16 top-20 (80 B) and dense fp16."""
     from codec.softlabels.llm import write_llm_archive
-
-    g = torch.Generator().manual_seed(seed)
 
     def seqs():
         gg = torch.Generator().manual_seed(seed)

@@ -31,7 +31,7 @@ LITTLE_ENDIAN = sys.byteorder == "little"
 #: below this many values a call runs on the calling thread only
 PARALLEL_MIN_VALUES = 1 << 20
 
-_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+_UNSIGNED: dict[int, np.dtype] = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 _U64 = np.uint64
 
 
@@ -91,7 +91,7 @@ _pool_lock = threading.Lock()
 
 
 def _num_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
+    return max(1, min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
 
 
 def _get_pool(workers: int) -> ThreadPoolExecutor:

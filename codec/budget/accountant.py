@@ -15,7 +15,7 @@ from . import formulas as F
 # ------------------------------------------------------------------------------------------------
 # codec specs: "vq:dh=795,dc=5,k=1024", "topk:k=15", "pca:k=24", "quant:k=4", "lpld:ratio=40", "raw"
 # ------------------------------------------------------------------------------------------------
-_SPEC_KEYS = {
+_SPEC_KEYS: dict[str, dict[str, type]] = {
     "raw": {},
     "vq": {"dh": int, "dc": int, "k": int, "param_bytes": int},
     "topk": {"k": int},
@@ -313,7 +313,7 @@ def attribute(path: str | os.PathLike) -> list[Row]:
 
 def summarize(rows: list[Row]) -> dict:
     """Totals by kind, plus data vs container overhead, in bytes."""
-    by = {}
+    by: dict[str, int] = {}
     for r in rows:
         by[r.kind] = by.get(r.kind, 0) + r.bytes
     total = sum(by.values())

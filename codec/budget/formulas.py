@@ -12,11 +12,11 @@ index (``ceil(log2 k)``) and whole bytes per bit-packed section (last byte padde
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from .._args import int_arg
-from ..codecs.formulas import (FP16, FP32, Terms, _pos_int, _vq_check, bits_for, s11_rows, s12_row_terms,
-                               s12_stored_row_terms, s15_row_terms, s15_stored_row_terms, s16_row_terms,
+from ..codecs.formulas import FP16, FP32, Terms, _pos_int, _vq_check
+from ..codecs.formulas import bits_for as bits_for, s11_rows as s11_rows  # re-exported: the per-row formulas live with the codecs
+from ..codecs.formulas import (s12_row_terms, s12_stored_row_terms, s15_row_terms, s15_stored_row_terms, s16_row_terms,
                                s16_stored_row_terms, s17_row_terms, s17_stored_row_terms)
 from ..errors import InvalidInputError
 

@@ -117,18 +117,18 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"budget FILE takes only --json (got options for plan/solve); is {args.target!r} a typo?")
     if not os.path.exists(args.target):
         raise InvalidInputError(f"budget: {args.target!r} is neither 'plan', 'solve' nor an existing file")
-    rows = B.attribute(args.target)
-    summ = B.summarize(rows)
+    attributed = B.attribute(args.target)
+    summ = B.summarize(attributed)
     if args.json:
         return _json({"file": args.target, "unit": "bytes", "file_size": summ["total"],
-                      "rows": [r.to_json() for r in rows], "summary": summ})
+                      "rows": [r.to_json() for r in attributed], "summary": summ})
     print(f"{args.target}: {B.fmt_bytes(summ['total'])}; every byte attributed (rows sum to the file size)")
     _table(f"{'offset':>12} {'bytes':>14} {'formula B':>16}  {'name':<28} term / notes", ())
-    for r in rows:
-        fb = f"{r.formula_bytes:,.1f}" if r.formula_bytes is not None else "-"
-        print(f"{r.offset:>12,} {r.bytes:>14,} {fb:>16}  {r.name:<28} {r.term}")
-        if r.note:
-            print(f"{'':>12} {'':>14} {'':>16}  {'':<28}   {r.note}")
+    for row in attributed:
+        fb = f"{row.formula_bytes:,.1f}" if row.formula_bytes is not None else "-"
+        print(f"{row.offset:>12,} {row.bytes:>14,} {fb:>16}  {row.name:<28} {row.term}")
+        if row.note:
+            print(f"{'':>12} {'':>14} {'':>16}  {'':<28}   {row.note}")
     by = summ["by_kind"]
     print(f"total {summ['total']:,} B = sections {by.get('section', 0):,} B + preamble {by.get('preamble', 0):,} B + "
           f"header {by.get('header', 0):,} B + padding {by.get('padding', 0):,} B (container overhead {summ['overhead']:,} B)")

@@ -4,7 +4,7 @@ from .base import Codec, Part, codec_from_config, register_codec, registered_cod
 from .objects import object_codec, read_object, write_object
 
 # every built-in codec registers its id on import, so any stored config can be rebuilt
-from . import int8, lpld, pca, quant, topk, tucker, vq  # noqa: E402,F401  isort: skip
+from . import int8, lpld, pca, quant, topk, tucker, vq  # noqa: F401 - importing registers each id
 
 __all__ = ["Codec", "Part", "codec_from_config", "register_codec", "registered_codecs",
            "object_codec", "read_object", "write_object"]

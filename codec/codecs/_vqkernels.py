@@ -51,8 +51,8 @@ try:  # numba is a hard dependency of the package, but keep the module importabl
     import numba as _nb
     from numba.core import types as _nbtypes
     from numba.core.extending import intrinsic as _intrinsic
-except Exception:  # pragma: no cover
-    _nb = None
+except Exception:  # noqa: BLE001  # pragma: no cover - without numba the torch path serves
+    _nb = None  # type: ignore[assignment]
 
 NUMBA_MAX_DC = 128  # larger dc goes to the BLAS path in vq.py (compile time grows with dc)
 NUMBA_MAX_K = 1 << 24  # indices are carried as float32 in the work array: exact up to 2**24
@@ -63,7 +63,7 @@ _KERNELS: dict[tuple, Callable] = {}
 def _wide_vectors() -> bool:
     """True where numba compiles for AVX-512 (32 vector registers): the features numba targets,
     ``NUMBA_CPU_FEATURES`` when set, else the host's."""
-    feats = _nb.config.CPU_FEATURES
+    feats = _nb.config.CPU_FEATURES  # type: ignore[attr-defined]  # numba sets its config at import
     if feats is not None:
         return "+avx512f" in feats.split(",")
     import llvmlite.binding as llvm
@@ -186,7 +186,8 @@ def nearest_kernel(dc: int, shape: tuple[int, int, int] | None = None) -> Callab
     :func:`prep_codebook` (with the same ``shape``) with at most :data:`NUMBA_MAX_K` codes; row
     tiles in parallel over numba's threads (``numba.set_num_threads``).  ``shape`` (H, Q, S)
     defaults to :func:`block_shape`; tests pass others to cover every code path on one host."""
-    shape = tuple(shape or block_shape(dc))
+    h, q, s = shape or block_shape(dc)
+    shape = (h, q, s)
     kern = _KERNELS.get((dc, shape))
     if kern is None:
         kern = _KERNELS[dc, shape] = _compile(dc, shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import FormatError, SectionNotFoundError, UnknownCodecError
+from ..errors import FormatError, InvalidInputError, SectionNotFoundError, UnknownCodecError
 from ..format import DDZFile, Writer
 from .base import Codec, Part, codec_from_config
 
@@ -30,6 +30,8 @@ def object_codec(file: DDZFile, name: str) -> Codec:
         return codec_from_config(obj["codec"])
     except UnknownCodecError as exc:
         raise UnknownCodecError(f"object {name!r}: {exc}") from None
+    except InvalidInputError as exc:  # the config came from the file
+        raise FormatError(f"object {name!r} has an invalid codec config: {exc}") from None
 
 
 def read_object(file: DDZFile, name: str, *, framework: str = "torch", device: Any = None) -> Any:

@@ -89,12 +89,12 @@ def tucker_ranks(shape: Sequence[int], rate: float = 0.75, keep: Sequence[int] |
     _check_rate(rate)
     if keep is None:
         keep = (2,) if len(shape) == 5 else ()
-    keep = set(int(k) for k in keep)
-    for k in keep:
+    kept = {int(k) for k in keep}
+    for k in kept:
         if not 1 <= k < len(shape):
             raise InvalidInputError(f"Tucker keep axis {k} is not a non-sample axis of shape {shape}")
     # the small epsilon keeps int(0.75 * 16) == 12 exact even with float noise
-    return [d if (i + 1) in keep else max(1, min(d, int(float(rate) * d + 1e-9))) for i, d in enumerate(dims)]
+    return [d if (i + 1) in kept else max(1, min(d, int(float(rate) * d + 1e-9))) for i, d in enumerate(dims)]
 
 
 def _mode_apply(x: torch.Tensor, axis: int, mat: torch.Tensor) -> torch.Tensor:
@@ -308,7 +308,8 @@ class TuckerCodec(Codec):
         ranks = self.ranks_for(t.shape)
         sd = _STORE[self.dtype]
         n = t.shape[0]
-        cores, facs = [], {}
+        cores: list[torch.Tensor] = []
+        facs: dict[int, list[torch.Tensor]] = {}
         starts = range(0, n, self.chunk_size)
         for s in (progress(starts) if progress is not None else starts):
             core, factors = hosvd(t[s:s + self.chunk_size], ranks, method=self.method, n_iter=self.n_iter, tol=self.tol)

@@ -78,7 +78,7 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     xt = xt.to(dtype)
     cbf = cb.to(device=xt.device, dtype=dtype)
     cbT = cbf.t().contiguous()
-    bias = (-0.5 * (cbf * cbf).sum(1)).unsqueeze(0)
+    half_norms = (-0.5 * (cbf * cbf).sum(1)).unsqueeze(0)
     result = out if out is not None else torch.empty(n, dtype=torch.int64, device=xt.device)
     c = max(1, min(chunk, n))
     buf = torch.empty((c, k), dtype=dtype, device=xt.device)
@@ -86,7 +86,7 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
     for s in range(0, n, c):
         e = min(n, s + c)
         b = buf[: e - s]
-        torch.addmm(bias, xt[s:e], cbT, out=b)
+        torch.addmm(half_norms, xt[s:e], cbT, out=b)
         torch.max(b, 1, out=(vals[: e - s], result[s:e]))
     return result.numpy() if is_np else result
 
@@ -146,6 +146,7 @@ class VQCodec(SoftLabelCodec):
     or from stored parts through :meth:`with_params`."""
 
     codec_id = "vq"
+    train_log: Any  # set by train_vq: the TrainLog of the run that fitted the codec
 
     def __init__(self, classes: int, dh: int, dc: int, k: int, *, eps: float = 1e-8, input: str = "probs",
                  temperature: float = 1.0, param_dtype: str = "f32", entropy: bool = False,

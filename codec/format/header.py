@@ -35,7 +35,7 @@ class SectionInfo(NamedTuple):
     crc32: int = 0
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # the element count, not tuple.count
         return math.prod(self.shape)
 
     @property
@@ -167,7 +167,7 @@ def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
 def _parse_section(entry: Any, index: int) -> SectionInfo:
     if type(entry) is not dict:
         raise FormatError(f"section table entry {index} is not an object")
-    name = entry.get("name")
+    name: Any = entry.get("name")  # checked below; Any for the type checker
     if type(name) is not str or not 0 < len(name) <= MAX_NAME_BYTES // 4 or _CONTROL.search(name):
         try:
             check_name(name)
@@ -179,7 +179,8 @@ def _parse_section(entry: Any, index: int) -> SectionInfo:
     shape = entry.get("shape")
     if type(shape) is not list or len(shape) > MAX_NDIM:
         raise FormatError(f"shape must be a list of at most {MAX_NDIM} integers", section=name)
-    offset, length, decoded, crc = entry.get("offset"), entry.get("length"), entry.get("decoded_length"), entry.get("crc32")
+    fields: Any = entry.get("offset"), entry.get("length"), entry.get("decoded_length"), entry.get("crc32")
+    offset, length, decoded, crc = fields
     ok = (type(offset) is int and type(length) is int and type(decoded) is int and type(crc) is int
           and 0 <= offset < _MAX_U63 and 0 <= length < _MAX_U63 and 0 <= decoded < _MAX_U63 and 0 <= crc <= 0xFFFFFFFF)
     for d in shape:

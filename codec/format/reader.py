@@ -43,7 +43,7 @@ class DDZFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = as_path(path)
-        self._mm = None
+        self._mm: mmap.mmap | None = None
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as exc:
@@ -176,7 +176,7 @@ class DDZFile:
                 self._deep_check(info)
             except DDZError as exc:
                 yield exc
-            except Exception as exc:  # a decoder choking on corrupt input is a finding, not a crash
+            except Exception as exc:  # noqa: BLE001 - a decoder choking on corrupt input is a finding, not a crash
                 yield FormatError(f"{type(exc).__name__}: {exc}", section=info.name, offset=info.offset)
 
     def verify(self) -> None:
@@ -227,7 +227,7 @@ class DDZFile:
         out = np.empty(want, np.uint8)
         reader = zstandard.ZstdDecompressor().stream_reader(self.stored_bytes(info.name), read_across_frames=True)
         got = 0
-        view = memoryview(out)
+        view = out.data
         while got < want:
             n = reader.readinto(view[got:])
             if n == 0:
@@ -240,13 +240,14 @@ class DDZFile:
     def _unpacked(self, info: SectionInfo, start: int, count: int, shape, framework: str, device: Any):
         stream = self._inflate(info) if info.zstd else np.frombuffer(self._live_mm(), np.uint8, info.length, info.offset)
         np_dtype = DTYPES[info.dtype]
+        bits = info.bits or 0  # only bit-packed sections come here
         if framework == "torch":
             import torch
 
             data = to_device(torch.from_numpy(stream), device, f"section {info.name!r}")
-            values = unpack_bits(data, info.bits, count, start)
+            values = unpack_bits(data, bits, count, start)
             return values.to(getattr(torch, _TORCH_INT[info.dtype])).reshape(shape)
-        values = unpack_bits(stream, info.bits, count, start)
+        values = unpack_bits(stream, bits, count, start)
         out = values.astype(np_dtype, copy=False).reshape(shape)
         return to_framework(out, info.dtype, framework, device, f"section {info.name!r}")
 

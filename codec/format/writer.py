@@ -12,9 +12,9 @@ import numpy as np
 import zstandard
 
 from ..bits import BitStreamPacker
-from ..errors import DDZError, FileAccessError, FormatError, InvalidInputError
+from ..errors import FileAccessError, FormatError, InvalidInputError
 from .arrays import as_path, to_storage
-from .header import Header, SectionInfo, check_json_depth, check_name, dump_json
+from .header import Header, SectionInfo, check_json_depth, check_name
 from .layout import (DEFAULT_ALIGNMENT, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_HEADER_LENGTH, MAX_NDIM,
                      MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, PREAMBLE_SIZE, Layout, Preamble, crc32)
 

@@ -37,7 +37,7 @@ import torch
 
 from ..codecs.objects import object_codec
 from ..codecs.tucker import TuckerCodec, reconstruct_rows
-from ..errors import DDZError, FormatError, InvalidInputError
+from ..errors import FormatError, InvalidInputError
 from ..format import open as ddz_open
 from ..video.io import parse_device
 from ..video.pack import VIDEO_META_KEY
@@ -182,6 +182,8 @@ class VideoDataset(torch.utils.data.Dataset):
     def _open_state(self, f: Any) -> dict[str, Any]:
         secs = f.objects[self._names["latents"]]["sections"]
         codec = object_codec(f, self._names["latents"])
+        if not isinstance(codec, TuckerCodec):
+            raise self._fail(f"latents object uses codec {codec.codec_id!r}, expected tucker")
         core = f.get(secs["core"], framework="torch")  # zero-copy mmap view (raw sections)
         factors = {k: v.to(self.device, torch.float32) for k, v in
                    TuckerCodec.factor_parts({p: f.get(s, framework="torch") for p, s in secs.items() if p != "core"}).items()}
@@ -280,7 +282,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 out[j] = frames[k]
                 if self.cache == "frames":
                     self._frames[int(sel[k])] = frames[k].cpu()
-        videos = torch.stack([v.to(self.device) for v in out]) if out else torch.empty(0)
+        videos = torch.stack([v.to(self.device) for v in out if v is not None]) if out else torch.empty(0)
         if self.has_soft_labels:
             return videos, self.labels[ids], self.soft_labels(ids)
         return videos, self.labels[ids]
@@ -303,7 +305,7 @@ class VideoDataset(torch.utils.data.Dataset):
         for i in range(self._n):
             yield self[i]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, ...]]:
         """Batch fetch used by ``DataLoader``: one batched decode for the whole batch."""
         batch = self.decode_batch(list(indices))
         items = [tuple(t[k] for t in batch) for k in range(len(indices))]

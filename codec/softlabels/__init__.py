@@ -35,8 +35,6 @@ def open_archive(path, device: Any = None, *, name: str | None = None, dtype=Non
     code can replay (epoch, step) batches), an :class:`LLMArchive` for token-level labels,
     else a :class:`SoftLabelArchive`.  Decoding runs on ``device`` (CPU or CUDA).
     """
-    import torch
-
     from ..format import open as ddz_open
 
     with ddz_open(path) as f:

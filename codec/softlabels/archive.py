@@ -169,7 +169,7 @@ class SoftLabelArchive:
         self.dtype = _decode_dtype(dtype)
         self._name = name
         self._file: DDZFile | None = None
-        self._pid = None
+        self._pid: int | None = None
         self._codec: SoftLabelCodec | None = None
         self._cache: dict[str, Any] = {}
         self._load()

@@ -341,7 +341,7 @@ def _read_sampler_json(js: str) -> list[np.ndarray]:
             if m is None:
                 raise FormatError(f"{js}: epoch key {key!r} is not an epoch number (0, 1, ... or epoch_0, ...)")
             epoch[key] = int(m.group(1))
-        order = sorted(data, key=epoch.get)
+        order = sorted(data, key=lambda k: epoch[k])
         if [epoch[k] for k in order] != list(range(len(order))):
             raise FormatError(f"{js}: epoch keys must be 0..E-1, each once; got {sorted(data)[:8]}")
         data = [data[k] for k in order]

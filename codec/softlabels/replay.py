@@ -47,9 +47,10 @@ class ReplayArchive(SoftLabelArchive):
     def _load(self) -> None:
         super()._load()
         f = self._f()
-        self.aug_meta = f.metadata.get(AUG_META)
-        if not isinstance(self.aug_meta, dict):
+        meta = f.metadata.get(AUG_META)
+        if not isinstance(meta, dict):
             raise FormatError(f"{self.path}: no augmentation records (metadata {AUG_META!r})")
+        self.aug_meta: dict = meta
         self.epoch_batches = _index_array(f, "aug/epoch_batches", self.path)
         self.batch_rows = _index_array(f, "aug/batch_rows", self.path)
         nb = len(self.batch_rows) - 1
@@ -219,6 +220,8 @@ def mix_pair(x: torch.Tensor, partner: torch.Tensor, mix_type: str, lam: float |
     if mix_type == "none":
         return x
     if mix_type == "mixup":
+        if lam is None:
+            raise InvalidInputError("mixup needs its lambda")
         return lam * x + (1 - lam) * partner
     if mix_type == "cutmix":
         bbx1, bby1, bbx2, bby2 = bbox

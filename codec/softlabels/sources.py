@@ -67,7 +67,7 @@ def _release(data, s: int, e: int) -> None:
         if hi > lo:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
-    except Exception:  # advisory only
+    except Exception:  # noqa: BLE001 - madvise is advisory only
         pass
 
 
@@ -164,7 +164,7 @@ class IterSource(Source):
             raise InvalidInputError("IterSource needs a callable returning an iterable of (rows, C) batches")
         self.factory = factory
         self.rows = None
-        self.classes = classes
+        self.classes = classes  # type: ignore[assignment]  # found from the first batch just below when None
         if classes is None:
             first = next(iter(factory()), None)
             if first is None:

@@ -82,7 +82,7 @@ def find_clips(root: str | os.PathLike, csv_path: str | os.PathLike | None = Non
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:
         raise InvalidInputError(f"video folder {root!r} has no class subfolders (expected ROOT/<class>/<clip>)")
-    clips = []
+    clips: list[Clip] = []
     for label, name in enumerate(classes):
         cdir = os.path.join(root, name)
         found = sorted(os.path.join(cdir, f) for f in os.listdir(cdir) if not f.startswith("."))
@@ -193,7 +193,7 @@ def read_video(path: str, frames: int = 16, resolution: Any = 112, *, sampling: 
     if not got and pad is None:
         raise InvalidInputError(f"{path}: no frames could be decoded")
     out = [got[i] if i in got else pad for i in want]  # indices past the clip's end: its last frame
-    arr = np.stack(out)
+    arr = np.stack(out)  # type: ignore[arg-type]  # pad is set whenever an index is missing
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -212,10 +212,10 @@ def read_frame_folder(path: str, frames: int = 16, resolution: Any = 112, *, sam
     for i in want:
         if i not in cache:
             try:
-                with Image.open(os.path.join(path, files[i])) as im:
-                    im = im.convert("RGB")
+                with Image.open(os.path.join(path, files[i])) as src:
+                    im = src.convert("RGB")
                     ch, cw = _cover(im.height, im.width, hw)
-                    cache[i] = _fit(np.asarray(im.resize((cw, ch), Image.BILINEAR)), hw)
+                    cache[i] = _fit(np.asarray(im.resize((cw, ch), Image.Resampling.BILINEAR)), hw)
             except (OSError, Image.DecompressionBombError) as exc:
                 raise InvalidInputError(f"{os.path.join(path, files[i])}: cannot read image ({exc})") from None
         out.append(cache[i])

@@ -107,6 +107,7 @@ class ArchivePlan:
             raise InvalidInputError(f"duplicate section name {name!r}")
         arr, dtype = to_storage(array, f"section {name!r}")
         flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        enc: tuple[dict, ...]
         if zstd is None:
             length, crc, enc = flat.nbytes, crc32(flat), ()  # a raw section stores its bytes as they are
         else:
@@ -297,7 +298,10 @@ def plan_latent_archive(
     vcodec, vparts = vae_parts(vae, scheme=scheme, decoder_only=decoder_only, float_dtype=vae_float, zstd=zstd)
     plan.add_object("vae", vcodec, vparts)
     n_chunks = -(-latents.shape[0] // chunk_size)
-    bar = (lambda it: _progress(progress and n_chunks > 2, it, total=n_chunks, desc="HOSVD chunks"))
+
+    def bar(it: Any) -> Any:
+        return _progress(progress and n_chunks > 2, it, total=n_chunks, desc="HOSVD chunks")
+
     tparts = tucker.encode(latents, progress=bar)
     plan.add_object("latents", tucker, tparts)
     plan.add("labels", labels.contiguous())
@@ -384,6 +388,8 @@ def encode_frame_tensor(vae: torch.nn.Module, frames: Any, *, batch_size: int = 
         if out is None:
             out = torch.empty((frames.shape[0], *z.shape), dtype=torch.float32)
         out[i] = z.cpu()
+    if out is None:
+        raise InvalidInputError("no clips to encode (frames has N = 0)")
     return out
 
 
@@ -421,7 +427,7 @@ def pack_videos(out: str | os.PathLike, vae: torch.nn.Module, video_dir: str | o
                            frame_gap=frame_gap, batch_size=batch_size, mode=encode_mode, seed=seed,
                            autocast=autocast, progress=progress)
     labels = torch.tensor([c.label for c in clips], dtype=torch.int64)
-    root = os.fspath(video_dir) if video_dir is not None else os.fspath(csv)
+    root = os.fspath(video_dir) if video_dir is not None else os.fspath(csv or ".")
     video = {"frame_sampling": {"method": sampling, "frame_gap": frame_gap if sampling == "gap" else None,
                                 "start": 0, "resize": "short side, bilinear (libswscale), centre crop"},
              "pad_rule": "clips with fewer frames than needed repeat the clip's last frame",

@@ -18,6 +18,8 @@ loader layer, above :mod:`codec.video`, because it reads an archive through
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -44,7 +46,7 @@ def write_mp4(path: str, video: torch.Tensor, fps: int = 8) -> None:
         arr = np.pad(arr, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
     with av.open(path, mode="w") as c:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        s = c.add_stream(codec, rate=fps)
+        s: Any = c.add_stream(codec, rate=fps)  # a VideoStream
         s.width, s.height, s.pix_fmt = pw, ph, "yuv420p"
         if codec == "libx264":
             s.options = {"crf": "18", "preset": "fast"}

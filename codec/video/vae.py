@@ -23,7 +23,7 @@ import contextlib
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 from torch import nn
@@ -196,7 +196,7 @@ def save_vae_dir(model: nn.Module, path: str | os.PathLike) -> str:
     if getattr(model, "_ddz_decoder_only", False):
         raise InvalidInputError("a decoder-only VAE cannot be saved as a full diffusers folder; "
                                 "use save_vae_dir on the full model or unpack with the decoder weights only")
-    model.save_pretrained(path, safe_serialization=True)
+    cast(Any, model).save_pretrained(path, safe_serialization=True)
     return path
 
 
@@ -219,7 +219,7 @@ def _model_desc(model: nn.Module, decoder_only: bool) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(model, "to_json_string"):
         raise InvalidInputError(f"{type(model).__name__} is not a diffusers model (no config)")
-    config = json.loads(model.to_json_string())
+    config = json.loads(cast(Any, model).to_json_string())
     config.pop("_diffusers_version", None)
     config.pop("_name_or_path", None)
     import diffusers
@@ -392,7 +392,7 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor, *, batch_size: int = 3
             z = latents[s:s + batch_size].to(device=dev, dtype=wdt)
             if scaling_factor:
                 z = z / scaling_factor
-            x = vae.decode(z).sample
+            x = cast(Any, vae).decode(z).sample
             x = ((x.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
             if out is not None:
                 out[s:s + x.shape[0]].copy_(x)
@@ -424,7 +424,7 @@ def encode_frames(vae: nn.Module, frames: torch.Tensor, *, batch_size: int = 32,
     with torch.inference_mode(), _autocast(dev, autocast):
         for s in range(0, frames.shape[0], batch_size):
             x = frames[s:s + batch_size].to(device=dev, dtype=wdt) * 2.0 - 1.0
-            enc = vae.encode(x)
+            enc = cast(Any, vae).encode(x)
             dist = getattr(enc, "latent_dist", None)
             if dist is not None:
                 z = dist.mean if mode == "mean" else dist.sample(generator=gen)
