@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from .._args import float_arg
 from ..codecs.base import BudgetTerm
 from ..errors import BudgetError, DDZError, InvalidInputError
 from ..format.layout import DTYPES, regions
@@ -147,8 +148,7 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
     For each dc (largest first) the proposal maximises the index bits per label
     ``m*log2 k`` (the information each label keeps), ties to the larger dh, then the larger
     k.  ``all_candidates`` returns every feasible (dc, k) with its largest dh."""
-    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 1 <= ratio < math.inf):
-        raise InvalidInputError(f"ratio must be a finite number >= 1, got {ratio!r}")
+    ratio = float_arg("ratio", ratio, 1)
     dh_max = classes if dh_max is None else F._pos_int("dh_max", dh_max)
     dcs = [F._pos_int("dc", d) for d in dcs]
     ks = [F._pos_int("k", x) for x in ks]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .._args import int_arg
+from .._args import float_arg, int_arg
 from ..codecs.formulas import FP16, FP32, Terms, _pos_int, _vq_check
 from ..codecs.formulas import bits_for as bits_for, s11_rows as s11_rows  # re-exported: the per-row formulas live with the codecs
 from ..codecs.formulas import (s12_row_terms, s12_stored_row_terms, s15_row_terms, s15_stored_row_terms, s16_row_terms,
@@ -142,8 +142,7 @@ def lpld_pool(ipc: int, classes: int, epochs: int, ratio: float, batch_size: int
     ids (generation with ``drop_last=True``; N = IPC*C samples, B = batch size)."""
     N = _pos_int("ipc", ipc) * _pos_int("classes", classes)
     B = _pos_int("batch_size", batch_size)
-    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 1 <= ratio < math.inf):
-        raise InvalidInputError(f"LPLD ratio must be a finite number >= 1, got {ratio!r}")
+    ratio = float_arg("LPLD ratio", ratio, 1)
     per_epoch = N // B
     if per_epoch == 0:
         raise InvalidInputError(f"batch_size {B} exceeds the {N} samples per epoch")

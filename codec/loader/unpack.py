@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .._args import int_arg
 from ..errors import FileAccessError, InvalidInputError
 from ..format import open as ddz_open
 from ..video.unpack import contact_sheet, to_uint8, write_mp4
@@ -58,8 +59,7 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
 
     if frames not in (None, "mp4", "png"):
         raise InvalidInputError(f"frames must be 'mp4' or 'png', got {frames!r}")
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-        raise InvalidInputError(f"fps must be a positive int, got {fps!r}")
+    fps = int_arg("fps", fps, 1)
     path, out_dir = os.fspath(path), os.fspath(out_dir)
     ds = VideoDataset(path, device=device, autocast=autocast)
     try:

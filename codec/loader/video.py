@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .._args import int_arg
 from ..codecs.objects import object_codec
 from ..codecs.tucker import TuckerCodec, reconstruct_rows
 from ..errors import FormatError, InvalidInputError
@@ -60,9 +61,7 @@ class VideoDataset(torch.utils.data.Dataset):
         if cache not in (None, False, True, "latents", "frames"):
             raise InvalidInputError(f"cache must be None, 'latents' or 'frames', got {cache!r}")
         self.cache = "frames" if cache is True else (cache or None)
-        if not isinstance(decode_batch, int) or decode_batch < 1:
-            raise InvalidInputError(f"decode_batch must be a positive int, got {decode_batch!r}")
-        self.decode_batch_size = decode_batch
+        self.decode_batch_size = int_arg("decode_batch", decode_batch, 1)
         if autocast not in (None, "bf16", "fp16"):
             raise InvalidInputError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
         self.autocast = autocast

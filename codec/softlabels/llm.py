@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from .._args import float_arg, parse_device
+from .._args import float_arg, int_arg, parse_device
 from ..codecs.softlabel import index_bits, index_dtype, index_dtype_name
 from ..codecs.vq import VQCodec
 from ..errors import FormatError, InvalidInputError
@@ -97,10 +97,8 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
     """
     from .train import train_vq
 
-    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2:
-        raise InvalidInputError(f"vocab must be an integer >= 2, got {vocab!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
-        raise InvalidInputError(f"k must be in [1, vocab], got {k!r}")
+    vocab = int_arg("vocab", vocab, 2)
+    k = int_arg(f"k (vocab={vocab})", k, 1, vocab)
     temperature = float_arg("temperature", temperature, 0, lo_open=True)
 
     def probs_only():

@@ -287,9 +287,8 @@ class ReplayBatchSampler(_Lazy, torch.utils.data.Sampler):
                  epochs: int | None = None, drop_last: bool = False):
         _Lazy.__init__(self, path)
         a = self.archive
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-            raise InvalidInputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        self.batch_size, self.drop_last = batch_size, bool(drop_last)
+        self.batch_size = None if batch_size is None else int_arg("batch_size", batch_size, 1)
+        self.drop_last = bool(drop_last)
         self.epochs = a.epochs if epochs is None else int_arg("epochs", epochs, 0, a.epochs)
         self.start_epoch = int_arg("start_epoch", start_epoch, 0, self.epochs)
         self.start_step = int_arg("start_step", start_step, 0)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from .._args import int_arg
 
 __all__ = ["write_mp4", "contact_sheet", "to_uint8"]
 
@@ -37,8 +37,7 @@ def write_mp4(path: str, video: torch.Tensor, fps: int = 8) -> None:
     """Write ``[T, 3, H, W]`` frames in [0, 1] as an H.264 mp4 (yuv420p; odd sizes padded by 1 px)."""
     import av
 
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-        raise InvalidInputError(f"fps must be a positive int, got {fps!r}")
+    fps = int_arg("fps", fps, 1)
     arr = to_uint8(video)
     h, w = arr.shape[1:3]
     ph, pw = h + (h % 2), w + (w % 2)

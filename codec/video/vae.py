@@ -30,6 +30,7 @@ from torch import nn
 
 from ..codecs.int8 import Int8StateDictCodec, dequantize_int8, quantize_int8
 from ..codecs.objects import object_codec, write_object
+from .._args import int_arg
 from ..errors import DDZError, FormatError, InvalidInputError
 from .io import parse_device
 
@@ -369,8 +370,7 @@ def _autocast(device: torch.device, autocast: str | None):
 
 
 def _check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(f"batch size must be a positive int, got {batch_size!r}")
+    int_arg("batch size", batch_size, 1)
 
 
 def decode_latents(vae: nn.Module, latents: torch.Tensor, *, batch_size: int = 32, autocast: str | None = None,
