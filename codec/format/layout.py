@@ -104,7 +104,7 @@ class Preamble:
 
 
 class Layout:
-    """Where the parts of a .ddz go (spec/ddz.md, 'Layout'): the one calculator the Writer, the
+    """Where the parts of a .ddz go (spec/ddz.md section 1): the one calculator the Writer, the
     video pack planner and the accountant share.
 
     The preamble takes bytes ``[0, 64)``; each section starts at the next multiple of
