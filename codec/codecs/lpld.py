@@ -24,6 +24,24 @@ from .formulas import s11_rows
 from .softlabel import SoftLabelCodec, check_common, need, renorm_, to_probs
 
 
+def lpld_pool_batches(total_batches: int, prune_ratio: float) -> int:
+    """LPLD's pool: the first ``int(total_batches * (1 - prune_ratio))`` global batch ids.
+
+    Computed in Python floats exactly as LPLD does (``generate_soft_label_pruning.py``:
+    ``int(args.epochs * args.num_batches * (1 - args.prune_ratio))``; the trainer's
+    ``int((1 - prune_ratio) * total_steps)`` is the same product), so for IN-1K IPC 10
+    (300 epochs x 78 batches) ``prune_ratio=0.97`` gives 702 batches, not ``23400 / 30``.
+    """
+    if isinstance(total_batches, bool) or not isinstance(total_batches, (int, np.integer)) or total_batches < 1:
+        raise InvalidInputError(f"lpld: the number of batches must be a positive integer, got {total_batches!r}")
+    if isinstance(prune_ratio, bool) or not (isinstance(prune_ratio, (int, float, np.floating)) and 0 <= prune_ratio < 1):
+        raise InvalidInputError(f"lpld: prune_ratio must be a number in [0, 1) (LPLD's --prune_ratio), got {prune_ratio!r}")
+    pool = int(int(total_batches) * (1 - float(prune_ratio)))
+    if pool < 1:
+        raise InvalidInputError(f"lpld: prune_ratio {prune_ratio} keeps no batch of {total_batches}")
+    return pool
+
+
 @register_codec
 class LPLDCodec(SoftLabelCodec):
     codec_id = "lpld"

@@ -16,7 +16,8 @@ section                     shape / dtype           meaning
 ``aug/flip``                (n,) u8, 1 bit          horizontal flip
 ``aug/mix_index``           (n,) u32, bit-packed    partner position within the batch (the ``randperm``)
 ``aug/mix_type``            (nb,) u8                0 none, 1 cutmix, 2 mixup
-``aug/mix_lam``             (nb,) f32               lambda (NaN when none)
+``aug/mix_lam``             (nb,) f64               lambda (NaN when none), the producer's Python float exactly
+                                                    (files written before this change hold f32)
 ``aug/mix_bbox``            (nb, 4) i32             ``[bbx1, bby1, bbx2, bby2]`` (-1 when none)
 ==========================  ======================  ===================================================
 
@@ -41,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from .._torchfile import read_torch_file
 from ..codecs.softlabel import SoftLabelCodec, index_bits
 from ..codecs.vq import VQCodec
 from ..errors import FormatError, InvalidInputError
@@ -208,7 +210,7 @@ class AugmentRecorder:
         maxb = int(np.max(np.diff(self._rows))) if nb else 1
         writer.add("aug/mix_index", cat(self.mix_index, np.uint32), bits=index_bits(max(maxb, 1)))
         writer.add("aug/mix_type", np.asarray(self.mix_type, np.uint8))
-        writer.add("aug/mix_lam", np.asarray(self.mix_lam, np.float32))
+        writer.add("aug/mix_lam", np.asarray(self.mix_lam, np.float64))  # SRe2L mixes with the Python float itself
         writer.add("aug/mix_bbox", np.asarray(self.mix_bbox, np.int32).reshape(nb, 4))
         meta = {"version": 1, "labels_object": labels_object, "epochs": epochs, "batches": nb, "rows": n,
                 "num_samples": N, "has_sample_ids": bool(self.has_samples),
@@ -291,11 +293,11 @@ def scan_fkd_dir(src: str | os.PathLike) -> list[tuple[int, int, str]]:
 
 
 def load_fkd_batch(path: str) -> list:
-    """Read one relabel file with ``torch.load(weights_only=True)`` and validate its fields."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling refusal/corruption is a format error
-        raise FormatError(f"{path}: cannot be read with torch.load(weights_only=True): {type(exc).__name__}: {exc}") from None
+    """Read one relabel file with ``torch.load(weights_only=True)`` and validate its fields.
+
+    The numpy scalars CutMix's ``rand_bbox`` leaves in ``mix_bbox`` are let through by the
+    narrow allow-list of :func:`codec._torchfile.read_torch_file` (nothing else is)."""
+    obj = read_torch_file(path, numpy=True)
     if not isinstance(obj, (list, tuple)) or len(obj) != 6:
         raise FormatError(f"{path}: expected a list [coords, flip, mix_index, mix_lam, mix_bbox, output], "
                           f"got {type(obj).__name__}" + (f" of length {len(obj)}" if hasattr(obj, "__len__") else ""))
@@ -355,10 +357,46 @@ def _read_sampler_json(js: str) -> list[np.ndarray]:
     return out
 
 
+def lpld_pool_files(files: list[tuple[int, int, str]], lpld: Mapping[str, Any], src: str) -> tuple[list, dict]:
+    """The files of LPLD's pool in a directory its generator wrote, and the pool's description.
+
+    ``lpld = {"prune_ratio": p, "epochs": E}`` as given to ``generate_soft_label_pruning.py``.
+    The pool is the first ``int(E * nb * (1 - p))`` batches (nb: batch files per epoch, see
+    :func:`codec.codecs.lpld.lpld_pool_batches`).  LPLD's generator stops after the pool's
+    last batch, except when the pool ends on an epoch boundary: its counter then passes the
+    stop value and it writes one more whole epoch, which is not part of the pool and is left
+    out here.  A directory with any other number of batches is refused (wrong ``p`` or ``E``).
+    """
+    from ..codecs.lpld import lpld_pool_batches
+
+    if not isinstance(lpld, Mapping) or set(lpld) != {"prune_ratio", "epochs"}:
+        raise InvalidInputError(f"lpld must be {{'prune_ratio': p, 'epochs': E}} (LPLD's --prune_ratio and --epochs), got {lpld!r}"[:200])
+    epochs = lpld["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise InvalidInputError(f"lpld epochs must be a positive integer, got {epochs!r}")
+    counts: dict[int, int] = {}
+    for e, _, _ in files:
+        counts[e] = counts.get(e, 0) + 1
+    nb = counts[0]
+    short = [e for e, c in counts.items() if c != nb and e != len(counts) - 1]
+    if short or counts[len(counts) - 1] > nb:
+        raise FormatError(f"{src}: LPLD's batch ids need {nb} batch files in every epoch but the last; "
+                          f"epochs {short or [len(counts) - 1]} have {[counts[e] for e in (short or [len(counts) - 1])]}")
+    pool = lpld_pool_batches(epochs * nb, lpld["prune_ratio"])
+    written = pool + (nb if pool % nb == 0 else 0)
+    if len(files) != written:
+        raise FormatError(f"{src}: LPLD with prune_ratio={lpld['prune_ratio']} and epochs={epochs} keeps the first "
+                          f"{pool} of {epochs * nb} batches ({nb} per epoch) and its generator writes {written}; "
+                          f"this directory has {len(files)} (check --prune_ratio and --epochs)")
+    return files[:pool], {"prune_ratio": float(lpld["prune_ratio"]), "epochs": epochs, "batches_per_epoch": nb,
+                          "pool": pool, "written": len(files)}
+
+
 def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLabelCodec | Mapping[str, Any], *,
                    input: str = "logits", temperature: float = 1.0, num_samples: int | None = None,
                    sampler_seed: int | None = None, sample_ids=None, train: Mapping[str, Any] | None = None,
-                   crop: Mapping[str, Any] | None = None, progress: bool = False) -> str:
+                   crop: Mapping[str, Any] | None = None, lpld: Mapping[str, Any] | None = None,
+                   progress: bool = False) -> str:
     """Import an SRe2L/CDA/LPLD ``epoch_{e}/batch_{b}.tar`` directory into one .ddz.
 
     ``codec``: a trained/fitted soft-label codec, or a dict ``{"id": "vq", "dh":..., "dc":...,
@@ -367,13 +405,18 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
     (SRe2L/LPLD: raw logits, used at T). Sample ids come from ``sample_ids`` (per-epoch
     lists or a callable), else ``sampler_indices_epoch.json`` in ``src`` (LPLD), else a
     simulation of SRe2L's ``RandomSampler`` seeded with ``sampler_seed`` (needs
-    ``num_samples``), else they are left out.
+    ``num_samples``), else they are left out.  ``lpld={"prune_ratio": p, "epochs": E}``: the
+    directory is the output of LPLD's pruning generator; only its pool's batches are imported
+    (:func:`lpld_pool_files`), ready for :class:`~codec.softlabels.replay.LPLDBatchSampler`.
     """
     from .sources import IterSource
     from .train import train_vq
 
     src = os.fspath(src)
     files = scan_fkd_dir(src)
+    pool_meta = None
+    if lpld is not None:
+        files, pool_meta = lpld_pool_files(files, lpld, src)
     first = load_fkd_batch(files[0][2])
     classes = int(first[5].shape[1])
 
@@ -435,6 +478,7 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
             yield BatchRecord(e, b, out, coords, flip if flip is not None else torch.zeros(B, dtype=torch.bool), sids,
                               mt, mix_index, lam, bbox)
 
-    meta = {"source": {"kind": "fkd_dir", "files": len(files), "input": input, "temperature": temperature}}
+    meta = {"source": {"kind": "fkd_dir", "files": len(files), "input": input, "temperature": temperature,
+                       **({"lpld": pool_meta} if pool_meta else {})}}
     return write_replay_archive(dst, codec, records, classes=classes, num_samples=num_samples, crop=crop,
                                 metadata=meta, progress=progress)

@@ -59,7 +59,7 @@ class ReplayArchive(SoftLabelArchive):
                 or np.any(np.diff(self.epoch_batches) < 0)):
             raise FormatError(f"{self.path}: inconsistent (epoch, step) index ({nb} batches, {self.rows} label rows)")
         self.mix_type = np.array(f.get("aug/mix_type"), np.int64)
-        self.mix_lam = np.array(f.get("aug/mix_lam"), np.float32)
+        self.mix_lam = np.array(f.get("aug/mix_lam"), np.float64)  # f64 (f32 in older files)
         self.mix_bbox = np.array(f.get("aug/mix_bbox"), np.int64)
         if (self.mix_type.shape != (nb,) or self.mix_lam.shape != (nb,) or self.mix_bbox.shape != (nb, 4)):
             raise FormatError(f"{self.path}: per-batch mix records do not have {nb} entries")
@@ -214,6 +214,61 @@ def apply_crop_flip(img: torch.Tensor, coords, flip: bool, size: int = 224, inte
     return torch.flip(out, dims=[-1]) if flip else out
 
 
+#: How a stored view is cut and resized: ``"tensor"`` (:func:`apply_crop_flip`, the default) or
+#: ``"pil"`` (:func:`apply_crop_flip_pil`, SRe2L's and FKD's own PIL path, pixel-exact).
+CROP_BACKENDS = ("tensor", "pil")
+PIL_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def _pil_image(img: Any):
+    """A PIL image from a PIL image, a uint8 (C, H, W) tensor or a uint8 (H, W, C) array."""
+    from PIL import Image
+
+    if isinstance(img, Image.Image):
+        return img
+    if isinstance(img, torch.Tensor):
+        if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] not in (1, 3, 4):
+            raise InvalidInputError(f"crop='pil' needs uint8 (C, H, W) images or PIL images, got {img.dtype} "
+                                    f"shape {tuple(img.shape)}")
+        arr = img.detach().cpu().permute(1, 2, 0).contiguous().numpy()
+    elif isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+            raise InvalidInputError(f"crop='pil' needs uint8 (H, W, C) arrays or PIL images, got {img.dtype} shape {img.shape}")
+        arr = img
+    else:
+        raise InvalidInputError(f"crop='pil' needs PIL images or uint8 arrays, got {type(img).__name__}")
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+
+
+def apply_crop_flip_pil(img: Any, coords, flip: bool, size: int = 224, interpolation: str = "bilinear") -> torch.Tensor:
+    """The view SRe2L / LPLD / FKD themselves compute, pixel for pixel, as a float (C, size, size) tensor in [0, 1].
+
+    Their ``RandomResizedCropWithCoords`` / ``RandomResizedCrop_FKD`` scale the stored
+    ``(i/H, j/W, h/H, w/W)`` back by the PIL image's size (Python floats) and call torchvision's
+    ``resized_crop`` on the PIL image: ``img.crop((j, i, j + w, i + h))`` (PIL rounds each
+    edge), then ``resize((size, size), BILINEAR)`` (PIL's own antialiased filter on uint8),
+    then ``hflip`` and ``ToTensor`` (``uint8 / 255`` as float32).  This does the same with PIL
+    (CPU only).  ``img``: a PIL image, or a uint8 (C, H, W) tensor / (H, W, C) array.
+    """
+    from PIL import Image
+
+    if interpolation not in PIL_INTERPOLATIONS:
+        raise InvalidInputError(f"crop='pil' supports interpolation {PIL_INTERPOLATIONS}, got {interpolation!r}")
+    im = _pil_image(img)
+    W, H = im.size
+    c = [float(v) for v in coords]
+    i, j, h, w = c[0] * H, c[1] * W, c[2] * H, c[3] * W
+    out = im.crop((j, i, j + w, i + h))
+    if out.size != (size, size):  # torchvision returns the crop itself when it already has the size
+        out = out.resize((size, size), {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+                                        "bicubic": Image.BICUBIC}[interpolation])
+    if flip:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    t = torch.from_numpy(np.array(out, np.uint8, copy=True))
+    t = t.view(out.size[1], out.size[0], len(out.getbands())).permute(2, 0, 1).contiguous()
+    return t.to(torch.float32).div(255)
+
+
 def mix_pair(x: torch.Tensor, partner: torch.Tensor, mix_type: str, lam: float | None, bbox) -> torch.Tensor:
     """One row of SRe2L's batch mix: CutMix pastes ``partner[:, bbx1:bbx2, bby1:bby2]``; Mixup
     blends ``lam * x + (1 - lam) * partner``."""
@@ -328,30 +383,95 @@ class ReplayBatchSampler(_Lazy, torch.utils.data.Sampler):
                    for e in range(self.start_epoch, self.epochs))
 
 
-class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
-    """LPLD replay: every training epoch takes ``steps_per_epoch`` stored batches drawn
-    uniformly with replacement from the stored pool (all stored batches), seeded by
-    ``(seed, epoch)`` so any (epoch, step) can be recomputed and a run resumed."""
+LPLD_DRAWS = ("uniform", "lpld")
 
-    def __init__(self, path, *, epochs: int, steps_per_epoch: int, seed: int = 0, start_epoch: int = 0,
-                 start_step: int = 0):
+
+class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
+    """LPLD replay: every training epoch draws stored batches with replacement from the stored
+    pool (all stored batches: the prefix pool of LPLD's pruned relabelling).
+
+    ``draw="uniform"`` (the default, as before): ``steps_per_epoch`` draws per epoch, uniform
+    over the pool, from a generator seeded by ``(seed, epoch)`` (each epoch drawn on its own).
+
+    ``draw="lpld"``: LPLD's own draw (``train_FKD_label_pruning_batch.py``, ``--prune_metric
+    random --granularity batch_to_epoch``): each epoch makes ``nb`` draws (``nb``: stored
+    batches per epoch, LPLD's ``batch_num_per_epoch``; ``steps_per_epoch`` must be left unset
+    or equal it), each ``pool[torch.randint(0, len(pool), (1,))]`` from one generator seeded
+    once with ``seed`` and shared by all epochs in order; then a drawn id in the last batch of
+    an epoch (``(id + 1) % nb == 0``) is replaced by ``id - 1``, as LPLD's "drop last" does.
+    LPLD itself draws from torch's unseeded global generator, which its DataLoaders also draw
+    from once per epoch, so a past LPLD run's draws cannot be recovered; this is the same
+    procedure on a seeded stream (``torch.manual_seed(seed)`` then LPLD's loop with nothing
+    else drawing gives the same ids).  ``prune_ratio`` (LPLD's ``--prune_ratio``) sets the
+    pool to ``int(epochs * nb * (1 - prune_ratio))`` batches as LPLD's trainer computes it from
+    its training epochs; it must not exceed the stored batches.  Without it the pool is all
+    stored batches.
+
+    Both are seeded, so any (epoch, step) can be recomputed and a run resumed.
+    """
+
+    def __init__(self, path, *, epochs: int, steps_per_epoch: int | None = None, seed: int = 0, start_epoch: int = 0,
+                 start_step: int = 0, draw: str = "uniform", prune_ratio: float | None = None):
         _Lazy.__init__(self, path)
+        if draw not in LPLD_DRAWS:
+            raise InvalidInputError(f"draw must be one of {LPLD_DRAWS}, got {draw!r}")
+        self.draw = draw
+        a = self.archive
+        stored = len(a.batch_rows) - 1
+        if stored <= 0:
+            raise FormatError(f"{self.path}: no stored batches to draw from")
         self.epochs = int_arg("epochs", epochs, 0)
-        self.steps_per_epoch = int_arg("steps_per_epoch", steps_per_epoch, 1)
         self.seed = int_arg("seed", seed, 0)
+        self.pool = stored
+        if draw == "lpld":
+            nb = a.steps(0)
+            if steps_per_epoch is not None and int_arg("steps_per_epoch", steps_per_epoch, 1) != nb:
+                raise InvalidInputError(f"draw='lpld' draws the {nb} batches per epoch stored in {self.path}; "
+                                        f"steps_per_epoch={steps_per_epoch} differs")
+            if nb < 2:
+                raise InvalidInputError(f"draw='lpld' needs at least 2 batches per epoch (LPLD replaces a drawn last "
+                                        f"batch by the one before it); {self.path} stores {nb}")
+            uneven = [e for e in range(a.epochs - 1) if a.steps(e) != nb]
+            if uneven or a.steps(a.epochs - 1) > nb:
+                raise FormatError(f"{self.path}: LPLD's batch ids (epoch = id // nb) need {nb} stored batches in every "
+                                  f"epoch but the last; epoch {(uneven or [a.epochs - 1])[0]} differs")
+            steps_per_epoch = nb
+            if prune_ratio is not None:
+                from ..codecs.lpld import lpld_pool_batches
+
+                self.pool = lpld_pool_batches(max(self.epochs, 1) * nb, prune_ratio)
+                if self.pool > stored:
+                    raise InvalidInputError(f"prune_ratio {prune_ratio} over {self.epochs} epochs x {nb} batches makes a "
+                                            f"pool of {self.pool} batches; {self.path} stores {stored}")
+        elif prune_ratio is not None:
+            raise InvalidInputError("prune_ratio is LPLD's pool rule: use it with draw='lpld'")
+        elif steps_per_epoch is None:
+            raise InvalidInputError("draw='uniform' needs steps_per_epoch")
+        self.steps_per_epoch = int_arg("steps_per_epoch", steps_per_epoch, 1)
         self.start_epoch = int_arg("start_epoch", start_epoch, 0, self.epochs)
         self.start_step = int_arg("start_step", start_step, 0, self.steps_per_epoch if self.start_epoch < self.epochs else 0)
-        if len(self.archive.batch_rows) - 1 <= 0:
-            raise FormatError(f"{self.path}: no stored batches to draw from")
+        self._stream: np.ndarray | None = None
 
     def draws(self, epoch: int) -> np.ndarray:
-        nb = len(self.archive.batch_rows) - 1
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-        return torch.randint(nb, (self.steps_per_epoch,), generator=g).numpy()
+        """Stored batch ids (global, in stored order) of training epoch ``epoch``'s steps."""
+        epoch = int_arg("epoch", epoch, 0)
+        if self.draw == "uniform":
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            return torch.randint(self.pool, (self.steps_per_epoch,), generator=g).numpy()
+        nb = self.steps_per_epoch
+        need = (epoch + 1) * nb
+        if self._stream is None or len(self._stream) < need:  # one seeded stream, epochs in order
+            n = max(need, self.epochs * nb)
+            g = torch.Generator().manual_seed(self.seed)
+            # one (n,) call draws what n calls of size (1,) draw (CPU random is generated serially)
+            self._stream = torch.randint(0, self.pool, (n,), generator=g).numpy()
+        ids = self._stream[epoch * nb:need].copy()
+        last = (ids + 1) % nb == 0  # LPLD's "drop last batch": an epoch's last batch is replaced by the one before
+        ids[last] -= 1
+        return ids
 
     def batch(self, epoch: int, step: int) -> list[int]:
         a = self.archive
-        int_arg("epoch", epoch, 0)
         int_arg("step", step, 0, self.steps_per_epoch - 1)
         gid = int(self.draws(epoch)[step])
         return list(range(int(a.batch_rows[gid]), int(a.batch_rows[gid + 1])))
@@ -366,39 +486,57 @@ class LPLDBatchSampler(_Lazy, torch.utils.data.Sampler):
     def __len__(self):
         return max(0, (self.epochs - self.start_epoch) * self.steps_per_epoch - (self.start_step if self.start_epoch < self.epochs else 0))
 
+    def __getstate__(self):
+        st = _Lazy.__getstate__(self)
+        st["_stream"] = None
+        return st
+
 
 class ReplayDataset(_Lazy, torch.utils.data.Dataset):
     """Map-style dataset over label rows: item ``row`` -> (input view, row).
 
     ``images``: a tensor (N, C, H, W) indexed by sample id, or a callable ``sample_id ->
-    (C, H, W) tensor``.  ``size``/``interpolation`` default to the archive's crop metadata.
-    ``transform`` (optional) is applied to each finished view (e.g. normalisation).
+    image``.  ``size``/``interpolation`` default to the archive's crop metadata.
+    ``transform`` (optional, e.g. normalisation) is applied to each view before the batch mix,
+    as SRe2L normalises in its dataset and mixes the normalised batch.
+
+    ``crop="tensor"`` (default): :func:`apply_crop_flip` on (C, H, W) tensors (any device;
+    differs from PIL's resampling by up to about 1/255).  ``crop="pil"``:
+    :func:`apply_crop_flip_pil`, the pixels SRe2L / LPLD compute from uint8 images (PIL images,
+    uint8 tensors or arrays); with the same ``transform`` (torchvision's ``Normalize``) the
+    replayed batch equals the producer's, CutMix and Mixup included.
     """
 
     def __init__(self, path, images: Any, *, size: int | None = None, interpolation: str | None = None,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, crop: str = "tensor"):
         _Lazy.__init__(self, path)
+        if crop not in CROP_BACKENDS:
+            raise InvalidInputError(f"crop must be one of {CROP_BACKENDS}, got {crop!r}")
+        self.crop = crop
         a = self.archive
         if not a.has_sample_ids:
             raise InvalidInputError(f"{self.path} stores no sample ids; cannot rebuild views")
-        crop = a.aug_meta.get("crop", {})
-        if not isinstance(crop, dict):
-            raise FormatError(f"{self.path}: metadata {AUG_META}.crop must be an object, got {type(crop).__name__}")
+        meta = a.aug_meta.get("crop", {})
+        if not isinstance(meta, dict):
+            raise FormatError(f"{self.path}: metadata {AUG_META}.crop must be an object, got {type(meta).__name__}")
         if size is None:
-            size = crop.get("size", 224)
+            size = meta.get("size", 224)
             if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_VIEW_SIZE:
                 raise FormatError(f"{self.path}: metadata {AUG_META}.crop.size must be an integer in [1, {MAX_VIEW_SIZE}], got {size!r}")
         self.size = int_arg("size", size, 1, MAX_VIEW_SIZE)
         if interpolation is None:
-            interpolation = crop.get("interpolation", "bilinear")
+            interpolation = meta.get("interpolation", "bilinear")
             if interpolation not in INTERPOLATIONS:
                 raise FormatError(f"{self.path}: metadata {AUG_META}.crop.interpolation must be one of {INTERPOLATIONS}, "
                                   f"got {interpolation!r}")
-        if interpolation not in INTERPOLATIONS:
-            raise InvalidInputError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        if interpolation not in (INTERPOLATIONS if crop == "tensor" else PIL_INTERPOLATIONS):
+            raise InvalidInputError(f"interpolation must be one of {INTERPOLATIONS if crop == 'tensor' else PIL_INTERPOLATIONS} "
+                                    f"with crop={crop!r}, got {interpolation!r}")
         self.interpolation = interpolation
         self.images, self.transform = images, transform
         if isinstance(images, torch.Tensor):
+            if crop == "pil" and images.dtype != torch.uint8:
+                raise InvalidInputError(f"crop='pil' needs uint8 images (what PIL crops), got {images.dtype}")
             if images.ndim != 4:
                 raise InvalidInputError(f"images must be an (N, C, H, W) tensor, got shape {tuple(images.shape)}")
             sid = a._rowdata("sample")
@@ -412,7 +550,9 @@ class ReplayDataset(_Lazy, torch.utils.data.Dataset):
         return self.images(sid) if callable(self.images) else self.images[sid]
 
     def _build(self, v: dict) -> torch.Tensor:
-        return apply_crop_flip(self._image(v["sample"]), v["coords"], v["flip"], self.size, self.interpolation)
+        crop = apply_crop_flip if self.crop == "tensor" else apply_crop_flip_pil
+        x = crop(self._image(v["sample"]), v["coords"], v["flip"], self.size, self.interpolation)
+        return self.transform(x) if self.transform is not None else x
 
     def __len__(self) -> int:
         return self.rows
@@ -422,8 +562,6 @@ class ReplayDataset(_Lazy, torch.utils.data.Dataset):
         x = self._build(p["view"])
         if p["mix_type"] != "none":
             x = mix_pair(x, self._build(p["partner"]), p["mix_type"], p.get("lam"), p.get("bbox"))
-        if self.transform is not None:
-            x = self.transform(x)
         return x, int(row)
 
 
@@ -442,9 +580,10 @@ class ReplayCollate(_Lazy):
 
 def replay_loader(path, images: Any, *, batch_size: int | None = None, start_epoch: int = 0, start_step: int = 0,
                   epochs: int | None = None, num_workers: int = 0, transform: Callable | None = None,
-                  size: int | None = None, **loader_kw) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding (inputs, soft labels) for each (epoch, step), resumable."""
+                  size: int | None = None, crop: str = "tensor", **loader_kw) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding (inputs, soft labels) for each (epoch, step), resumable
+    (``crop``: see :class:`ReplayDataset`)."""
     sampler = ReplayBatchSampler(path, batch_size, start_epoch=start_epoch, start_step=start_step, epochs=epochs)
-    ds = ReplayDataset(path, images, transform=transform, size=size)
+    ds = ReplayDataset(path, images, transform=transform, size=size, crop=crop)
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=ReplayCollate(path),
                                        num_workers=num_workers, **loader_kw)
