@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .._torchfile import read_torch_file
+from ..codecs.base import Part
 from ..codecs.softlabel import SoftLabelCodec, index_bits
 from ..codecs.vq import VQCodec
 from ..errors import FormatError, InvalidInputError
@@ -226,13 +227,14 @@ class AugmentRecorder:
 def write_replay_archive(path: str | os.PathLike, codec: SoftLabelCodec, batches: Callable[[], Iterable[BatchRecord]],
                          *, classes: int, name: str = "labels", num_samples: int | None = None,
                          crop: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-                         progress: bool = False) -> str:
+                         sections: Mapping[str, Part] | None = None, progress: bool = False) -> str:
     """Write labels (through ``codec``, streamed) and their augmentation records.
 
     ``batches`` is a callable returning an iterable of :class:`BatchRecord` in (epoch, step)
     order; it is iterated once.  The codec must already be trained/fitted.  A codec that keeps
     only a prefix of the rows (LPLD's pool, ``max_rows``) keeps the records of the same
-    batches; the prefix must end at a batch boundary.
+    batches; the prefix must end at a batch boundary.  ``sections``: more sections to store
+    (name -> :class:`~codec.codecs.base.Part`), e.g. FKD's image keys.
     """
     from .archive import write_softlabels
     from .sources import IterSource
@@ -257,6 +259,8 @@ def write_replay_archive(path: str | os.PathLike, codec: SoftLabelCodec, batches
                 "the batch size of the codec and of the records must agree" if limit is not None and rec.rows > rows else
                 f"labels ({rows} rows) and records ({rec.rows}) disagree")
         rec.write(w, labels_object=name, crop=crop)
+        for sec, part in (sections or {}).items():
+            w.add(sec, part.array, bits=part.bits, zstd=part.zstd)
     return os.fspath(path)
 
 
@@ -392,6 +396,38 @@ def lpld_pool_files(files: list[tuple[int, int, str]], lpld: Mapping[str, Any], 
                           "pool": pool, "written": len(files)}
 
 
+def fit_codec(codec: SoftLabelCodec | Mapping[str, Any], source: Any, *, input: str, temperature: float,
+              train: Mapping[str, Any] | None, progress: bool, who: str) -> SoftLabelCodec:
+    """``codec`` itself when it is a fitted soft-label codec declaring ``input``/``temperature``,
+    or a VQ codec trained on ``source`` from a config dict ``{"id": "vq", "dh":..., "dc":...,
+    "k":...}`` (``train``: extra :func:`~codec.softlabels.train.train_vq` arguments)."""
+    from .train import train_vq
+
+    if isinstance(codec, Mapping):
+        cfg = dict(codec)
+        if cfg.pop("id", "vq") != "vq":
+            raise InvalidInputError(f"{who} can train only a VQ codec; pass other codecs already fitted")
+        # validate the architecture as a VQ config first (missing k, unknown keys -> InvalidInputError)
+        import inspect
+
+        _VQ_ARCH = {"dh", "dc", "k", "eps", "param_dtype", "entropy", "store_encoder"}
+        _TRAIN_KW = set(inspect.signature(train_vq).parameters) - _VQ_ARCH - {"data", "input", "temperature", "section"}
+        arch = {k: cfg.pop(k) for k in list(cfg) if k in _VQ_ARCH}
+        VQCodec.from_config({"id": "vq", "classes": source.classes, "input": input, "temperature": temperature, **arch})
+        tr = {**cfg, **dict(train or {})}
+        bad = sorted(set(tr) - _TRAIN_KW)
+        if bad:
+            raise InvalidInputError(f"{who}: unknown VQ/training options {bad}; VQ takes {sorted(_VQ_ARCH)}, "
+                                    f"training takes {sorted(_TRAIN_KW)}")
+        codec = train_vq(source, input=input, temperature=temperature, **{"progress": progress, **arch, **tr})
+    if not isinstance(codec, SoftLabelCodec):
+        raise InvalidInputError(f"codec must be a soft-label codec or a VQ config dict, got {type(codec).__name__}")
+    if getattr(codec, "input", input) != input or getattr(codec, "temperature", temperature) != temperature:
+        raise InvalidInputError(f"codec declares input={codec.input!r}, T={codec.temperature}; the import says "
+                                f"input={input!r}, T={temperature}")
+    return codec
+
+
 def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLabelCodec | Mapping[str, Any], *,
                    input: str = "logits", temperature: float = 1.0, num_samples: int | None = None,
                    sampler_seed: int | None = None, sample_ids=None, train: Mapping[str, Any] | None = None,
@@ -410,7 +446,6 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
     (:func:`lpld_pool_files`), ready for :class:`~codec.softlabels.replay.LPLDBatchSampler`.
     """
     from .sources import IterSource
-    from .train import train_vq
 
     src = os.fspath(src)
     files = scan_fkd_dir(src)
@@ -424,31 +459,10 @@ def import_fkd_dir(src: str | os.PathLike, dst: str | os.PathLike, codec: SoftLa
         for _, _, p in files:
             yield load_fkd_batch(p)[5]
 
-    if isinstance(codec, Mapping):
-        cfg = dict(codec)
-        if cfg.pop("id", "vq") != "vq":
-            raise InvalidInputError("import_fkd_dir can train only a VQ codec; pass other codecs already fitted")
-        # validate the architecture as a VQ config first (missing k, unknown keys -> InvalidInputError)
-        import inspect
-
-        _VQ_ARCH = {"dh", "dc", "k", "eps", "param_dtype", "entropy", "store_encoder"}
-        _TRAIN_KW = set(inspect.signature(train_vq).parameters) - _VQ_ARCH - {"data", "input", "temperature", "section"}
-        arch = {k: cfg.pop(k) for k in list(cfg) if k in _VQ_ARCH}
-        VQCodec.from_config({"id": "vq", "classes": classes, "input": input, "temperature": temperature, **arch})
-        tr = {**cfg, **dict(train or {})}
-        bad = sorted(set(tr) - _TRAIN_KW)
-        if bad:
-            raise InvalidInputError(f"import_fkd_dir: unknown VQ/training options {bad}; VQ takes {sorted(_VQ_ARCH)}, "
-                                    f"training takes {sorted(_TRAIN_KW)}")
-        codec = train_vq(IterSource(outputs, classes=classes), input=input, temperature=temperature,
-                         **{"progress": progress, **arch, **tr})
-    if not isinstance(codec, SoftLabelCodec):
-        raise InvalidInputError(f"codec must be a soft-label codec or a VQ config dict, got {type(codec).__name__}")
+    codec = fit_codec(codec, IterSource(outputs, classes=classes), input=input, temperature=temperature, train=train,
+                      progress=progress, who="import_fkd_dir")
     if codec.classes != classes:
         raise InvalidInputError(f"{src}: outputs have {classes} classes, codec expects {codec.classes}")
-    if getattr(codec, "input", input) != input or getattr(codec, "temperature", temperature) != temperature:
-        raise InvalidInputError(f"codec declares input={codec.input!r}, T={codec.temperature}; the import says "
-                                f"input={input!r}, T={temperature}")
     ids = _sampler_ids(files[-1][0] + 1, sampler_seed=sampler_seed, sample_ids=sample_ids, src=src, num_samples=num_samples)
     if ids is not None and num_samples is None:
         num_samples = max((int(x.max()) for x in ids if x.size), default=-1) + 1
