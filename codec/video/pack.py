@@ -218,6 +218,24 @@ def _vae_desc_meta(vae: torch.nn.Module) -> dict[str, Any]:
             "latent_channels": cfg.get("latent_channels")}
 
 
+def _check_labels(labels: Any, n: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise InvalidInputError(f"labels must be [N] with N = {n} (latents' first axis), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise InvalidInputError(f"labels must be integers, got {labels.dtype}")
+    if int(labels.min()) < 0:
+        raise InvalidInputError("labels must be non-negative class ids")
+    return labels.to(torch.int64)
+
+
+def _check_channels(channels: int, vae: torch.nn.Module | None) -> None:
+    c = getattr(getattr(vae, "config", None), "latent_channels", None)
+    if c is not None and channels != c:
+        raise InvalidInputError(f"latents have C = {channels} channels but the VAE's latent_channels is {c}")
+
+
 def _check_latents(latents: Any, labels: Any, vae: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(latents, torch.Tensor):
         if isinstance(latents, np.ndarray):
@@ -230,19 +248,9 @@ def _check_latents(latents: Any, labels: Any, vae: torch.nn.Module | None) -> tu
         raise InvalidInputError(f"latents shape {tuple(latents.shape)} has an empty axis")
     if not bool(torch.isfinite(latents).all()):
         raise InvalidInputError("latents hold NaN or infinity")
-    if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(np.asarray(labels))
-    if labels.dim() != 1 or labels.shape[0] != latents.shape[0]:
-        raise InvalidInputError(f"labels must be [N] with N = {latents.shape[0]} (latents' first axis), got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-        raise InvalidInputError(f"labels must be integers, got {labels.dtype}")
-    if int(labels.min()) < 0:
-        raise InvalidInputError("labels must be non-negative class ids")
-    if vae is not None:
-        c = getattr(getattr(vae, "config", None), "latent_channels", None)
-        if c is not None and latents.shape[2] != c:
-            raise InvalidInputError(f"latents have C = {latents.shape[2]} channels but the VAE's latent_channels is {c}")
-    return latents.float(), labels.to(torch.int64)
+    labels = _check_labels(labels, latents.shape[0])
+    _check_channels(latents.shape[2], vae)
+    return latents.float(), labels
 
 
 def plan_latent_archive(
@@ -264,6 +272,8 @@ def plan_latent_archive(
     metadata: Mapping[str, Any] | None = None,
     soft_labels: Any = None,
     soft_labels_kind: str = "probs",
+    tucker_parts: tuple[TuckerCodec, Mapping[str, Part], Sequence[int]] | None = None,
+    vae_stored: tuple[Codec, Mapping[str, Part]] | None = None,
     progress: bool = True,
 ) -> ArchivePlan:
     """Encode everything for a latent-video archive in memory; see the module docstring.
@@ -273,13 +283,31 @@ def plan_latent_archive(
     ``soft_labels``: optional ``[N, K]`` per-sample soft labels (``soft_labels_kind``:
     ``"probs"`` or ``"logits"``), stored dense fp16 as section ``soft_labels``; the
     Dataset then yields ``(video, label, soft_label)``.
+    ``tucker_parts``: ``(codec, parts, latent shape)`` of latents already decomposed (LVDD's
+    ``synthetic_data.pt``, :func:`codec.video.lvdd.read_lvdd_synthetic`), stored as they
+    are; ``latents`` is then None and the Tucker options are not used.
+    ``vae_stored``: ``(codec, parts)`` of a VAE already quantised (an optimum-quanto qint8
+    folder, :func:`codec.video.lvdd.read_quanto_vae_dir`), stored as they are; ``vae`` is
+    then the model they dequantise to (for its description) and ``scheme``,
+    ``decoder_only``, ``vae_float`` and ``zstd`` come from that codec.
     """
-    latents, labels = _check_latents(latents, labels, vae)
+    if tucker_parts is not None:
+        if latents is not None:
+            raise InvalidInputError("give latents or tucker_parts, not both")
+        tucker, tparts, shape = tucker_parts
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != 5:
+            raise InvalidInputError(f"Tucker latents must be [N, T, C, H, W], got shape {shape}")
+        labels = _check_labels(labels, shape[0])
+        _check_channels(shape[2], vae)
+    else:
+        latents, labels = _check_latents(latents, labels, vae)
+        shape = tuple(latents.shape)
     soft = None
     if soft_labels is not None:
         soft = soft_labels if isinstance(soft_labels, torch.Tensor) else torch.as_tensor(np.asarray(soft_labels))
-        if soft.dim() != 2 or soft.shape[0] != latents.shape[0] or not soft.is_floating_point():
-            raise InvalidInputError(f"soft labels must be float [N, K] with N = {latents.shape[0]}, "
+        if soft.dim() != 2 or soft.shape[0] != shape[0] or not soft.is_floating_point():
+            raise InvalidInputError(f"soft labels must be float [N, K] with N = {shape[0]}, "
                                     f"got {soft.dtype} shape {tuple(soft.shape)}")
         if soft_labels_kind not in ("probs", "logits"):
             raise InvalidInputError(f"soft_labels_kind must be 'probs' or 'logits', got {soft_labels_kind!r}")
@@ -292,24 +320,32 @@ def plan_latent_archive(
         if len(class_names) < n_classes:
             raise InvalidInputError(f"{len(class_names)} class names for labels up to {n_classes - 1}")
         n_classes = len(class_names)
-    tucker = TuckerCodec(rate=hosvd_rate, ranks=ranks, chunk_size=chunk_size, method=method, dtype=storage)
-    ranks_used = tucker.ranks_for(latents.shape)
     plan = ArchivePlan()
-    vcodec, vparts = vae_parts(vae, scheme=scheme, decoder_only=decoder_only, float_dtype=vae_float, zstd=zstd)
+    if vae_stored is not None:
+        vcodec, vparts = vae_stored
+        scheme = getattr(vcodec, "scheme", scheme)
+        decoder_only = bool((getattr(vcodec, "model", None) or {}).get("decoder_only", False))
+    else:
+        vcodec, vparts = vae_parts(vae, scheme=scheme, decoder_only=decoder_only, float_dtype=vae_float, zstd=zstd)
     plan.add_object("vae", vcodec, vparts)
-    n_chunks = -(-latents.shape[0] // chunk_size)
+    if tucker_parts is None:
+        tucker = TuckerCodec(rate=hosvd_rate, ranks=ranks, chunk_size=chunk_size, method=method, dtype=storage)
+        n_chunks = -(-shape[0] // chunk_size)
 
-    def bar(it: Any) -> Any:
-        return _progress(progress and n_chunks > 2, it, total=n_chunks, desc="HOSVD chunks")
+        def bar(it: Any) -> Any:
+            return _progress(progress and n_chunks > 2, it, total=n_chunks, desc="HOSVD chunks")
 
-    tparts = tucker.encode(latents, progress=bar)
+        tparts = tucker.encode(latents, progress=bar)
+    ranks_used = tucker.ranks_for(shape)
     plan.add_object("latents", tucker, tparts)
     plan.add("labels", labels.contiguous())
     if soft is not None:
         plan.add("soft_labels", soft.contiguous())
     vmeta = _vae_desc_meta(vae)
-    n, t, c, h, w = latents.shape
+    n, t, c, h, w = shape
     f = vmeta["spatial_factor"]
+    tcfg = tucker.get_config()
+    vsource = (getattr(vcodec, "model", None) or {}).get("source")
     meta = {
         "kind": "latent-video",
         "version": 1,
@@ -328,11 +364,17 @@ def plan_latent_archive(
         "vae_input": "2*x-1 (frames in [0,1] mapped to [-1,1])",
         "vae": {**vmeta, "quantization": {"scheme": scheme, "granularity": "per-output-channel", "bits": 8,
                                           "scale_dtype": "f32", "zero_point_dtype": "i8" if scheme == "asymmetric" else None,
-                                          "activations": "float (weights dequantised at load)", "equation": "LVDD Eq. 6: x_q = round(x/s) + z"},
+                                          "activations": "float (weights dequantised at load)",
+                                          "equation": ("optimum-quanto qint8: x_q = round(x / s), s = max|x| / 127" if vsource
+                                                       else "LVDD Eq. 6: x_q = round(x/s) + z"),
+                                          **({"source": vsource} if vsource else {})},
                 "decoder_only": bool(decoder_only)},
         "latent_scaling_applied": False,
-        "tucker": {"method": method, "rate": hosvd_rate, "ranks": [n if n <= chunk_size else chunk_size] + ranks_used,
-                   "chunk_size": chunk_size, "chunk_axis_rank": "full (identity, not stored)", "storage": storage},
+        "tucker": {"method": tcfg["method"], "rate": tcfg["rate"] if tcfg["ranks"] is None else None,
+                   "ranks": [min(n, tcfg["chunk_size"])] + ranks_used, "chunk_size": tcfg["chunk_size"],
+                   "chunk_axis_rank": ("full: LVDD's n x n factor folded into the core rows" if tucker_parts is not None
+                                       else "full (identity, not stored)"),
+                   "storage": tcfg["dtype"]},
     }
     if video:
         meta.update(dict(video))
@@ -396,8 +438,11 @@ def encode_frame_tensor(vae: torch.nn.Module, frames: Any, *, batch_size: int = 
 def _lower_bound(vae: torch.nn.Module, n: int, latent_shape: Sequence[int], kw: Mapping[str, Any]) -> int:
     """Stored bytes of the data alone (no header), from the codecs' size hooks: a cheap early budget check
     (a zstd part counts 0: its compressed size is known only once compressed)."""
-    vc = vae_codec(vae, scheme=kw.get("scheme", "asymmetric"), decoder_only=kw.get("decoder_only", False),
-                   float_dtype=kw.get("vae_float", "f32"), zstd=kw.get("zstd"))
+    if kw.get("vae_stored") is not None:  # already quantised (an optimum-quanto folder): its own codec
+        vc = kw["vae_stored"][0]
+    else:
+        vc = vae_codec(vae, scheme=kw.get("scheme", "asymmetric"), decoder_only=kw.get("decoder_only", False),
+                       float_dtype=kw.get("vae_float", "f32"), zstd=kw.get("zstd"))
     tc = TuckerCodec(rate=kw.get("hosvd_rate", 0.75), ranks=kw.get("ranks"), chunk_size=kw.get("chunk_size", 400),
                      dtype=kw.get("storage", "f32"))
     specs = [*vc.encoded_parts().values(), *tc.encoded_parts((n, *latent_shape)).values()]
