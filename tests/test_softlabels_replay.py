@@ -194,3 +194,31 @@ def test_replay_api_errors(imported):
         ReplayBatchSampler(path, 4, start_epoch=0, start_step=99)
     with pytest.raises(InvalidInputError):
         mix_pair(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), "blend", 0.5, None)
+
+
+def test_vq_labels_in_workers_equal_single_thread_main_process(tmp_path):
+    """Workers decode with one thread; the main process with torch.set_num_threads(1) gives the same bits
+    (README: MKL's sgemm order may depend on the thread count)."""
+    from codec.softlabels import VQCodec
+
+    g = torch.Generator().manual_seed(3)
+    vq = VQCodec(100, 64, 4, 256).set_params(encoder=torch.randn(100, 64, generator=g),
+                                           decoder=torch.randn(64, 100, generator=g) * 0.05,
+                                           codebook=torch.randn(256, 4, generator=g))
+
+    def batches():
+        for e in range(2):
+            for s in range(3):
+                yield BatchRecord(e, s, torch.softmax(torch.randn(8, 100, generator=g), 1), torch.rand(8, 4, generator=g),
+                                  torch.zeros(8, dtype=torch.bool), torch.arange(8) + 8 * s)
+
+    p = write_replay_archive(tmp_path / "vq.ddz", vq, batches, classes=100)
+    imgs = torch.rand(24, 3, 8, 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        main = [y for _, y in replay_loader(p, imgs, size=4, batch_size=6)]
+    finally:
+        torch.set_num_threads(before)
+    workers = [y for _, y in replay_loader(p, imgs, size=4, batch_size=6, num_workers=2)]
+    assert len(main) == len(workers) == 8 and all(torch.equal(a, b) for a, b in zip(main, workers))
