@@ -171,3 +171,19 @@ def test_bad_fkd_files_are_format_errors(tmp_path):
     os.mkfifo(f)
     with pytest.raises(FormatError, match="regular file"):
         import_fkd_labels(tmp_path, tmp_path / "o.ddz", "topk", classes=C)
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/abs/x", "train//x", "train/./x", ""])
+def test_archive_keys_cannot_leave_the_image_root(tmp_path, bad):
+    from codec.codecs.base import Part
+    from codec.softlabels.augment import BatchRecord, write_replay_archive
+
+    keys = ["train/n01/a", bad]
+    recs = [BatchRecord(0, i, torch.full((2, C), 1.0 / C), torch.full((2, 4), 0.25), torch.zeros(2, dtype=torch.bool),
+                        torch.full((2,), i)) for i in range(2)]
+    p = write_replay_archive(tmp_path / "x.ddz", TopKCodec(C, 2), lambda: iter(recs), classes=C, num_samples=2,
+                             metadata={"fkd": {"version": 1}},
+                             sections={"fkd/keys": Part(np.frombuffer("\n".join(keys).encode(), np.uint8).copy()),
+                                       "fkd/targets": Part(np.zeros(2, np.uint32))})
+    with pytest.raises(FormatError, match="relative path"):
+        FKDCropDataset(p, tmp_path, num_crops=1)

@@ -241,6 +241,11 @@ def _fkd_index(arch: ReplayArchive) -> tuple[list[str], np.ndarray]:
         keys = bytes(np.asarray(f.get("fkd/keys"), np.uint8)).decode("utf-8").split("\n")
     except UnicodeDecodeError:
         raise FormatError(f"{arch.path}: fkd/keys is not UTF-8", section="fkd/keys") from None
+    for key in keys:  # relative paths below an image root, nothing that could leave it
+        parts = key.split("/")
+        if not key or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts):
+            raise FormatError(f"{arch.path}: image key {key[:80]!r} is not a relative path below the image root",
+                              section="fkd/keys")
     targets = np.asarray(f.get("fkd/targets")).astype(np.int64)
     n = len(arch.batch_rows) - 1
     if arch.epochs != 1 or len(keys) != n or targets.shape != (n,):
