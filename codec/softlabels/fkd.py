@@ -229,10 +229,7 @@ def import_fkd_labels(src: str | os.PathLike, dst: str | os.PathLike, codec: Sof
 # replay
 # --------------------------------------------------------------------------------------------
 def _fkd_index(arch: ReplayArchive) -> tuple[list[str], np.ndarray]:
-    """(keys, targets) of an FKD archive, validated against its records (cached on the archive)."""
-    got = getattr(arch, "_fkd_index", None)
-    if got is not None and got[0] == os.getpid():
-        return got[1], got[2]
+    """(keys, targets) of an FKD archive, validated against its records."""
     f = arch._f()
     meta = f.metadata.get(FKD_META)
     if not isinstance(meta, dict):
@@ -250,7 +247,6 @@ def _fkd_index(arch: ReplayArchive) -> tuple[list[str], np.ndarray]:
     n = len(arch.batch_rows) - 1
     if arch.epochs != 1 or len(keys) != n or targets.shape != (n,):
         raise FormatError(f"{arch.path}: {len(keys)} keys and {targets.shape} targets for {n} images in {arch.epochs} epoch(s)")
-    arch._fkd_index = (os.getpid(), keys, targets)
     return keys, targets
 
 
@@ -329,7 +325,8 @@ class FKDCropDataset(_Lazy, torch.utils.data.Dataset):
         keys, self.targets = _fkd_index(a)
         if crop not in CROP_BACKENDS:
             raise InvalidInputError(f"crop must be one of {CROP_BACKENDS}, got {crop!r}")
-        meta = a.aug_meta.get("crop", {}) if isinstance(a.aug_meta.get("crop"), dict) else {}
+        aug = a.aug_meta if isinstance(a.aug_meta, dict) else {}
+        meta = aug["crop"] if isinstance(aug.get("crop"), dict) else {}
         self.size = int_arg("size", size if size is not None else meta.get("size", 224), 1, MAX_VIEW_SIZE)
         interpolation = interpolation if interpolation is not None else meta.get("interpolation", "bilinear")
         allowed = INTERPOLATIONS if crop == "tensor" else PIL_INTERPOLATIONS

@@ -78,7 +78,7 @@ def read_lvdd_synthetic(path: str | os.PathLike, *, dtype: str = "f32") -> tuple
     cores, factors = obj["cores"], obj["factors"]
     if not isinstance(cores, list) or not isinstance(factors, list) or not cores or len(cores) != len(factors):
         raise FormatError(f"{path}: 'cores' and 'factors' must be non-empty lists of the same length (one per chunk)")
-    chunk = None
+    chunk = int(cores[0].shape[0]) if isinstance(cores[0], torch.Tensor) and cores[0].dim() else 0
     shape = ranks = None
     rows, facs = [], []
     for c, (core, fs) in enumerate(zip(cores, factors)):
@@ -97,14 +97,14 @@ def read_lvdd_synthetic(path: str | os.PathLike, *, dtype: str = "f32") -> tuple
         dims = tuple(int(f.shape[0]) for f in fs[1:])
         rk = tuple(int(r) for r in core.shape[1:])
         if shape is None:
-            shape, ranks, chunk = dims, rk, n
+            shape, ranks = dims, rk
         elif dims != shape or rk != ranks:
             raise FormatError(f"{path}: {where} has shape {dims} / ranks {rk}; chunk 0 has {shape} / {ranks}")
         if n > chunk or (c < len(cores) - 1 and n != chunk):
             raise FormatError(f"{path}: chunk sizes must be equal but the last one's ({chunk}); {where} has {n}")
         rows.append((fs[0] @ core.reshape(n, -1)).reshape(core.shape))  # G x_0 U_N: each sample its own core row
         facs.append(fs[1:])
-    assert shape is not None and ranks is not None and chunk is not None
+    assert shape is not None and ranks is not None
     codec = TuckerCodec(ranks=list(ranks), chunk_size=chunk, method="hooi", n_iter=100, tol=1e-4, dtype=dtype)
     store = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
     core = torch.cat(rows, 0).to(store)
