@@ -220,7 +220,7 @@ def lpld_train_draws(pool_size, nb, train_epochs):
     epochs = []
     for _ in range(0, train_epochs * nb, nb):
         step_list = []
-        for i in range(nb):
+        for _i in range(nb):
             random_step = torch.randint(0, len(pool), (1,)).item()
             step_list.append(pool[random_step])
         for i, batch_idx in enumerate(step_list):

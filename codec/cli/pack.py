@@ -136,7 +136,7 @@ def _soft_labels(args, tensors):
 
 
 def _is_lvdd_file(path: str | None) -> bool:
-    return bool(path) and path.lower().endswith((".pt", ".pth"))
+    return path is not None and path.lower().endswith((".pt", ".pth"))
 
 
 def cmd_pack(args) -> int:

@@ -399,27 +399,30 @@ def lpld_pool_files(files: list[tuple[int, int, str]], lpld: Mapping[str, Any], 
 def fit_codec(codec: SoftLabelCodec | Mapping[str, Any], source: Any, *, input: str, temperature: float,
               train: Mapping[str, Any] | None, progress: bool, who: str) -> SoftLabelCodec:
     """``codec`` itself when it is a fitted soft-label codec declaring ``input``/``temperature``,
-    or a VQ codec trained on ``source`` from a config dict ``{"id": "vq", "dh":..., "dc":...,
-    "k":...}`` (``train``: extra :func:`~codec.softlabels.train.train_vq` arguments)."""
+    or a VQ codec fitted on ``source`` (:func:`~codec.softlabels.fit.fit`) from a config dict
+    ``{"id": "vq", "dh":..., "dc":..., "k":...}`` (``train``: extra training arguments of
+    :func:`~codec.softlabels.train.train_vq`; other config keys are VQ's own)."""
+    from .fit import fit
     from .train import train_vq
 
     if isinstance(codec, Mapping):
         cfg = dict(codec)
         if cfg.pop("id", "vq") != "vq":
             raise InvalidInputError(f"{who} can train only a VQ codec; pass other codecs already fitted")
-        # validate the architecture as a VQ config first (missing k, unknown keys -> InvalidInputError)
         import inspect
 
-        _VQ_ARCH = {"dh", "dc", "k", "eps", "param_dtype", "entropy", "store_encoder"}
-        _TRAIN_KW = set(inspect.signature(train_vq).parameters) - _VQ_ARCH - {"data", "input", "temperature", "section"}
-        arch = {k: cfg.pop(k) for k in list(cfg) if k in _VQ_ARCH}
-        VQCodec.from_config({"id": "vq", "classes": source.classes, "input": input, "temperature": temperature, **arch})
-        tr = {**cfg, **dict(train or {})}
-        bad = sorted(set(tr) - _TRAIN_KW)
+        arch_keys = set(inspect.signature(VQCodec).parameters) - {"classes", "input", "temperature"}
+        train_keys = set(inspect.signature(train_vq).parameters) - arch_keys - {"data", "input", "temperature", "section"}
+        arch = {k: cfg.pop(k) for k in list(cfg) if k in arch_keys}
+        # the architecture is checked as a VQ config first (missing k, bad values -> InvalidInputError)
+        vq = VQCodec.from_config({"id": "vq", "classes": source.classes, "input": input, "temperature": temperature, **arch})
+        assert isinstance(vq, VQCodec)
+        tr = {"progress": progress, **cfg, **dict(train or {})}
+        bad = sorted(set(tr) - train_keys)
         if bad:
-            raise InvalidInputError(f"{who}: unknown VQ/training options {bad}; VQ takes {sorted(_VQ_ARCH)}, "
-                                    f"training takes {sorted(_TRAIN_KW)}")
-        codec = train_vq(source, input=input, temperature=temperature, **{"progress": progress, **arch, **tr})
+            raise InvalidInputError(f"{who}: unknown VQ/training options {bad}; VQ takes {sorted(arch_keys)}, "
+                                    f"training takes {sorted(train_keys)}")
+        codec = fit(vq, source, **tr)
     if not isinstance(codec, SoftLabelCodec):
         raise InvalidInputError(f"codec must be a soft-label codec or a VQ config dict, got {type(codec).__name__}")
     if getattr(codec, "input", input) != input or getattr(codec, "temperature", temperature) != temperature:

@@ -46,7 +46,7 @@ from .._args import int_arg
 from .._torchfile import open_regular, read_torch_file
 from ..codecs.base import Part
 from ..codecs.topk import TopKCodec
-from ..codecs.vq import SoftLabelCodec, index_bits
+from ..codecs.softlabel import SoftLabelCodec, index_bits
 from ..errors import FormatError, InvalidInputError
 from .augment import BatchRecord, fit_codec, write_replay_archive
 from .replay import (CROP_BACKENDS, INTERPOLATIONS, MAX_VIEW_SIZE, PIL_INTERPOLATIONS, ReplayArchive, _Lazy,

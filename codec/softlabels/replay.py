@@ -260,10 +260,10 @@ def apply_crop_flip_pil(img: Any, coords, flip: bool, size: int = 224, interpola
     i, j, h, w = c[0] * H, c[1] * W, c[2] * H, c[3] * W
     out = im.crop((j, i, j + w, i + h))
     if out.size != (size, size):  # torchvision returns the crop itself when it already has the size
-        out = out.resize((size, size), {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
-                                        "bicubic": Image.BICUBIC}[interpolation])
+        out = out.resize((size, size), {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                                        "bicubic": Image.Resampling.BICUBIC}[interpolation])
     if flip:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     t = torch.from_numpy(np.array(out, np.uint8, copy=True))
     t = t.view(out.size[1], out.size[0], len(out.getbands())).permute(2, 0, 1).contiguous()
     return t.to(torch.float32).div(255)

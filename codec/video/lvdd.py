@@ -253,8 +253,7 @@ def read_quanto_vae_dir(path: str | os.PathLike, *, decoder_only: bool = False, 
     desc = {"library": "diffusers", "class": cls.__name__, "config": cfg, "decoder_only": bool(decoder_only),
             "diffusers_version": diffusers.__version__,
             "source": {"format": "optimum-quanto qint8", "files": list(QUANTO_FILES)}}
-    codec = Int8StateDictCodec(scheme="symmetric", quantize={m[0]: 0 for m in manifest if m[2] == "q"},
-                               float_dtype=fdt, zstd=zstd, tensors=manifest, model=desc)
+    codec = Int8StateDictCodec(manifest, scheme="symmetric", float_dtype=fdt, zstd=zstd, model=desc)
     parts: dict[str, Part] = {}
     if qs:
         parts["q"] = Part(torch.cat(qs), zstd=zstd)
