@@ -54,6 +54,37 @@ def test_baseline_formulas_hand_computed():
     assert B.lpld_terms(10, 1000, 300, 40).total == 585 * 128 * 1000 * 2
 
 
+def test_lpld_pool_is_lplds_own_rule():
+    """LPLD keeps int(E * nb * (1 - p)) batches (generate_soft_label_pruning.py, Python floats): its "30x" is
+    p = 0.97, 702 batches at IN-1K IPC 10 (780 with the nominal ratio 30), 3,510 at IPC 50 (3,900)."""
+    from codec.codecs.lpld import LPLDCodec, lpld_pool_batches
+
+    for ipc, want, nominal in ((10, 702, 780), (50, 3510, 3900)):
+        nb = ipc * 1000 // 128
+        assert B.lpld_pool(ipc, 1000, 300, prune_ratio=0.97) == want == int(300 * nb * (1 - 0.97))
+        assert B.lpld_pool(ipc, 1000, 300, 30) == nominal
+        cod = LPLDCodec(1000, prune_ratio=0.97, batch_size=128, batches_per_epoch=nb, epochs=300)
+        assert cod.pool_batches == want == lpld_pool_batches(300 * nb, 0.97) and cod.max_rows == want * 128
+        r = B.plan(ipc, 1000, 300, "lpld:prune_ratio=0.97")
+        assert r.bytes == want * 128 * 1000 * 2 and r.formula == "LPLD"
+    # float products as LPLD computes them over 300 x 78 batches: 1 - 0.9 is 0.09999999999999998 in binary
+    # floating point, so LPLD's int() keeps 2,339 batches at p = 0.9, not 2,340
+    assert [B.lpld_pool(10, 1000, 300, prune_ratio=p) for p in (0.9, 0.95, 0.975, 0.0)] == [2339, 1170, 585, 23400]
+    assert int(300 * 78 * (1 - 0.9)) == 2339
+    assert LPLDCodec(10).get_config().get("prune_ratio", "absent") == "absent"  # configs of the ratio rule unchanged
+    rt = LPLDCodec.from_config(LPLDCodec(10, prune_ratio=0.5, batch_size=2, batches_per_epoch=3, epochs=4).get_config())
+    assert rt.pool_batches == 6
+    for bad in ({"ratio": 2.0, "prune_ratio": 0.5}, {"prune_ratio": 1.0}, {"prune_ratio": -0.1}, {"prune_ratio": 0.5, "epochs": None}):
+        kw = {"batch_size": 2, "batches_per_epoch": 3, "epochs": 4, **bad}
+        with pytest.raises(InvalidInputError):
+            LPLDCodec(10, **kw)
+    for spec in ("lpld:batch=128", "lpld:ratio=30,prune_ratio=0.97"):
+        with pytest.raises(InvalidInputError, match="exactly one"):
+            B.plan(10, 1000, 300, spec)
+    with pytest.raises(InvalidInputError):
+        B.lpld_pool(10, 1000, 300)
+
+
 def test_video_budgets():
     b = B.video_pixel_budget(1, 50, 16, 112, 112)
     assert b == 120_422_400 and round(b / B.MiB, 2) == 114.84

@@ -199,3 +199,23 @@ def test_lpld_json_and_loader_end_to_end(tmp_path, imgs):
     batches = list(loader)
     assert len(batches) == len(sampler) and all(x.shape == (3, 3, S, S) and y.shape == (3, C) for x, y in batches)
     assert ReplayBatchSampler(dst).steps(0) == 3
+
+
+def test_lpld_codec_prunes_a_full_tree_to_lplds_pool(tmp_path, imgs):
+    """An unpruned relabel tree (SRe2L's generator) stored through LPLDCodec(prune_ratio=p) keeps LPLD's pool,
+    int(E * nb * (1 - p)) batches, with their records; codec.budget counts the same pool."""
+    from codec import budget as B
+
+    seen = write_sre2l_tree(tmp_path, imgs, batch_size=5, epochs=4, classes=C, mix_type="cutmix", size=S)
+    cod = LPLDCodec(C, prune_ratio=0.7, batch_size=5, batches_per_epoch=2, epochs=4, input="logits")
+    dst = tmp_path / "p.ddz"
+    import_fkd_dir(tmp_path, dst, cod, sampler_seed=42, num_samples=N)
+    a = open_archive(dst)
+    pool = int(4 * 2 * (1 - 0.7))
+    assert cod.pool_batches == pool == 2 and len(a.batch_rows) - 1 == pool and len(a) == pool * 5
+    assert B.lpld_pool(1, N, 4, prune_ratio=0.7, batch_size=5) == pool
+    for g in range(pool):
+        e, b = divmod(g, 2)
+        assert a.record(e, b)["sample_ids"].tolist() == seen[(e, b)][0]
+    with codec.open(dst) as f:
+        assert f.objects["labels"]["codec"]["prune_ratio"] == 0.7

@@ -14,7 +14,8 @@ from ..format.layout import DTYPES, regions
 from . import formulas as F
 
 # ------------------------------------------------------------------------------------------------
-# codec specs: "vq:dh=795,dc=5,k=1024", "topk:k=15", "pca:k=24", "quant:k=4", "lpld:ratio=40", "raw"
+# codec specs: "vq:dh=795,dc=5,k=1024", "topk:k=15", "pca:k=24", "quant:k=4", "lpld:prune_ratio=0.975",
+# "lpld:ratio=40", "raw"
 # ------------------------------------------------------------------------------------------------
 _SPEC_KEYS: dict[str, dict[str, type]] = {
     "raw": {},
@@ -22,9 +23,9 @@ _SPEC_KEYS: dict[str, dict[str, type]] = {
     "topk": {"k": int},
     "pca": {"k": int},
     "quant": {"k": int},
-    "lpld": {"ratio": float, "batch": int},
+    "lpld": {"prune_ratio": float, "ratio": float, "batch": int},
 }
-_REQUIRED = {"vq": ("dh", "dc", "k"), "topk": ("k",), "pca": ("k",), "quant": ("k",), "lpld": ("ratio",)}
+_REQUIRED = {"vq": ("dh", "dc", "k"), "topk": ("k",), "pca": ("k",), "quant": ("k",)}
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -51,6 +52,9 @@ def parse_spec(spec: str) -> tuple[str, dict]:
             raise InvalidInputError(f"parameter {key} in spec {spec!r} must be finite, got {val!r}")
     if "param_bytes" in params and params["param_bytes"] not in (2, 4):
         raise InvalidInputError(f"param_bytes in spec {spec!r} must be 2 (fp16) or 4 (fp32), got {params['param_bytes']}")
+    if name == "lpld" and ("ratio" in params) == ("prune_ratio" in params):
+        raise InvalidInputError(f"spec {spec!r} needs prune_ratio (LPLD's --prune_ratio p: int(E*nb*(1-p)) batches) "
+                                "or ratio (a nominal ratio r: floor(E*nb/r)), exactly one")
     missing = [k for k in _REQUIRED.get(name, ()) if k not in params]
     if missing:
         raise InvalidInputError(f"spec {spec!r} lacks {', '.join(missing)}")
@@ -113,7 +117,7 @@ def plan(ipc: int, classes: int, epochs: int, spec: str) -> PlanRow:
     elif name == "quant":
         t, st, formula = F.s17_terms(ipc, classes, epochs, p["k"]), F.s17_stored_terms(ipc, classes, epochs, p["k"]), "S17"
     else:  # lpld
-        t = F.lpld_terms(ipc, classes, epochs, p["ratio"], p.get("batch", 128))
+        t = F.lpld_terms(ipc, classes, epochs, p.get("ratio"), p.get("batch", 128), prune_ratio=p.get("prune_ratio"))
         st, formula = t, "LPLD"
     return PlanRow(spec.strip(), t.total, math.ceil(st.total), s11 / t.total, s11 / math.ceil(st.total),
                    dict(t.terms), {k: int(math.ceil(v)) for k, v in st.terms.items()}, formula)

@@ -137,21 +137,34 @@ def s17_stored_terms(ipc, classes, epochs, k) -> Terms:
 # --------------------------------------------------------------------------------------
 # LPLD random batch pruning
 # --------------------------------------------------------------------------------------
-def lpld_pool(ipc: int, classes: int, epochs: int, ratio: float, batch_size: int = 128) -> int:
-    """Batches LPLD keeps: the prefix pool of ``floor(E * floor(N/B) / ratio)`` global batch
-    ids (generation with ``drop_last=True``; N = IPC*C samples, B = batch size)."""
+def lpld_pool(ipc: int, classes: int, epochs: int, ratio: float | None = None, batch_size: int = 128, *,
+              prune_ratio: float | None = None) -> int:
+    """Batches LPLD keeps, a prefix pool of global batch ids (generation with ``drop_last=True``:
+    ``nb = floor(N/B)`` batches per epoch, N = IPC*C samples, B = batch size).
+
+    ``prune_ratio=p`` (LPLD's ``--prune_ratio``): ``int(E * nb * (1 - p))``, LPLD's own rule, the
+    same function the ``lpld`` codec and the LPLD importer use
+    (:func:`codec.codecs.lpld.lpld_pool_batches`): IN-1K IPC 10 at p = 0.97 keeps 702 batches.
+    ``ratio=r`` (a nominal ratio): ``max(1, floor(E * nb / r))``, 780 there for r = 30.
+    Give exactly one."""
+    from ..codecs.lpld import lpld_pool_batches
+
+    if (ratio is None) == (prune_ratio is None):
+        raise InvalidInputError("LPLD pool: give ratio or prune_ratio (LPLD's --prune_ratio), exactly one")
     N = _pos_int("ipc", ipc) * _pos_int("classes", classes)
     B = _pos_int("batch_size", batch_size)
-    ratio = float_arg("LPLD ratio", ratio, 1)
     per_epoch = N // B
     if per_epoch == 0:
         raise InvalidInputError(f"batch_size {B} exceeds the {N} samples per epoch")
+    if prune_ratio is not None:
+        return lpld_pool_batches(_pos_int("epochs", epochs) * per_epoch, float_arg("LPLD prune_ratio", prune_ratio, 0, 1))
+    ratio = float_arg("LPLD ratio", ratio, 1)
     return max(1, math.floor(_pos_int("epochs", epochs) * per_epoch / ratio))
 
 
-def lpld_terms(ipc, classes, epochs, ratio, batch_size: int = 128) -> Terms:
-    """LPLD storage: ``pool x B x C x 2`` bytes of fp16 labels (S11 per kept batch)."""
-    pool = lpld_pool(ipc, classes, epochs, ratio, batch_size)
+def lpld_terms(ipc, classes, epochs, ratio=None, batch_size: int = 128, *, prune_ratio=None) -> Terms:
+    """LPLD storage: ``pool x B x C x 2`` bytes of fp16 labels (S11 per kept batch; pool as :func:`lpld_pool`)."""
+    pool = lpld_pool(ipc, classes, epochs, ratio, batch_size, prune_ratio=prune_ratio)
     return Terms({"labels": pool * batch_size * classes * FP16})
 
 

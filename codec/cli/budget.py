@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "budget", usage=_USAGE, help="soft-label storage budgets (S11-S17), VQ solver, per-byte file attribution",
         description="Budgets in bytes (MiB = 1024**2 B, GiB = 1024**3 B). Codec specs: raw, "
-                    "vq:dh=795,dc=5,k=1024[,param_bytes=4], topk:k=15, pca:k=24, quant:k=4, lpld:ratio=40[,batch=128].")
+                    "vq:dh=795,dc=5,k=1024[,param_bytes=4], topk:k=15, pca:k=24, quant:k=4, "
+                    "lpld:prune_ratio=0.975[,batch=128] (LPLD's own rule: int(E*nb*(1-p)) batches) or lpld:ratio=40 "
+                    "(a nominal ratio: floor(E*nb/r) batches).")
     p.add_argument("target", metavar="plan|solve|FILE", help="'plan', 'solve', or a .ddz file to attribute")
     p.add_argument("--ipc", type=int, help="images per class")
     p.add_argument("--classes", type=int, help="number of classes C")

@@ -1,11 +1,20 @@
 """LPLD random batch pruning (Xiao & He [34]) as a soft-label codec.
 
-LPLD keeps the soft labels of a *prefix pool* of ``floor(E * batches_per_epoch / ratio)``
-global batches (generated with ``drop_last=True``) and, at training time, draws each epoch's
-batches uniformly **with replacement** from that pool (see
-:class:`codec.softlabels.replay.LPLDBatchSampler`).  Stored: the kept rows as fp16 (``labels``),
-as raw logits (``input="logits"``, LPLD/SRe2L's choice, with the temperature declared) or
-probabilities.  With ``ratio=1`` this is the uncompressed fp16 baseline of Eq. S11.
+LPLD keeps the soft labels of a *prefix pool* of global batches (generated with
+``drop_last=True``) and, at training time, draws each epoch's batches **with replacement**
+from that pool (see :class:`codec.softlabels.replay.LPLDBatchSampler`).  The pool size has
+two rules:
+
+* ``prune_ratio=p`` (LPLD's own ``--prune_ratio``): ``int(E * nb * (1 - p))`` batches, as
+  LPLD's code computes it (:func:`lpld_pool_batches`); this is the rule to use for LPLD's
+  settings, whose "10x / 20x / 30x / 40x" labels are p = 0.9 / 0.95 / 0.97 / 0.975;
+* ``ratio=r`` (a nominal compression ratio, the rule of files written before
+  ``prune_ratio``): ``floor(E * nb / r)`` batches.  LPLD's "30x" (p = 0.97) keeps 702 of
+  IN-1K IPC 10's 23,400 batches; ``ratio=30`` keeps 780.
+
+Stored: the kept rows as fp16 (``labels``), as raw logits (``input="logits"``, LPLD/SRe2L's
+choice, with the temperature declared) or probabilities.  With neither (``ratio=1``) every row
+is kept: the uncompressed fp16 baseline of Eq. S11.
 """
 
 from __future__ import annotations
@@ -46,29 +55,39 @@ def lpld_pool_batches(total_batches: int, prune_ratio: float) -> int:
 class LPLDCodec(SoftLabelCodec):
     codec_id = "lpld"
 
-    def __init__(self, classes: int, ratio: float = 1.0, *, batch_size: int | None = None,
-                 batches_per_epoch: int | None = None, epochs: int | None = None, eps: float = 1e-8,
-                 input: str = "probs", temperature: float = 1.0):
+    def __init__(self, classes: int, ratio: float = 1.0, *, prune_ratio: float | None = None,
+                 batch_size: int | None = None, batches_per_epoch: int | None = None, epochs: int | None = None,
+                 eps: float = 1e-8, input: str = "probs", temperature: float = 1.0):
         self.classes, self.input, self.temperature, self.eps = check_common(classes, input, temperature, eps, "lpld")
         self.ratio = float_arg("lpld: ratio", ratio, 1)
+        self.prune_ratio = None if prune_ratio is None else float_arg("lpld: prune_ratio", prune_ratio, 0, 1)
+        if self.prune_ratio is not None and (self.prune_ratio >= 1 or self.ratio != 1):
+            raise InvalidInputError(f"lpld: prune_ratio must be in [0, 1) and replaces ratio (got prune_ratio={prune_ratio!r}, "
+                                    f"ratio={ratio!r})")
         self.batch_size, self.batches_per_epoch, self.epochs = (
             None if v is None else int_arg(f"lpld: {nm}", v, 1)
             for nm, v in (("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch), ("epochs", epochs)))
-        if ratio != 1 and None in (batch_size, batches_per_epoch, epochs):
+        if (ratio != 1 or self.prune_ratio is not None) and None in (batch_size, batches_per_epoch, epochs):
             # without the batch geometry the pool size is unknown and every row would be kept
-            raise InvalidInputError(f"lpld: ratio {ratio} needs batch_size, batches_per_epoch and epochs "
-                                    "(the prefix pool is floor(epochs * batches_per_epoch / ratio) batches)")
+            raise InvalidInputError(f"lpld: {'prune_ratio' if self.prune_ratio is not None else 'ratio'} needs batch_size, "
+                                    "batches_per_epoch and epochs (the pool is a number of whole batches)")
 
     def get_config(self) -> dict[str, Any]:
-        return {"id": self.codec_id, "classes": self.classes, "ratio": self.ratio, "batch_size": self.batch_size,
-                "batches_per_epoch": self.batches_per_epoch, "epochs": self.epochs, "eps": self.eps,
-                "input": self.input, "temperature": self.temperature}
+        cfg = {"id": self.codec_id, "classes": self.classes, "ratio": self.ratio}
+        if self.prune_ratio is not None:  # absent from configs of the nominal-ratio rule (and older files)
+            cfg["prune_ratio"] = self.prune_ratio
+        cfg.update({"batch_size": self.batch_size, "batches_per_epoch": self.batches_per_epoch, "epochs": self.epochs,
+                    "eps": self.eps, "input": self.input, "temperature": self.temperature})
+        return cfg
 
     @property
     def pool_batches(self) -> int:
-        """``floor(E * batches_per_epoch / ratio)`` (at least 1)."""
+        """LPLD's ``int(E * batches_per_epoch * (1 - prune_ratio))`` with ``prune_ratio``, else
+        ``floor(E * batches_per_epoch / ratio)`` (at least 1)."""
         if self.epochs is None or self.batches_per_epoch is None:
             raise InvalidInputError("lpld: pool size needs epochs and batches_per_epoch")
+        if self.prune_ratio is not None:
+            return lpld_pool_batches(self.epochs * self.batches_per_epoch, self.prune_ratio)
         return max(1, math.floor(self.epochs * self.batches_per_epoch / self.ratio))
 
     @property
