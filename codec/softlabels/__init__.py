@@ -9,6 +9,9 @@ Entry points:
 * :func:`write_softlabels` / :func:`save_softlabels` -- stream labels into a Writer / new file.
 * :func:`open_archive` -- open a soft-label .ddz: ``arch.labels(start, stop)`` -> probabilities.
 * :func:`kd_loss` -- Eq. 10.
+* :func:`~codec.softlabels.augment.import_fkd_dir` (SRe2L / CDA / LPLD relabel trees) and
+  :func:`~codec.softlabels.fkd.import_fkd_labels` (FKD's per-image files): the producers' own
+  files into one .ddz; :mod:`codec.softlabels.replay` and :mod:`codec.softlabels.fkd` replay them.
 """
 
 from __future__ import annotations
