@@ -26,7 +26,10 @@ plain Python values).  Two of them also hold numpy objects, which that unpickler
 Everything else (object arrays, structured dtypes, any other global) is refused, and the
 result is checked again after loading: every array and numpy scalar must have one of the
 numeric dtypes.  Every failure is a :class:`~codec.errors.FormatError` naming the file.
-Only regular files are opened (a FIFO or device would block or never end).
+Only regular files are opened (a FIFO or device would block or never end).  torch's
+allow-list is process-wide, so while a read with ``numpy=True`` runs, a ``torch.load`` in
+another thread also accepts these stand-ins (and nothing more); the entries a caller had
+allowed before are left in place afterwards.
 """
 
 from __future__ import annotations
