@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "codec"
 
 # lower number = lower layer; a module may import its own layer's package and anything below
-LAYERS = {"errors": 0, "_args": 1, "bits": 2, "format": 3, "codecs": 4, "budget": 5,
+LAYERS = {"errors": 0, "_args": 1, "_torchfile": 1, "bits": 2, "format": 3, "codecs": 4, "budget": 5,
           "softlabels": 6, "video": 6, "loader": 7, "cli": 8}
 
 

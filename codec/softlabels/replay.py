@@ -9,9 +9,12 @@ only a path and open the file lazily in each process, so they are safe in DataLo
 * ``batch_size=None`` replays the stored batches exactly (step s of epoch e = stored batch
   (e, s)); any other batch size re-chunks each epoch's rows in stored order.
 * ``start_epoch`` / ``start_step`` resume anywhere (steps counted in the training batch size).
-* :class:`LPLDBatchSampler`: LPLD's pruned-pool replay (each epoch draws its batches
-  uniformly with replacement from the stored prefix pool), seeded per epoch so a resumed run
-  draws the same batches.
+* :class:`LPLDBatchSampler`: LPLD's pruned-pool replay (each epoch draws its batches with
+  replacement from the stored prefix pool): ``draw="uniform"`` (default, seeded per epoch) or
+  ``draw="lpld"`` (LPLD's own draw and "drop last" rule on one seeded stream); either way a
+  resumed run draws the same batches.
+* Views: ``crop="tensor"`` (default, ``F.interpolate``, any device) or ``crop="pil"``
+  (SRe2L's PIL path, pixel-exact with the relabelling batch).
 """
 
 from __future__ import annotations
