@@ -50,6 +50,9 @@ def _lvdd() -> bytes:
     return buf.getvalue()
 
 
+# torch warns about the protocol byte a mutation may change before refusing the pickle
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+
 READERS = {"sre2l": (_sre2l, load_fkd_batch), "fkd": (_fkd, lambda p: read_fkd_label_file(p, 6, "marginal_smoothing")),
            "lvdd": (_lvdd, read_lvdd_synthetic)}
 
