@@ -137,7 +137,7 @@ def test_failed_state_build_closes_the_file(archive, monkeypatch):
     ds = load(archive)
     with pytest.raises(FE):
         ds[0]
-    assert opened and all(f._mm is None for f in opened)  # no memory map left behind
+    assert opened and all(f.closed for f in opened)  # no memory map left behind
 
 
 def test_numpy_and_tensor_indices(archive):

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import functools
 import math
-import mmap
-import os
-from typing import Any, Iterator
+from collections import OrderedDict
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import zstandard
 
 from ..bits import unpack_bits
 from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
-                      SectionNotFoundError, TruncatedError, UnknownCodecError)
-from .arrays import as_path, to_device, to_framework
+                      SectionNotFoundError, UnknownCodecError)
+from .arrays import to_device, to_framework
 from .header import Header, SectionInfo, parse_header
 from .layout import DTYPES, PREAMBLE_SIZE, Preamble, crc32
+from .source import ByteSource, open_source
 
 _CHUNK = 16 << 20
+_CACHE_BYTES = 64 << 20  # verified remote bytes kept per open file
 
 
 def _guard(method):
@@ -39,34 +40,44 @@ def _guard(method):
 
 
 class DDZFile:
-    """An open .ddz file; use :func:`open`. Reads only the preamble and header on open."""
+    """An open .ddz file; use :func:`open`. Reads only the preamble and header on open.
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = as_path(path)
-        self._mm: mmap.mmap | None = None
-        try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            raise FileAccessError(f"cannot open {self.path!r}: {exc.strerror}") from None
+    ``path`` is a local path (memory-mapped: raw sections are zero-copy views, CRCs are checked by
+    :meth:`verify`) or any fsspec URL (ranged reads: only the bytes asked for are fetched, and
+    their CRCs are checked before use; see :mod:`codec.format.source`).
+    """
+
+    def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None):
+        self._src = open_source(path, storage_options)
+        self.path = self._src.name
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._cached_bytes = 0
         try:
             self._load()
         except BaseException:
-            os.close(self._fd)
+            self._src.close()
             raise
 
     @_guard
     def _load(self) -> None:
-        self.file_size = os.fstat(self._fd).st_size
-        pre = Preamble.from_bytes(os.pread(self._fd, PREAMBLE_SIZE, 0), self.file_size)
+        src = self._src
+        self.file_size = src.size
+        pre = Preamble.from_bytes(bytes(src.read(0, min(PREAMBLE_SIZE, src.size))), src.size)
         self.preamble = pre
-        header_bytes = os.pread(self._fd, pre.header_length, pre.header_offset)
-        if len(header_bytes) != pre.header_length:
-            raise TruncatedError("file ends inside the header", offset=pre.header_offset)
+        header_bytes = src.read(pre.header_offset, pre.header_length)
         if crc32(header_bytes) != pre.header_crc32:
             raise ChecksumError("header checksum mismatch", offset=pre.header_offset)
         self.header: Header = parse_header(header_bytes, alignment=pre.alignment, header_offset=pre.header_offset)
         self._by_name = {s.name: s for s in self.header.sections}
-        self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+
+    @property
+    def source(self) -> ByteSource:
+        """Where the bytes come from (``bytes_read``/``requests`` count what was fetched)."""
+        return self._src
+
+    @property
+    def closed(self) -> bool:
+        return self._src.closed
 
     # -- table -----------------------------------------------------------------------------------
     @property
@@ -120,7 +131,7 @@ class DDZFile:
         if info.zstd:
             arr = self._inflate(info).view(DTYPES[info.dtype]).reshape(info.shape)
         else:
-            arr = np.frombuffer(self._live_mm(), DTYPES[info.dtype], info.count, info.offset).reshape(info.shape)
+            arr = np.frombuffer(self._stored(info), DTYPES[info.dtype], info.count).reshape(info.shape)
         self._check_bool(info, arr)
         return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
 
@@ -140,33 +151,36 @@ class DDZFile:
             if info.zstd:  # one zstd stream: the whole section is decoded, then sliced
                 return self._unpacked(info, 0, info.count, info.shape, framework, device)[start:stop]
             return self._unpacked(info, start * per_row, (stop - start) * per_row, shape, framework, device)
-        if info.zstd:
+        if info.zstd:  # one zstd stream: fetched and decoded whole
             arr = self._inflate(info).view(DTYPES[info.dtype]).reshape(info.shape)[start:stop]
         else:
-            arr = np.frombuffer(self._live_mm(), DTYPES[info.dtype], (stop - start) * per_row,
-                                info.offset + start * per_row * DTYPES[info.dtype].itemsize).reshape(shape)
+            row_bytes = per_row * DTYPES[info.dtype].itemsize
+            arr = np.frombuffer(self._stored(info, start * row_bytes, stop * row_bytes), DTYPES[info.dtype],
+                                (stop - start) * per_row).reshape(shape)
         self._check_bool(info, arr)
         return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
 
+    @_guard
     def stored_bytes(self, name: str) -> memoryview:
         """The section's bytes exactly as stored (after all encodings)."""
-        info = self.info(name)
-        return memoryview(self._live_mm())[info.offset: info.offset + info.length]
+        return memoryview(self._stored(self.info(name)))
 
     # -- integrity -------------------------------------------------------------------------------
     def problems(self) -> Iterator[DDZError]:
         """Yield every integrity problem: checksums, padding, encoded sizes, value ranges."""
-        mm = self._live_mm()
+        src = self._live()
         pos = PREAMBLE_SIZE
         for info in self.header.sections:
-            if any(mm[pos: info.offset]):
-                yield FormatError("padding before this section is not zero", section=info.name, offset=pos)
-            pos = info.offset + info.length
-            crc = 0
-            with memoryview(mm) as view:
+            try:
+                if any(src.view(pos, info.offset - pos)):
+                    yield FormatError("padding before this section is not zero", section=info.name, offset=pos)
+                pos = info.offset + info.length
+                crc = 0
                 for at in range(info.offset, pos, _CHUNK):
-                    with view[at: min(at + _CHUNK, pos)] as chunk:
-                        crc = crc32(chunk, crc)
+                    crc = crc32(src.view(at, min(_CHUNK, pos - at)), crc)
+            except DDZError as exc:  # a remote source that fails mid-verify
+                yield exc
+                return
             if crc != info.crc32:
                 yield ChecksumError(f"CRC-32 {crc:#010x} != stored {info.crc32:#010x}", section=info.name, offset=info.offset)
                 continue
@@ -186,16 +200,8 @@ class DDZFile:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
-        if self._fd < 0:
-            return
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass  # arrays still view the mapping; it is unmapped when they are freed
-            self._mm = None
-        os.close(self._fd)
-        self._fd = -1
+        self._src.close()
+        self._cache.clear()
 
     def __enter__(self) -> "DDZFile":
         return self
@@ -207,10 +213,42 @@ class DDZFile:
         return f"<ddz file {self.path!r}: {len(self.header.sections)} sections, {self.file_size} bytes>"
 
     # -- internals ---------------------------------------------------------------------------------
-    def _live_mm(self) -> mmap.mmap:
-        if self._mm is None:
+    def _live(self) -> ByteSource:
+        if self._src.closed:
             raise InvalidInputError(f"{self.path} is closed")
-        return self._mm
+        return self._src
+
+    def _stored(self, info: SectionInfo, lo: int = 0, hi: int | None = None):
+        """Stored bytes ``[lo, hi)`` of a section: a zero-copy view of a local file, or bytes
+        fetched from a remote source and checked against the section's CRC before use."""
+        hi = info.length if hi is None else hi
+        src = self._live()
+        if not src.verify_reads:
+            return src.view(info.offset + lo, hi - lo)
+        if hi <= lo:
+            return bytearray()
+        key = (info.name, -1)
+        data = self._cache.get(key)
+        if data is None:
+            data = src.read(info.offset, info.length)
+            crc = crc32(data)
+            if crc != info.crc32:
+                raise ChecksumError(f"fetched bytes have CRC-32 {crc:#010x}, stored {info.crc32:#010x}",
+                                    section=info.name, offset=info.offset)
+            self._remember(key, data)
+        else:
+            self._cache.move_to_end(key)
+        return memoryview(data)[lo:hi]
+
+    def _remember(self, key: tuple[str, int], data) -> None:
+        """Keep verified remote bytes in a small LRU (so a section's neighbouring reads do not refetch)."""
+        if len(data) > _CACHE_BYTES // 4:
+            return
+        self._cache[key] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > _CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
 
     def _check_decodable(self, info: SectionInfo) -> None:
         unknown = info.unknown_encoding
@@ -225,7 +263,7 @@ class DDZFile:
         """zstd-decode into a buffer of exactly the declared size; more or less output is an error."""
         want = info.packed_length
         out = np.empty(want, np.uint8)
-        reader = zstandard.ZstdDecompressor().stream_reader(self.stored_bytes(info.name), read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(memoryview(self._stored(info)), read_across_frames=True)
         got = 0
         view = out.data
         while got < want:
@@ -238,7 +276,14 @@ class DDZFile:
         return out
 
     def _unpacked(self, info: SectionInfo, start: int, count: int, shape, framework: str, device: Any):
-        stream = self._inflate(info) if info.zstd else np.frombuffer(self._live_mm(), np.uint8, info.length, info.offset)
+        if info.zstd:
+            stream = self._inflate(info)
+        else:  # only the bytes holding values start..start+count-1, from a byte-aligned value on
+            group = 8 // math.gcd(info.bits, 8)
+            first = start - start % group
+            lo, hi = first * info.bits // 8, ((start + count) * info.bits + 7) // 8
+            stream = np.frombuffer(self._stored(info, lo, max(lo, hi)), np.uint8)
+            start -= first
         np_dtype = DTYPES[info.dtype]
         bits = info.bits or 0  # only bit-packed sections come here
         if framework == "torch":
@@ -252,10 +297,7 @@ class DDZFile:
         return to_framework(out, info.dtype, framework, device, f"section {info.name!r}")
 
     def _deep_check(self, info: SectionInfo) -> None:
-        if info.zstd:
-            stream = self._inflate(info)
-        else:
-            stream = np.frombuffer(self._live_mm(), np.uint8, info.length, info.offset)
+        stream = self._inflate(info) if info.zstd else np.frombuffer(self._stored(info), np.uint8)
         if info.bits is not None:
             tail_bits = (info.count * info.bits) % 8
             if tail_bits and stream[-1] >> tail_bits:
@@ -268,6 +310,6 @@ _TORCH_INT = {"u8": "uint8", "i8": "int8", "u16": "int32", "i16": "int16", "u32"
               "u64": "int64", "i64": "int64"}
 
 
-def open(path: str | os.PathLike) -> DDZFile:  # noqa: A001 - mirrors safetensors.safe_open / builtin open
-    """Open a .ddz file for reading (a context manager)."""
-    return DDZFile(path)
+def open(path: Any, *, storage_options: Mapping[str, Any] | None = None) -> DDZFile:  # noqa: A001 - mirrors safetensors.safe_open / builtin open
+    """Open a .ddz file (a local path or an fsspec URL) for reading (a context manager)."""
+    return DDZFile(path, storage_options=storage_options)
