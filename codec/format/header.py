@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ..errors import FormatError, LimitError
-from .layout import (DTYPES, INTEGER_DTYPES, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM, MAX_OBJECTS,
-                     MAX_SECTIONS, PREAMBLE_SIZE, align_up)
+from .layout import (DTYPES, INTEGER_DTYPES, MAX_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM,
+                     MAX_OBJECTS, MAX_SECTIONS, MIN_BLOCK_SIZE, PREAMBLE_SIZE, align_up)
 
 # zstd cannot expand one stored byte into more than this many (an RLE block: 4 bytes -> 128 KiB);
 # a declared decoded size above the bound is rejected before any allocation.
@@ -33,6 +33,8 @@ class SectionInfo(NamedTuple):
     decoded_length: int
     encoding: tuple[dict, ...] = ()
     crc32: int = 0
+    block_size: int = 0  # 0: no per-block CRCs (minor 0 form)
+    block_crc32: tuple[int, ...] = ()
 
     @property
     def count(self) -> int:  # type: ignore[override]  # the element count, not tuple.count
@@ -62,10 +64,17 @@ class SectionInfo(NamedTuple):
         bits = self.bits
         return self.decoded_length if bits is None else (self.count * bits + 7) // 8
 
+    def block_span(self, lo: int, hi: int) -> tuple[int, int]:
+        """Indices ``[first, last + 1)`` of the CRC blocks covering stored bytes ``[lo, hi)``."""
+        return lo // self.block_size, (hi + self.block_size - 1) // self.block_size
+
     def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "offset": self.offset,
-                "length": self.length, "decoded_length": self.decoded_length,
-                "encoding": [dict(s) for s in self.encoding], "crc32": self.crc32}
+        doc = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "offset": self.offset,
+               "length": self.length, "decoded_length": self.decoded_length,
+               "encoding": [dict(s) for s in self.encoding], "crc32": self.crc32}
+        if self.block_size:
+            doc["blocks"] = {"size": self.block_size, "crc32": list(self.block_crc32)}
+        return doc
 
 
 @dataclass(frozen=True)
@@ -205,13 +214,35 @@ def _parse_section(entry: Any, index: int) -> SectionInfo:
     count = math.prod(shape)
     if count * itemsize != decoded:
         raise FormatError(f"decoded_length {decoded} != {count} elements x {itemsize} bytes", section=name)
-    info = SectionInfo(name, dtype, shape, offset, length, decoded, tuple(encoding), crc)
+    block_size, block_crcs = _parse_blocks(entry.get("blocks"), length, name)
+    info = SectionInfo(name, dtype, shape, offset, length, decoded, tuple(encoding), crc, block_size, block_crcs)
     if not encoding:
         if length != decoded:
             raise FormatError(f"stored length {length} != decoded length {decoded} of a raw section", section=name, offset=offset)
     elif info.unknown_encoding is None:
         _check_known_encoding(info)
     return info
+
+
+def _parse_blocks(blocks: Any, length: int, name: str) -> tuple[int, tuple[int, ...]]:
+    """The optional ``blocks`` member (minor 1): ``{"size": B, "crc32": [...]}``, one CRC-32 per
+    ``B`` stored bytes (the last block may be shorter)."""
+    if blocks is None:
+        return 0, ()
+    if type(blocks) is not dict:
+        raise FormatError("'blocks' must be an object {size, crc32}", section=name)
+    size, crcs = blocks.get("size"), blocks.get("crc32")
+    if type(size) is not int or not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE or size & (size - 1):
+        raise FormatError(f"block size must be a power of two in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {size!r:.20}", section=name)
+    count = (length + size - 1) // size
+    if count > MAX_BLOCKS:
+        raise LimitError(f"{count} blocks exceed the limit of {MAX_BLOCKS} per section", section=name)
+    if type(crcs) is not list or len(crcs) != count or length == 0:
+        raise FormatError(f"'blocks.crc32' must list ceil({length} / {size}) = {count} CRCs (and length > 0)", section=name)
+    for c in crcs:
+        if type(c) is not int or not 0 <= c <= 0xFFFFFFFF:
+            raise FormatError(f"block CRC {c!r:.20} is not an integer in [0, 2**32)", section=name)
+    return size, tuple(crcs)
 
 
 def _check_known_encoding(info: SectionInfo) -> None:

@@ -12,7 +12,8 @@ from ..errors import FormatError, LimitError, TruncatedError, UnsupportedVersion
 
 MAGIC = b"\x89DDZ\r\n\x1a\n"
 MAJOR = 1
-MINOR = 0
+MINOR = 1  # the highest minor this implementation reads and writes
+MINOR_BLOCKS = 1  # the first minor with per-block CRCs (a file is written with the lowest minor it needs)
 PREAMBLE_SIZE = 64
 # magic, major, minor, alignment, header_offset, header_length, header_crc32, flags, file_length, reserved
 _PREAMBLE = struct.Struct("<8sHHIQQIIQ12s")
@@ -27,6 +28,11 @@ MAX_OBJECTS = 1 << 12
 MAX_NAME_BYTES = 256
 MAX_NDIM = 16
 MAX_JSON_DEPTH = 32
+# per-block CRC-32s of large sections (spec/ddz.md 4.1, minor 1)
+DEFAULT_BLOCK_SIZE = 64 << 10
+MIN_BLOCK_SIZE = 4 << 10
+MAX_BLOCK_SIZE = 64 << 20
+MAX_BLOCKS = 1 << 20  # per section
 
 # dtype name -> (numpy dtype, itemsize). bf16 is stored as raw uint16 bits.
 DTYPES: dict[str, np.dtype] = {
@@ -66,7 +72,7 @@ class Preamble:
     header_crc32: int
     file_length: int
     major: int = MAJOR
-    minor: int = MINOR
+    minor: int = 0
 
     def to_bytes(self) -> bytes:
         body = _PREAMBLE.pack(MAGIC, self.major, self.minor, self.alignment, self.header_offset,

@@ -175,12 +175,23 @@ class DDZFile:
                 if any(src.view(pos, info.offset - pos)):
                     yield FormatError("padding before this section is not zero", section=info.name, offset=pos)
                 pos = info.offset + info.length
-                crc = 0
-                for at in range(info.offset, pos, _CHUNK):
-                    crc = crc32(src.view(at, min(_CHUNK, pos - at)), crc)
+                crc, bad_block = 0, None
+                size = info.block_size
+                step = max(size, _CHUNK // size * size) if size else _CHUNK  # whole blocks per read
+                for at in range(info.offset, pos, step):
+                    chunk = src.view(at, min(step, pos - at))
+                    crc = crc32(chunk, crc)
+                    for j in range(0, len(chunk), size) if size and bad_block is None else ():
+                        i = (at - info.offset + j) // size
+                        if crc32(chunk[j: j + size]) != info.block_crc32[i]:
+                            bad_block = i
+                            break
             except DDZError as exc:  # a remote source that fails mid-verify
                 yield exc
                 return
+            if bad_block is not None:
+                yield ChecksumError(f"block {bad_block} does not match its CRC-32", section=info.name,
+                                    offset=info.offset + bad_block * info.block_size)
             if crc != info.crc32:
                 yield ChecksumError(f"CRC-32 {crc:#010x} != stored {info.crc32:#010x}", section=info.name, offset=info.offset)
                 continue
@@ -227,6 +238,8 @@ class DDZFile:
             return src.view(info.offset + lo, hi - lo)
         if hi <= lo:
             return bytearray()
+        if info.block_size and (lo, hi) != (0, info.length):
+            return self._stored_blocks(info, lo, hi)
         key = (info.name, -1)
         data = self._cache.get(key)
         if data is None:
@@ -239,6 +252,40 @@ class DDZFile:
         else:
             self._cache.move_to_end(key)
         return memoryview(data)[lo:hi]
+
+    def _stored_blocks(self, info: SectionInfo, lo: int, hi: int) -> bytearray:
+        """Bytes ``[lo, hi)`` of a section with per-block CRCs: only the blocks covering them are
+        fetched (the missing ones in one ranged read), each checked against its CRC."""
+        size = info.block_size
+        first, stop = info.block_span(lo, hi)
+        missing = [i for i in range(first, stop) if (info.name, i) not in self._cache]
+        if missing:
+            a, b = missing[0], missing[-1] + 1
+            data = self._src.read(info.offset + a * size, min(info.length, b * size) - a * size)
+            for i in range(a, b):
+                block = bytes(data[(i - a) * size: (i + 1 - a) * size])
+                crc = crc32(block)
+                if crc != info.block_crc32[i]:
+                    raise ChecksumError(f"block {i} fetched with CRC-32 {crc:#010x}, stored {info.block_crc32[i]:#010x}",
+                                        section=info.name, offset=info.offset + i * size)
+                self._remember((info.name, i), block)
+        out = bytearray()
+        for i in range(first, stop):
+            block = self._cache.get((info.name, i))
+            if block is None:  # evicted by the blocks just fetched (a range larger than the cache)
+                return self._stored_blocks_uncached(info, lo, hi)
+            self._cache.move_to_end((info.name, i))
+            out += block
+        return out[lo - first * size: hi - first * size]
+
+    def _stored_blocks_uncached(self, info: SectionInfo, lo: int, hi: int) -> bytearray:
+        size = info.block_size
+        first, stop = info.block_span(lo, hi)
+        data = self._src.read(info.offset + first * size, min(info.length, stop * size) - first * size)
+        for i in range(first, stop):
+            if crc32(memoryview(data)[(i - first) * size: (i + 1 - first) * size]) != info.block_crc32[i]:
+                raise ChecksumError(f"block {i} fetched does not match its CRC-32", section=info.name, offset=info.offset + i * size)
+        return data[lo - first * size: hi - first * size]
 
     def _remember(self, key: tuple[str, int], data) -> None:
         """Keep verified remote bytes in a small LRU (so a section's neighbouring reads do not refetch)."""

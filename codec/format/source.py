@@ -179,8 +179,8 @@ class FsspecSource(ByteSource):
             return fn(*args, **kwargs)
         except DDZError:
             raise
-        except FileNotFoundError:
-            raise FileAccessError(f"{self.name}: not found") from None
+        except FileNotFoundError as exc:
+            raise FileAccessError(f"{self.name}: not found ({str(exc)[:200]})") from None
         except Exception as exc:  # fsspec backends raise their own types (aiohttp, botocore, ...)
             raise FileAccessError(f"{self.name}: {what} failed ({type(exc).__name__}: {str(exc)[:200]})") from None
 

@@ -15,8 +15,9 @@ from ..bits import BitStreamPacker
 from ..errors import FileAccessError, FormatError, InvalidInputError
 from .arrays import as_path, to_storage
 from .header import Header, SectionInfo, check_json_depth, check_name
-from .layout import (DEFAULT_ALIGNMENT, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_HEADER_LENGTH, MAX_NDIM,
-                     MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, PREAMBLE_SIZE, Layout, Preamble, crc32)
+from .layout import (DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
+                     MAX_BLOCKS, MAX_HEADER_LENGTH, MAX_NDIM, MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
+                     MINOR_BLOCKS, PREAMBLE_SIZE, Layout, Preamble, crc32)
 
 
 def _remove(path: str) -> None:
@@ -29,18 +30,27 @@ def _remove(path: str) -> None:
 class Writer:
     """Append sections to a new .ddz file, then publish it atomically.
 
+    A section longer than ``block_size`` bytes (default 64 KiB) also gets one CRC-32 per block
+    (spec/ddz.md 4.1, minor 1), so a reader fetching part of it remotely can check what it
+    fetched; ``block_size=None`` writes none (and a minor-0 file).
+
     Data goes to a temporary file beside ``path`` as it arrives (nothing is held in
     memory); ``close()`` writes the header, fsyncs and renames it over ``path``. If the
     ``with`` block raises (KeyboardInterrupt included), the temporary file is removed and
     ``path`` is untouched. The same calls produce byte-identical files.
     """
 
-    def __init__(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *, alignment: int = DEFAULT_ALIGNMENT):
+    def __init__(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None, *, alignment: int = DEFAULT_ALIGNMENT,
+                 block_size: int | None = DEFAULT_BLOCK_SIZE):
         if type(alignment) is not int or not MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
             raise InvalidInputError(f"alignment must be a power of two in [{MIN_ALIGNMENT}, {MAX_ALIGNMENT}], got {alignment!r}")
+        if block_size is not None and (type(block_size) is not int or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE
+                                       or block_size & (block_size - 1)):
+            raise InvalidInputError(f"block_size must be None or a power of two in [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}], got {block_size!r}")
         self.path = as_path(path)
         self.alignment = alignment
         self._layout = Layout(alignment)
+        self.block_size = block_size
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._sections: list[SectionInfo] = []
         self._names: set[str] = set()
@@ -115,7 +125,9 @@ class Writer:
                 raise InvalidInputError(f"header of {len(header)} bytes exceeds {MAX_HEADER_LENGTH}")
             header_offset = self._layout.end
             self._write(header)
-            pre = Preamble(self.alignment, header_offset, len(header), crc32(header), self._layout.file_length(len(header)))
+            minor = MINOR_BLOCKS if any(s.block_size for s in self._sections) else 0
+            pre = Preamble(self.alignment, header_offset, len(header), crc32(header), self._layout.file_length(len(header)),
+                           minor=minor)
             self._f.seek(0)
             self._f.write(pre.to_bytes())
             self._f.flush()
@@ -180,6 +192,10 @@ class SectionWriter:
         self._zstd_level = zstd
         self._zstd = zstandard.ZstdCompressor(level=zstd).compressobj() if zstd is not None else None
         self._closed = False
+        self._block_size = writer.block_size or 0
+        self._blocks: list[int] = []
+        self._block_crc = 0
+        self._block_fill = 0
 
     def append(self, chunk: Any) -> None:
         """Append rows: ``chunk`` has shape ``(rows, *row_shape)`` and this section's dtype."""
@@ -214,8 +230,12 @@ class SectionWriter:
             encoding.append({"id": "bitpack", "bits": self.bits})
         if self._zstd_level is not None:
             encoding.append({"id": "zstd", "level": self._zstd_level})
-        info = SectionInfo(self.name, self.dtype, shape, self._offset, self._w._pos - self._offset,
-                           math.prod(shape) * itemsize, tuple(encoding), self._crc)
+        length = self._w._pos - self._offset
+        if self._block_fill:
+            self._blocks.append(self._block_crc)
+        keep = self._block_size and length > self._block_size and len(self._blocks) <= MAX_BLOCKS
+        info = SectionInfo(self.name, self.dtype, shape, self._offset, length, math.prod(shape) * itemsize,
+                           tuple(encoding), self._crc, self._block_size if keep else 0, tuple(self._blocks) if keep else ())
         self._w._finish_section(info)
         return info
 
@@ -237,7 +257,20 @@ class SectionWriter:
     def _store(self, data) -> None:
         if len(data):
             self._crc = crc32(data, self._crc)
+            if self._block_size:
+                self._feed_blocks(memoryview(data).cast("B"))
             self._w._write(data)
+
+    def _feed_blocks(self, view: memoryview) -> None:
+        pos, n, size = 0, len(view), self._block_size
+        while pos < n:
+            take = min(n - pos, size - self._block_fill)
+            self._block_crc = crc32(view[pos: pos + take], self._block_crc)
+            self._block_fill += take
+            pos += take
+            if self._block_fill == size:
+                self._blocks.append(self._block_crc)
+                self._block_crc = self._block_fill = 0
 
 
 def _check_new_name(name: Any, taken, limit: int, what: str) -> None:

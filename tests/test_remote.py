@@ -1,0 +1,134 @@
+"""Remote reads: a .ddz served over HTTP (tests/rangeserver.py on 127.0.0.1) is read with range
+requests, fetching the preamble, the header and only the CRC blocks covering the rows asked
+for, each checked; a broken server or broken bytes give codec errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiohttp")
+
+import codec  # noqa: E402
+from codec.format import Writer  # noqa: E402
+from rangeserver import RangeServer  # noqa: E402
+
+
+@pytest.fixture
+def served(tmp_path):
+    with RangeServer(tmp_path) as srv:
+        yield tmp_path, srv
+
+
+def _write(path, block_size=4096):
+    rng = np.random.default_rng(0)
+    raw = rng.standard_normal((3000, 16)).astype(np.float32)  # 192,000 B, 47 blocks
+    idx = rng.integers(0, 1 << 11, (30000, 8)).astype(np.uint16)  # 11-bit packed: 330,000 B
+    small = np.arange(10, dtype=np.int64)
+    with Writer(path, {"note": "remote"}, block_size=block_size) as w:
+        w.add("raw", raw)
+        w.add("idx", idx, bits=11)
+        w.add("small", small)
+        w.add("z", np.repeat(small, 1000), zstd=3)
+    return raw, idx, small
+
+
+def test_remote_rows_fetch_only_their_blocks(served):
+    root, srv = served
+    raw, idx, small = _write(root / "a.ddz")
+    size = (root / "a.ddz").stat().st_size
+    with codec.open(f"{srv.url}/a.ddz") as f:
+        opened = srv.bytes_served
+        assert opened == 64 + f.header_length  # preamble + header, nothing else
+        assert f.version == (1, 1) and f.info("raw").block_size == 4096 and f.info("small").block_size == 0
+        srv.reset()
+        np.testing.assert_array_equal(f.get_rows("raw", 1000, 1010), raw[1000:1010])  # 640 B in one block
+        assert srv.bytes_served == 4096 and srv.requests == 1
+        srv.reset()
+        np.testing.assert_array_equal(f.get_rows("idx", 12345, 12400), idx[12345:12400])
+        assert 0 < srv.bytes_served <= 2 * 4096
+        srv.reset()
+        np.testing.assert_array_equal(f.get_rows("idx", 12345, 12400), idx[12345:12400])  # cached, verified blocks
+        assert srv.bytes_served == 0
+        np.testing.assert_array_equal(f.get("small"), small)  # no blocks: whole section, whole CRC
+        np.testing.assert_array_equal(f.get_rows("z", 5, 9000), np.repeat(small, 1000)[5:9000])  # zstd: fetched whole
+        np.testing.assert_array_equal(f.get("idx"), idx)
+        f.verify()
+    assert srv.bytes_served < 2 * size
+
+
+def test_local_and_file_url_agree(tmp_path):
+    raw, idx, _ = _write(tmp_path / "a.ddz")
+    with codec.open(tmp_path / "a.ddz") as a, codec.open((tmp_path / "a.ddz").as_uri()) as b:
+        assert not a.source.verify_reads and b.source.verify_reads
+        for s, e in ((0, 1), (7, 8), (2999, 3000), (123, 2345)):
+            np.testing.assert_array_equal(a.get_rows("raw", s, e), b.get_rows("raw", s, e))
+            np.testing.assert_array_equal(a.get_rows("idx", s * 10 + 3, e * 10), b.get_rows("idx", s * 10 + 3, e * 10))
+
+
+def test_corrupt_block_is_caught_on_read_and_by_verify(served):
+    root, srv = served
+    _write(root / "a.ddz")
+    with codec.open(root / "a.ddz") as f:
+        at = f.info("raw").offset + 5 * 4096 + 17
+    data = bytearray((root / "a.ddz").read_bytes())
+    data[at] ^= 0x40
+    (root / "a.ddz").write_bytes(bytes(data))
+    with codec.open(f"{srv.url}/a.ddz") as f:
+        f.get_rows("raw", 0, 300)  # blocks 0-4 are sound
+        with pytest.raises(codec.ChecksumError, match="block 5"):
+            f.get_rows("raw", 330, 340)
+        with pytest.raises(codec.ChecksumError):
+            f.get("raw")
+        problems = list(f.problems())
+        assert any("block 5" in str(p) for p in problems) and len(problems) == 2  # block and whole-section CRC
+    with codec.open(root / "a.ddz") as f:  # the local reader's verify finds the same
+        assert any("block 5" in str(p) for p in f.problems())
+
+
+def test_server_failures_are_codec_errors(served):
+    root, srv = served
+    raw, _, _ = _write(root / "a.ddz")
+    with pytest.raises(codec.FileAccessError, match="not found"):
+        codec.open(f"{srv.url}/missing.ddz")
+    f = codec.open(f"{srv.url}/a.ddz")
+    srv.cut_after = srv.bytes_served + 1000  # the server dies 1000 bytes into the next body
+    with pytest.raises(codec.DDZError):
+        f.get_rows("raw", 0, 3000)
+    srv.cut_after = None
+    np.testing.assert_array_equal(f.get_rows("raw", 0, 3000), raw)  # the next request is served
+    f.close()
+    with pytest.raises(codec.InvalidInputError, match="closed"):
+        f.get("raw")
+    (root / "t.ddz").write_bytes((root / "a.ddz").read_bytes()[:-10])
+    with pytest.raises(codec.TruncatedError):
+        codec.open(f"{srv.url}/t.ddz")
+    with pytest.raises(codec.FileAccessError):
+        codec.open("http://127.0.0.1:9/nothing-listens.ddz")
+    with pytest.raises(codec.FileAccessError):
+        codec.open("nosuchprotocol://x/a.ddz")
+
+
+def test_minor_zero_files_still_read_and_blocks_are_optional(tmp_path):
+    raw, idx, _ = _write(tmp_path / "old.ddz", block_size=None)
+    with codec.open(tmp_path / "old.ddz") as f:
+        assert f.version == (1, 0) and all(s.block_size == 0 for s in f.sections)
+    with codec.open((tmp_path / "old.ddz").as_uri()) as f:  # remote reads of a 1.0 file: whole sections, whole CRC
+        np.testing.assert_array_equal(f.get_rows("idx", 5, 10), idx[5:10])
+        assert f.source.bytes_read >= f.info("idx").length
+
+
+@pytest.mark.parametrize("blocks", [{"size": 4096, "crc32": [0]}, {"size": 1000, "crc32": []}, {"size": 4096},
+                                    {"size": 1 << 27, "crc32": [0]}, [], {"size": 4096, "crc32": ["x"] * 47}])
+def test_bad_block_tables_are_format_errors(tmp_path, blocks):
+    import json
+
+    from ddzutil import split, with_header
+
+    _write(tmp_path / "a.ddz")
+    raw = (tmp_path / "a.ddz").read_bytes()
+    _, header = split(raw)
+    header["sections"][0]["blocks"] = blocks
+    (tmp_path / "b.ddz").write_bytes(with_header(raw, json.dumps(header).encode()))
+    with pytest.raises(codec.FormatError, match="block"):
+        codec.open(tmp_path / "b.ddz")
