@@ -2,8 +2,9 @@
 
 from .bits import pack_bits, unpack_bits
 from .errors import (BudgetError, ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
-                     LimitError, SectionNotFoundError, TruncatedError, UnknownCodecError, UnsupportedVersionError)
-from .format import DDZFile, SectionInfo, Writer, open, save_file
+                     LimitError, SectionNotFoundError, ShardError, TruncatedError, UnknownCodecError,
+                     UnsupportedVersionError)
+from .format import DDZFile, DDZSet, SectionInfo, Writer, open, save_file
 
 __version__ = "0.1.0"
 
@@ -17,7 +18,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'codec' has no attribute {name!r}")
 
 __all__ = [
-    "load", "pack_bits", "unpack_bits", "open", "save_file", "Writer", "DDZFile", "SectionInfo",
+    "load", "pack_bits", "unpack_bits", "open", "save_file", "Writer", "DDZFile", "DDZSet", "SectionInfo", "ShardError",
     "DDZError", "FormatError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "LimitError",
     "UnknownCodecError", "InvalidInputError", "SectionNotFoundError", "BudgetError", "FileAccessError",
 ]

@@ -40,6 +40,10 @@ class LimitError(FormatError):
     """A declared size or count exceeds a hard limit of the format."""
 
 
+class ShardError(FormatError):
+    """A sharded set's index and one of its shards disagree (truncated, replaced, or from another set)."""
+
+
 class UnknownCodecError(DDZError):
     """A codec id that this installation does not implement."""
 

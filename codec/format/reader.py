@@ -47,22 +47,24 @@ class DDZFile:
     their CRCs are checked before use; see :mod:`codec.format.source`).
     """
 
-    def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None, _head: bytes | None = None):
         self._src = open_source(path, storage_options)
         self.path = self._src.name
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._cached_bytes = 0
         try:
-            self._load()
+            self._load(_head)
         except BaseException:
             self._src.close()
             raise
 
     @_guard
-    def _load(self) -> None:
+    def _load(self, head: bytes | None) -> None:
         src = self._src
         self.file_size = src.size
-        pre = Preamble.from_bytes(bytes(src.read(0, min(PREAMBLE_SIZE, src.size))), src.size)
+        if head is None or len(head) < min(PREAMBLE_SIZE, src.size):
+            head = bytes(src.read(0, min(PREAMBLE_SIZE, src.size)))
+        pre = Preamble.from_bytes(head[:PREAMBLE_SIZE], src.size)
         self.preamble = pre
         header_bytes = src.read(pre.header_offset, pre.header_length)
         if crc32(header_bytes) != pre.header_crc32:
@@ -357,6 +359,18 @@ _TORCH_INT = {"u8": "uint8", "i8": "int8", "u16": "int32", "i16": "int16", "u32"
               "u64": "int64", "i64": "int64"}
 
 
-def open(path: Any, *, storage_options: Mapping[str, Any] | None = None) -> DDZFile:  # noqa: A001 - mirrors safetensors.safe_open / builtin open
-    """Open a .ddz file (a local path or an fsspec URL) for reading (a context manager)."""
-    return DDZFile(path, storage_options=storage_options)
+def open(path: Any, *, storage_options: Mapping[str, Any] | None = None):  # noqa: A001 - mirrors safetensors.safe_open / builtin open
+    """Open a .ddz file, or the JSON index of a sharded set (spec/sets.md), for reading (a
+    context manager): a local path or any fsspec URL.  A set is a :class:`~.sets.DDZSet`, which
+    reads like one file."""
+    from .sets import DDZSet, looks_like_index
+
+    src = open_source(path, storage_options)
+    try:
+        head = bytes(src.read(0, min(PREAMBLE_SIZE, src.size)))
+    except BaseException:
+        src.close()
+        raise
+    if looks_like_index(head):
+        return DDZSet(path, storage_options=storage_options, _source=src)
+    return DDZFile(src, _head=head)
