@@ -194,3 +194,19 @@ def test_remote_set_reads_only_the_shards_and_blocks_it_needs(tmp_path):
         assert shard_bytes <= 64 + s.shard(2).header_length + 4096
         np.testing.assert_array_equal(s.get_rows("idx", 3990, 4010), idx[3990:4010])
         s.verify()
+
+
+def test_spec_worked_example(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[1] / "spec" / "sets.md").read_text()
+    code = re.search(r"## 5\. Worked example.*?```python\n(.*?)```", spec, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(code, {"np": np, "Writer": Writer, "shard_name": shard_name, "shard_metadata": shard_metadata,
+                "write_set_index": write_set_index})
+    shown = re.search(r"wrapped here\):\n\n```\n(.*?)```", spec, re.S).group(1)
+    assert (tmp_path / "labels.ddzset.json").read_text() == "".join(line.strip() for line in shown.splitlines())
+    assert (tmp_path / shard_name("labels", 0, 2)).stat().st_size == 595
+    with codec.open(tmp_path / "labels.ddzset.json") as s:
+        np.testing.assert_array_equal(s.get_rows("labels/indices", 2, 4), [[5, 6], [7, 0]])
