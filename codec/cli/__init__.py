@@ -11,7 +11,7 @@ from ..errors import DDZError
 
 # Each module has register(subparsers); its parsers set_defaults(func=handler(args) -> exit code).
 # Modules keep heavy imports (torch, diffusers) inside their handlers so `ddz info` starts fast.
-_COMMAND_MODULES = ("inspect", "budget", "pack")
+_COMMAND_MODULES = ("inspect", "budget", "pack", "labels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,8 +55,10 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
     ``SoftLabelArchive``); use ``codec.softlabels.replay.replay_loader`` to iterate
     (epoch, step) batches.
     """
+    from ..format.source import is_url
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not is_url(path) and not os.path.isfile(path):
         raise InvalidInputError(f"{path}: no such file")
     kind = archive_kind(path)
     if kind == "latent-video":

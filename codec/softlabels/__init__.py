@@ -7,7 +7,9 @@ Entry points:
 * :func:`fit` -- the one way a codec learns its parameters (VQ, PCA, quant): returns a fitted copy.
 * :func:`train_vq` -- fit's VQ trainer, a :class:`~codec.codecs.vq.VQCodec` from its shape and a memmap / .ddz section / iterator.
 * :func:`write_softlabels` / :func:`save_softlabels` -- stream labels into a Writer / new file.
-* :func:`open_archive` -- open a soft-label .ddz: ``arch.labels(start, stop)`` -> probabilities.
+* :func:`save_softlabel_set` / :func:`save_softlabels_distributed` -- a sharded set (spec/sets.md),
+  from one process or one shard per torchrun rank.
+* :func:`open_archive` -- open a soft-label .ddz, set index or URL: ``arch.labels(start, stop)`` -> probabilities.
 * :func:`kd_loss` -- Eq. 10.
 * :func:`~codec.softlabels.augment.import_fkd_dir` (SRe2L / CDA / LPLD relabel trees) and
   :func:`~codec.softlabels.fkd.import_fkd_labels` (FKD's per-image files): the producers' own
@@ -27,6 +29,7 @@ from ..codecs.vq import VQCodec
 from .archive import SoftLabelArchive, save_softlabels, write_softlabels
 from .fit import fit
 from .kd import kd_loss, kl_div
+from .sharded import save_softlabel_set, save_softlabels_distributed
 from .sources import ArraySource, DDZSource, IterSource, as_source
 from .train import TrainLog, train_vq
 
@@ -57,6 +60,6 @@ def open_archive(path, device: Any = None, *, name: str | None = None, dtype=Non
 
 
 __all__ = ["SoftLabelCodec", "VQCodec", "TopKCodec", "PCACodec", "QuantCodec", "LPLDCodec", "to_probs", "fit", "train_vq",
-           "TrainLog", "write_softlabels", "save_softlabels",
+           "TrainLog", "write_softlabels", "save_softlabels", "save_softlabel_set", "save_softlabels_distributed",
            "SoftLabelArchive", "open_archive", "kd_loss", "kl_div", "ArraySource", "DDZSource",
            "IterSource", "as_source"]

@@ -25,7 +25,7 @@ from .._args import int_arg, parse_device
 from ..codecs.base import registered_codecs
 from ..codecs.softlabel import SoftLabelCodec
 from ..errors import FormatError, InvalidInputError, SectionNotFoundError
-from ..format import DTYPES, DDZFile, Writer
+from ..format import DTYPES, DDZFile, DDZSet, Writer
 from ..format.arrays import as_path
 from ..format import open as ddz_open
 from .sources import Source, opened_source
@@ -52,11 +52,34 @@ def write_softlabels(writer: Writer, name: str, codec: SoftLabelCodec, data: Any
         raise InvalidInputError(f"{codec.codec_id}: the codec has no learned parameters; fit it with codec.softlabels.fit")
     chunk = int_arg("chunk", chunk, 1)
     with opened_source(data, section) as src:
-        return _write_rows(writer, name, codec, src, chunk, progress, register, extra_meta)
+        sections, rows = write_row_parts(writer, name, codec, src, chunk, progress)
+    sections.update(write_shared_parts(writer, name, codec))
+    writer.add_object(name, codec.get_config(), sections)
+    if register:
+        writer.metadata[META_KEY] = softlabel_meta(name, codec, rows, extra_meta)
+    return sections
 
 
-def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, chunk: int, progress: bool,
-                register: bool, extra_meta: Mapping[str, Any] | None) -> dict[str, str]:
+def softlabel_meta(name: str, codec: SoftLabelCodec, rows: int, extra_meta: Mapping[str, Any] | None = None) -> dict:
+    """The ``"softlabels"`` metadata entry that tells readers which object holds the labels."""
+    meta = {"object": name, "rows": rows, "classes": codec.classes, "codec": codec.codec_id}
+    meta.update(extra_meta or {})
+    return meta
+
+
+def write_shared_parts(writer: Writer, name: str, codec: SoftLabelCodec) -> dict[str, str]:
+    """The codec's shared parts (codebook, decoder, ...) as sections ``NAME/part``; returns ``{part: section}``."""
+    sections = {}
+    for p, part in codec.params().items():
+        writer.add(f"{name}/{p}", part.array, bits=part.bits, zstd=part.zstd)
+        sections[p] = f"{name}/{p}"
+    return sections
+
+
+def write_row_parts(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, chunk: int,
+                    progress: bool) -> tuple[dict[str, str], int]:
+    """Encode every row of ``src`` into the row-part sections ``NAME/part``; returns
+    ``({part: section}, rows written)``."""
     if src.classes != codec.classes:
         raise InvalidInputError(f"soft labels have {src.classes} classes, codec {codec.codec_id!r} expects {codec.classes}")
     specs = codec.row_parts()
@@ -105,14 +128,6 @@ def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, c
                     e = min(rows, s + chunk)
                     sec.append(np.asarray(mm[s * per_row: e * per_row]).reshape(e - s, *sp.row_shape))
                 del mm
-        for p, part in codec.params().items():
-            writer.add(f"{name}/{p}", part.array, bits=part.bits, zstd=part.zstd)
-            sections[p] = f"{name}/{p}"
-        writer.add_object(name, codec.get_config(), sections)
-        if register:
-            meta = {"object": name, "rows": rows, "classes": codec.classes, "codec": codec.codec_id}
-            meta.update(extra_meta or {})
-            writer.metadata[META_KEY] = meta
     finally:
         if bar is not None:
             bar.close()
@@ -121,7 +136,7 @@ def _write_rows(writer: Writer, name: str, codec: SoftLabelCodec, src: Source, c
         for fn in os.listdir(tmpdir):
             os.unlink(os.path.join(tmpdir, fn))
         os.rmdir(tmpdir)
-    return sections
+    return sections, rows
 
 
 def save_softlabels(path: str | os.PathLike, codec: SoftLabelCodec, data: Any, *, name: str = "labels",
@@ -168,14 +183,14 @@ class SoftLabelArchive:
         self.device = parse_device(device)
         self.dtype = _decode_dtype(dtype)
         self._name = name
-        self._file: DDZFile | None = None
+        self._file: DDZFile | DDZSet | None = None
         self._pid: int | None = None
         self._codec: SoftLabelCodec | None = None
         self._cache: dict[str, Any] = {}
         self._load()
 
     # -- lazy, fork-safe open --------------------------------------------------------------------
-    def _f(self) -> DDZFile:
+    def _f(self) -> DDZFile | DDZSet:
         if self._file is None or self._pid != os.getpid():
             self._file = ddz_open(self.path)
             self._pid = os.getpid()
@@ -247,11 +262,19 @@ class SoftLabelArchive:
     def __len__(self) -> int:
         return self.rows
 
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """Row ranges ``[(start, stop), ...]`` held by each shard of a sharded set (one range for a
+        single file): a rank that samples within its own ranges opens only its shards."""
+        f = self._f()
+        if not isinstance(f, DDZSet):
+            return [(0, self.rows)]
+        return [(a, b) for _, a, b in f.info(self.sections[self.row_parts[0]]).pieces]
+
     def _row_part(self, p: str, start: int, stop: int):
         f = self._f()
         sec = self.sections[p]
         info = f.info(sec)
-        if info.zstd:  # compressed: decode once, then slice
+        if info.zstd and not isinstance(f, DDZSet):  # compressed: decode once, then slice (a set caches per shard)
             full = self._cache.get(sec)
             if full is None:
                 full = self._cache[sec] = f.get(sec)

@@ -38,6 +38,27 @@ class Source:
     def close(self) -> None:
         """Release what the source opened itself (a .ddz file opened from a path)."""
 
+    def row_range(self, start: int, stop: int) -> "Source":
+        """Rows ``start:stop`` as a source of their own (one rank's share in sharded encoding)."""
+        if not hasattr(self, "_slice") or self.rows is None:
+            raise InvalidInputError(f"{type(self).__name__} has no random access; sharded encoding needs an "
+                                    "array, memmap or .ddz section")
+        if not 0 <= start <= stop <= self.rows:
+            raise InvalidInputError(f"rows {start}:{stop} outside 0:{self.rows}")
+        return RowRange(self, start, stop)
+
+
+class RowRange(Source):
+    """Rows ``start:stop`` of a random-access source (read in order)."""
+
+    def __init__(self, base: Source, start: int, stop: int):
+        self.base, self.start, self.stop = base, start, stop
+        self.rows, self.classes = stop - start, base.classes
+
+    def sequential(self, chunk):
+        for s in range(self.start, self.stop, chunk):
+            yield self.base._slice(s, min(self.stop, s + chunk))
+
 
 def _to_tensor(a) -> torch.Tensor:
     if isinstance(a, torch.Tensor):

@@ -17,6 +17,14 @@ all segments), D = P^T; the codebook by k-means++ on sample segments plus a few 
 Dead codes (unused for ``dead_window`` steps) are re-seeded from random segments of the
 current batch.  All randomness comes from one seeded ``torch.Generator``: on CPU two runs
 with the same seed and data produce identical parameters.
+
+Under ``torch.distributed`` (torchrun; gloo on CPU, NCCL on GPUs) every rank draws the same
+batches and computes the loss gradient, the code usage and the Lloyd statistics of a fixed
+split of each batch into ``grad_chunks`` chunks (rank r takes chunks ``r*G//K .. (r+1)*G//K``);
+the per-chunk results are summed in chunk order 0..G-1 by passing the running sum from rank to
+rank (:func:`ordered_sum`) and broadcast.  The sum is the same floating-point sequence for any
+number of ranks K <= G, so every rank holds the same codec and it is bitwise identical for any K
+(given the same data, seed and per-chunk arithmetic, e.g. the same thread count).
 """
 
 from __future__ import annotations
@@ -61,6 +69,62 @@ def kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
         idx[i] = j
         np.minimum(d2, ((xs - xs[j]) ** 2).sum(1), out=d2)
     return torch.from_numpy(xs[idx].astype(np.float32))
+
+
+class ChunkPlan:
+    """Which of ``chunks`` fixed chunks of a batch this rank computes, and their ordered sum."""
+
+    def __init__(self, chunks: int):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.chunks = chunks
+        self.mine = range(self.rank * chunks // self.world, (self.rank + 1) * chunks // self.world)
+        self.device = comm_device()
+
+    @staticmethod
+    def bounds(n: int, chunks: int, j: int) -> tuple[int, int]:
+        return n * j // chunks, n * (j + 1) // chunks
+
+    def ordered_sum(self, parts: list[torch.Tensor], numel: int, device) -> torch.Tensor:
+        """``((0 + c_0) + c_1) + ... + c_{G-1}`` over all ranks' chunk results, on every rank."""
+        total = torch.zeros(numel, dtype=torch.float32, device=self.device)
+        if self.rank > 0:
+            self.dist.recv(total, src=self.rank - 1)
+        for v in parts:
+            total += v.to(self.device)
+        if self.rank < self.world - 1:
+            self.dist.send(total, dst=self.rank + 1)
+        self.dist.broadcast(total, src=self.world - 1)
+        return total.to(device)
+
+
+def comm_device() -> torch.device:
+    """Where collectives of the default process group run: the current GPU for NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def lloyd_chunked(x: torch.Tensor, centres: torch.Tensor, iters: int, plan: ChunkPlan) -> torch.Tensor:
+    """:func:`lloyd` with each step's sums and counts computed chunk by chunk across ranks."""
+    c = centres.clone()
+    k, dc = c.shape
+    for _ in range(iters):
+        parts = []
+        for j in plan.mine:
+            a, b = plan.bounds(x.shape[0], plan.chunks, j)
+            q = nearest_code(x[a:b], c)
+            sums = torch.zeros_like(c).index_add_(0, q, x[a:b])
+            parts.append(torch.cat([sums.reshape(-1), torch.bincount(q, minlength=k).to(torch.float32)]))
+        tot = plan.ordered_sum(parts, k * dc + k, "cpu")
+        sums, cnt = tot[: k * dc].reshape(k, dc), tot[k * dc:]
+        nz = cnt > 0
+        c[nz] = sums[nz] / cnt[nz, None]
+    return c
 
 
 def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
@@ -109,19 +173,54 @@ def cache_loss(y: torch.Tensor, h: torch.Tensor, muq: torch.Tensor, decoder: tor
     return alpha * l_vq + l_rec, l_vq, l_rec
 
 
+def _chunked_step(y, P, D, mu, usage, plan: ChunkPlan, dc: int, alpha, beta, straight_through):
+    """One batch's gradients, usage and losses, chunk by chunk over the ranks, summed in chunk order;
+    sets ``.grad`` of P, D, mu and adds to ``usage`` (identical on every rank)."""
+    n, k = y.shape[0], mu.shape[0]
+    params = (P, D, mu)
+    sizes = [p.numel() for p in params]
+    numel = sum(sizes) + 3 + k
+    parts = []
+    for j in plan.mine:
+        a, b = plan.bounds(n, plan.chunks, j)
+        if a == b:
+            continue
+        yj = y[a:b]
+        h = (yj @ P).reshape(-1, dc)
+        with torch.no_grad():
+            q = nearest_code(h.detach(), mu.detach())
+        muq = torch.nn.functional.embedding(q, mu)
+        loss, l_vq, l_rec = cache_loss(yj, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
+        w = (b - a) / n  # the batch loss is the row-weighted mean of the chunk losses
+        grads = torch.autograd.grad(loss * w, params)
+        stats = torch.stack([loss.detach(), l_vq.detach(), l_rec.detach()]) * w
+        parts.append(torch.cat([*(g.reshape(-1) for g in grads), stats, torch.bincount(q, minlength=k).to(torch.float32)]))
+    tot = plan.ordered_sum(parts, numel, y.device)
+    at = 0
+    for p, size in zip(params, sizes):
+        p.grad = tot[at: at + size].reshape(p.shape).clone()
+        at += size
+    loss, l_vq, l_rec = tot[at], tot[at + 1], tot[at + 2]
+    usage += tot[at + 3:].round().to(torch.int64)
+    return loss, l_vq, l_rec
+
+
 def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None, input: str = "probs",
              temperature: float = 1.0, eps: float = 1e-8, epochs: int = 1, max_steps: int | None = None,
              batch_size: int = 1024, lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.25,
              seed: int = 0, init_sample: int = 16384, kmeans_iters: int = 10, init: str = "pca_rot",
              dead_window: int = 50, straight_through: bool = True, param_dtype: str = "f32",
              entropy: bool = False, store_encoder: bool = False, device: Any = None,
-             progress: bool = True, log: TrainLog | None = None) -> VQCodec:
+             progress: bool = True, log: TrainLog | None = None, grad_chunks: int = 8) -> VQCodec:
     """Train a :class:`~codec.codecs.vq.VQCodec` on soft labels (Eq. 7) and return it.
 
     ``data``: an array / memmap / tensor (rows, C), a .ddz path or DDZFile with
     ``section=``, a callable returning an iterable of batches, or a Source.  ``input`` /
     ``temperature`` declare what the rows are (probabilities, or logits to which
     ``softmax(z / temperature)`` is applied).  Deterministic for a given ``seed`` on CPU.
+    Under an initialised ``torch.distributed`` process group the work of each batch is split
+    over the ranks in ``grad_chunks`` fixed chunks (see the module docstring): call it on every
+    rank with the same data; each returns the same codec, identical for any world size.
     """
     with opened_source(data, section) as src:
         C = src.classes
@@ -139,7 +238,10 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         alpha, beta = float_arg("train_vq: alpha", alpha, 0), float_arg("train_vq: beta", beta, 0)
         if not isinstance(straight_through, bool):
             raise InvalidInputError(f"train_vq: straight_through must be True or False, got {straight_through!r}")
+        grad_chunks = int_arg("train_vq: grad_chunks", grad_chunks, 1)
         dev = parse_device(device)
+        plan = ChunkPlan(grad_chunks) if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+        progress = progress and (plan is None or plan.rank == 0)
         gen = torch.Generator().manual_seed(seed)
         log = log if log is not None else TrainLog()
 
@@ -153,7 +255,8 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         segs = (ys @ P).reshape(-1, dc)
         if segs.shape[0] > 65536:
             segs = segs[torch.randperm(segs.shape[0], generator=gen)[:65536]]
-        cb = lloyd(segs, kmeans_pp(segs, k, gen), kmeans_iters)
+        seeds = kmeans_pp(segs, k, gen)
+        cb = lloyd(segs, seeds, kmeans_iters) if plan is None else lloyd_chunked(segs, seeds, kmeans_iters, plan)
 
         P = torch.nn.Parameter(P.to(dev))
         D = torch.nn.Parameter(D.to(dev))
@@ -177,22 +280,29 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                     if max_steps is not None and step >= max_steps:
                         break
                     y = to_probs(batch, input, temperature, classes=C).to(dev)
-                    h = (y @ P).reshape(-1, dc)
-                    with torch.no_grad():
-                        q = nearest_code(h.detach(), mu.detach())
-                        usage += torch.bincount(q, minlength=k)
-                    muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
-                    loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if plan is None:
+                        h = (y @ P).reshape(-1, dc)
+                        with torch.no_grad():
+                            q = nearest_code(h.detach(), mu.detach())
+                            usage += torch.bincount(q, minlength=k)
+                        muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
+                        loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
+                        loss.backward()
+                    else:
+                        loss, l_vq, l_rec = _chunked_step(y, P, D, mu, usage, plan, dc, alpha, beta, straight_through)
                     opt.step()
                     step += 1
                     if dead_window and step % dead_window == 0:
                         with torch.no_grad():
                             dead = (usage == 0).nonzero().flatten()
                             if dead.numel():
-                                pick = torch.randint(h.shape[0], (dead.numel(),), generator=gen).to(dev)
-                                mu.data[dead] = h.detach()[pick]
+                                pick = torch.randint(y.shape[0] * m, (dead.numel(),), generator=gen).to(dev)
+                                if plan is None:
+                                    mu.data[dead] = h.detach()[pick]
+                                else:  # the picked segments h(i), computed on every rank
+                                    rows = (y[pick // m] @ P.detach()).reshape(-1, m, dc)
+                                    mu.data[dead] = rows[torch.arange(len(pick), device=dev), pick % m]
                                 log.reseeded += int(dead.numel())
                             usage.zero_()
                     if step % 10 == 0 or step == 1:
