@@ -34,8 +34,9 @@ from .sources import ArraySource, DDZSource, IterSource, as_source
 from .train import TrainLog, train_vq
 
 
-def open_archive(path, device: Any = None, *, name: str | None = None, dtype=None):
-    """Open a soft-label .ddz for reading.
+def open_archive(path, device: Any = None, *, name: str | None = None, dtype=None, storage_options=None):
+    """Open soft labels for reading: a .ddz, the index of a sharded set (spec/sets.md), or
+    either at an fsspec URL (``https://``, ``s3://`` ...; ``storage_options`` go to fsspec).
 
     Returns a :class:`ReplayArchive` when the file holds augmentation records (so training
     code can replay (epoch, step) batches), an :class:`LLMArchive` for token-level labels,
@@ -43,20 +44,25 @@ def open_archive(path, device: Any = None, *, name: str | None = None, dtype=Non
     """
     from ..format import open as ddz_open
 
-    with ddz_open(path) as f:
+    f = ddz_open(path, storage_options=storage_options)
+    try:
         meta = f.metadata if isinstance(f.metadata, dict) else {}
-    kw = {"device": device}
-    if dtype is not None:
-        kw["dtype"] = dtype
-    if "llm" in meta:
-        from .llm import LLMArchive
+        kw: dict[str, Any] = {"device": device}
+        if dtype is not None:
+            kw["dtype"] = dtype
+        if "llm" in meta:
+            from .llm import LLMArchive
 
-        return LLMArchive(path, **kw)
-    if "augment" in meta:
-        from .replay import ReplayArchive
+            f.close()
+            return LLMArchive(path, **kw)
+        if "augment" in meta:
+            from .replay import ReplayArchive
 
-        return ReplayArchive(path, name=name, **kw)
-    return SoftLabelArchive(path, name=name, **kw)
+            return ReplayArchive(path, name=name, storage_options=storage_options, _file=f, **kw)
+        return SoftLabelArchive(path, name=name, storage_options=storage_options, _file=f, **kw)
+    except BaseException:
+        f.close()
+        raise
 
 
 __all__ = ["SoftLabelCodec", "VQCodec", "TopKCodec", "PCACodec", "QuantCodec", "LPLDCodec", "to_probs", "fit", "train_vq",

@@ -178,13 +178,15 @@ class SoftLabelArchive:
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None, *, device: Any = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, storage_options: Mapping[str, Any] | None = None,
+                 _file: DDZFile | DDZSet | None = None):
         self.path = as_path(path)
+        self.storage_options = dict(storage_options) if storage_options else None
         self.device = parse_device(device)
         self.dtype = _decode_dtype(dtype)
         self._name = name
-        self._file: DDZFile | DDZSet | None = None
-        self._pid: int | None = None
+        self._file: DDZFile | DDZSet | None = _file  # already open (open_archive): a remote header is read once
+        self._pid: int | None = os.getpid() if _file is not None else None
         self._codec: SoftLabelCodec | None = None
         self._cache: dict[str, Any] = {}
         self._load()
@@ -192,7 +194,7 @@ class SoftLabelArchive:
     # -- lazy, fork-safe open --------------------------------------------------------------------
     def _f(self) -> DDZFile | DDZSet:
         if self._file is None or self._pid != os.getpid():
-            self._file = ddz_open(self.path)
+            self._file = ddz_open(self.path, storage_options=self.storage_options)
             self._pid = os.getpid()
             self._cache = {}
             self._codec = None

@@ -1,0 +1,74 @@
+"""Soft labels in sharded sets and over HTTP: a set decodes exactly as one file, and one epoch of
+a 300-epoch file served over HTTP fetches about 1/300 of the index payload plus the header."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import codec
+from codec.format import Writer
+from codec.softlabels import open_archive, save_softlabel_set, save_softlabels, train_vq, write_softlabels
+
+
+@pytest.fixture(scope="module")
+def labels():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((3000, 10)) * 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_set_decodes_like_one_file(tmp_path, labels, entropy):
+    vq = train_vq(labels, dh=8, dc=2, k=300 if entropy else 64, input="logits", max_steps=5, progress=False,
+                  entropy=entropy)
+    save_softlabels(tmp_path / "one.ddz", vq, labels)
+    save_softlabel_set(tmp_path / "s.ddzset.json", vq, labels, shards=3)
+    one, s = open_archive(tmp_path / "one.ddz"), open_archive(tmp_path / "s.ddzset.json")
+    assert len(s) == len(one) == 3000 and s.shard_ranges() == [(0, 1000), (1000, 2000), (2000, 3000)]
+    for a, b in ((0, 3000), (990, 2010), (1999, 2001), (5, 5)):
+        assert torch.equal(s.labels(a, b), one.labels(a, b))
+    ids = np.random.default_rng(1).integers(0, 3000, 50)
+    assert torch.equal(s[ids], one[ids])
+    loaded = codec.load(tmp_path / "s.ddzset.json")
+    assert torch.equal(loaded.labels(100, 200), one.labels(100, 200))
+    with codec.open(tmp_path / "s.ddzset.json") as f:
+        f.verify()
+
+
+def test_failed_set_leaves_no_files(tmp_path, labels):
+    vq = train_vq(labels, dh=8, dc=2, k=16, input="logits", max_steps=2, progress=False)
+    with pytest.raises(codec.InvalidInputError):
+        save_softlabel_set(tmp_path / "s.ddzset.json", vq, labels[:, :9], shards=2)  # wrong class count
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(codec.InvalidInputError, match="known rows"):
+        save_softlabel_set(tmp_path / "s.ddzset.json", vq, lambda: iter([labels]), shards=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_epoch_of_300_over_http_fetches_about_1_300th(tmp_path):
+    pytest.importorskip("aiohttp")
+    from rangeserver import RangeServer
+
+    epochs, per_epoch, C = 300, 1000, 10
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((per_epoch, C)).astype(np.float32) * 3
+    y = (base[None] + 0.3 * rng.standard_normal((epochs, per_epoch, C)).astype(np.float32)).reshape(-1, C)
+    vq = train_vq(y[:20000], dh=16, dc=2, k=256, input="logits", max_steps=5, progress=False)
+    with Writer(tmp_path / "e300.ddz", block_size=4096) as w:
+        write_softlabels(w, "labels", vq, y)
+    local = open_archive(tmp_path / "e300.ddz")
+    payload = codec.open(tmp_path / "e300.ddz").info("labels/indices").length  # 300,000 rows x 8 B
+    size = (tmp_path / "e300.ddz").stat().st_size
+    with RangeServer(tmp_path) as srv:
+        arch = open_archive(f"{srv.url}/e300.ddz")
+        opened = srv.bytes_served  # preamble + header + codebook + decoder, each once
+        f = arch._f()
+        shared = sum(f.info(f"labels/{p}").length for p in ("codebook", "decoder"))
+        assert opened == 64 + f.header_length + shared
+        e = 123
+        got = arch.labels(e * per_epoch, (e + 1) * per_epoch)
+        epoch_bytes = srv.bytes_served - opened
+        assert torch.equal(got, local.labels(e * per_epoch, (e + 1) * per_epoch))
+    assert payload // epochs <= epoch_bytes <= payload // epochs + 2 * 4096  # 1/300 of the payload + the edge blocks
+    assert srv.bytes_served < size / 50
