@@ -72,3 +72,38 @@ def test_one_epoch_of_300_over_http_fetches_about_1_300th(tmp_path):
         assert torch.equal(got, local.labels(e * per_epoch, (e + 1) * per_epoch))
     assert payload // epochs <= epoch_bytes <= payload // epochs + 2 * 4096  # 1/300 of the payload + the edge blocks
     assert srv.bytes_served < size / 50
+
+
+def test_cli_on_a_set(tmp_path, labels, capsys):
+    import json
+
+    from codec.budget import attribute
+    from codec.cli import main
+
+    np.save(tmp_path / "y.npy", labels)
+    args = ["--dh", "8", "--dc", "2", "--k", "64", "--input", "logits", "--max-steps", "3", "-q"]
+    assert main(["encode-labels", str(tmp_path / "y.npy"), "-o", str(tmp_path / "s.ddzset.json"), *args, "--shards", "3"]) == 0
+    assert main(["encode-labels", str(tmp_path / "y.npy"), "-o", str(tmp_path / "one.ddz"), *args]) == 0
+    assert torch.equal(open_archive(tmp_path / "s.ddzset.json").labels(), open_archive(tmp_path / "one.ddz").labels())
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s.ddzset.json"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    shard_bytes = sum((tmp_path / s["name"]).stat().st_size for s in d["shards"])
+    assert len(d["shards"]) == 3 and d["set_bytes"] == d["index_bytes"] + shard_bytes
+    assert main(["verify", str(tmp_path / "s.ddzset.json")]) == 0
+    rows = attribute(tmp_path / "s.ddzset.json")
+    assert sum(r.bytes for r in rows) == d["set_bytes"]  # every byte of the index and of every shard
+    assert sum(r.formula_bytes or 0 for r in rows if r.name.endswith("labels/indices")) == \
+        sum(r.formula_bytes for r in attribute(tmp_path / "one.ddz") if r.name == "labels/indices")
+    assert main(["budget", str(tmp_path / "s.ddzset.json")]) == 0
+    assert "every byte attributed" in capsys.readouterr().out
+    # a damaged shard: verify names it and fails
+    p = tmp_path / d["shards"][1]["name"]
+    raw = bytearray(p.read_bytes())
+    raw[100] ^= 1
+    p.write_bytes(bytes(raw))
+    assert main(["verify", str(tmp_path / "s.ddzset.json")]) == 1
+    assert d["shards"][1]["name"] in capsys.readouterr().out
+    p.unlink()
+    assert main(["info", str(tmp_path / "s.ddzset.json")]) == 2
+    assert "is missing" in capsys.readouterr().err

@@ -272,46 +272,66 @@ def _object_terms(f: Any, oname: str, obj: Any) -> tuple[dict[str, Any], dict[st
 def attribute(path: str | os.PathLike) -> list[Row]:
     """Attribute every byte of a .ddz: preamble, each section (with its formula term and
     value, from the owning object's codec: ``Codec.budget_terms``), zero padding between
-    sections (``codec.format.layout.regions``), and the header.  Rows sum to the file size."""
-    from ..format import open as ddz_open
+    sections (``codec.format.layout.regions``), and the header.  Rows sum to the file size.
+    For a sharded set (spec/sets.md) the rows cover the index file, then every byte of every
+    shard (names prefixed ``SHARD:``, terms from the set's objects table and each shard's
+    rows), and sum to the index plus every shard's size."""
+    from ..format import DDZSet, open as ddz_open
 
-    rows: list[Row] = []
     with ddz_open(path) as f:
-        owner: dict[str, tuple[str, BudgetTerm | None, str, dict[str, Any]]] = {}
-        for oname, obj in f.objects.items():
-            secs, terms, other = _object_terms(f, oname, obj)
-            for part, sec in secs.items():
-                owner[sec] = (part, terms.get(part), other, secs)
-        by_name = {info.name: info for info in f.sections}
-        spans = [(info.name, info.offset, info.length) for info in f.sections]
-        for reg in regions(spans, f.header_offset, f.header_length, f.file_size):
-            if reg.kind == "preamble":
-                rows.append(Row("preamble", "preamble", reg.length, "container overhead (magic, version, offsets, 2 CRC-32s)"))
-            elif reg.kind == "header":
-                rows.append(Row("header", "header", reg.length, "container overhead: JSON header (section table with "
-                                "offsets, shapes, encodings, CRC-32s; objects; metadata)", offset=reg.offset))
-            elif reg.kind == "padding":
-                why = {"trailing bytes": "bytes after the header", "padding before header": "container overhead"}.get(
-                    reg.name, f"container overhead: zero bytes aligning to {f.alignment} B")
-                rows.append(Row("padding", reg.name, reg.length, why, offset=reg.offset))
-            else:
-                info = by_name[reg.name]
-                term, actual, parts = None, info.length, []
-                if info.name in owner:
-                    part, term, other, secs = owner[info.name]
-                    label = term.label if term is not None else (f"{other} {part!r}" if other.endswith("part") else other)
-                    if term is not None:
-                        parts = [part, *(p for p in term.covers if isinstance(secs.get(p), str) and secs[p] in f)]
-                        actual = sum(f.info(secs[p]).length for p in parts)
-                else:
-                    group = info.name.partition("/")[0] if "/" in info.name else None
-                    label = f"plain section of group {group!r} (in no formula)" if group else "plain section (in no formula)"
-                rows.append(Row("section", info.name, info.length, label, term.formula_bytes if term is not None else None,
-                                _explain(info, term, actual, parts), info.offset))
-        size = f.file_size
+        if not isinstance(f, DDZSet):
+            return _attribute_file(f, f.objects)
+        rows = [Row("index", "set index", f.index_length,
+                    f"container overhead: the set's JSON index ({len(f.shards)} shards, row ranges, objects, metadata)")]
+        size = f.index_length
+        for i, rec in enumerate(f.shards):
+            for r in _attribute_file(f.shard(i), f.objects):
+                r.name = f"{rec.name}:{r.name}"
+                rows.append(r)
+            size += rec.file_length
     total = sum(r.bytes for r in rows)
     if total != size:
-        raise DDZError(f"attribution sums to {total} B but the file has {size} B")
+        raise DDZError(f"attribution sums to {total} B but the set has {size} B")
+    return rows
+
+
+def _attribute_file(f: Any, objects: dict) -> list[Row]:
+    """Rows of one open .ddz file, its sections' terms taken from ``objects`` (its own, or its set's)."""
+    rows: list[Row] = []
+    owner: dict[str, tuple[str, BudgetTerm | None, str, dict[str, Any]]] = {}
+    for oname, obj in objects.items():
+        secs, terms, other = _object_terms(f, oname, obj)
+        for part, sec in secs.items():
+            owner[sec] = (part, terms.get(part), other, secs)
+    by_name = {info.name: info for info in f.sections}
+    spans = [(info.name, info.offset, info.length) for info in f.sections]
+    for reg in regions(spans, f.header_offset, f.header_length, f.file_size):
+        if reg.kind == "preamble":
+            rows.append(Row("preamble", "preamble", reg.length, "container overhead (magic, version, offsets, 2 CRC-32s)"))
+        elif reg.kind == "header":
+            rows.append(Row("header", "header", reg.length, "container overhead: JSON header (section table with "
+                            "offsets, shapes, encodings, CRC-32s; objects; metadata)", offset=reg.offset))
+        elif reg.kind == "padding":
+            why = {"trailing bytes": "bytes after the header", "padding before header": "container overhead"}.get(
+                reg.name, f"container overhead: zero bytes aligning to {f.alignment} B")
+            rows.append(Row("padding", reg.name, reg.length, why, offset=reg.offset))
+        else:
+            info = by_name[reg.name]
+            term, actual, parts = None, info.length, []
+            if info.name in owner:
+                part, term, other, secs = owner[info.name]
+                label = term.label if term is not None else (f"{other} {part!r}" if other.endswith("part") else other)
+                if term is not None:
+                    parts = [part, *(p for p in term.covers if isinstance(secs.get(p), str) and secs[p] in f)]
+                    actual = sum(f.info(secs[p]).length for p in parts)
+            else:
+                group = info.name.partition("/")[0] if "/" in info.name else None
+                label = f"plain section of group {group!r} (in no formula)" if group else "plain section (in no formula)"
+            rows.append(Row("section", info.name, info.length, label, term.formula_bytes if term is not None else None,
+                            _explain(info, term, actual, parts), info.offset))
+    total = sum(r.bytes for r in rows)
+    if total != f.file_size:
+        raise DDZError(f"attribution sums to {total} B but the file has {f.file_size} B")
     return rows
 
 

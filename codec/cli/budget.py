@@ -117,14 +117,17 @@ def run(args: argparse.Namespace) -> int:
     # a file
     if args.codec or args.ratio is not None or args.all or any(getattr(args, n) is not None for n in ("ipc", "classes", "epochs")):
         raise InvalidInputError(f"budget FILE takes only --json (got options for plan/solve); is {args.target!r} a typo?")
-    if not os.path.exists(args.target):
+    from ..format.source import is_url
+
+    if not is_url(args.target) and not os.path.exists(args.target):
         raise InvalidInputError(f"budget: {args.target!r} is neither 'plan', 'solve' nor an existing file")
     attributed = B.attribute(args.target)
     summ = B.summarize(attributed)
     if args.json:
         return _json({"file": args.target, "unit": "bytes", "file_size": summ["total"],
                       "rows": [r.to_json() for r in attributed], "summary": summ})
-    print(f"{args.target}: {B.fmt_bytes(summ['total'])}; every byte attributed (rows sum to the file size)")
+    what = "the index plus every shard" if "index" in summ["by_kind"] else "the file size"
+    print(f"{args.target}: {B.fmt_bytes(summ['total'])}; every byte attributed (rows sum to {what})")
     _table(f"{'offset':>12} {'bytes':>14} {'formula B':>16}  {'name':<28} term / notes", ())
     for row in attributed:
         fb = f"{row.formula_bytes:,.1f}" if row.formula_bytes is not None else "-"
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if row.note:
             print(f"{'':>12} {'':>14} {'':>16}  {'':<28}   {row.note}")
     by = summ["by_kind"]
-    print(f"total {summ['total']:,} B = sections {by.get('section', 0):,} B + preamble {by.get('preamble', 0):,} B + "
+    index = f"set index {by['index']:,} B + " if "index" in by else ""
+    print(f"total {summ['total']:,} B = {index}sections {by.get('section', 0):,} B + preamble {by.get('preamble', 0):,} B + "
           f"header {by.get('header', 0):,} B + padding {by.get('padding', 0):,} B (container overhead {summ['overhead']:,} B)")
     return 0
