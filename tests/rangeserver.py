@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
@@ -18,11 +20,13 @@ class RangeServer:
     ``bytes_served`` / ``requests`` count body bytes and GET requests; ``log`` lists
     ``(name, start, stop)`` of each GET.  ``cut_after`` (set at any time): a GET whose body
     would pass that many bytes in total sends the headers, part of the body, then drops the
-    connection (a server that stops mid-read).
+    connection (a server that stops mid-read).  ``rtt`` (seconds added before each response) and
+    ``rate`` (bytes/s of the body) emulate a wide-area link for the benches.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, rtt: float = 0.0, rate: float | None = None):
         self.root = os.fspath(root)
+        self.rtt, self.rate = rtt, rate
         self.bytes_served = 0
         self.requests = 0
         self.log: list[tuple[str, int, int]] = []
@@ -35,6 +39,10 @@ class RangeServer:
 
             def log_message(self, *args):  # quiet
                 pass
+
+            def setup(self):
+                super().setup()  # headers and body go out as separate writes: no Nagle delay between them
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _target(self):
                 name = self.path.split("?", 1)[0].lstrip("/")
@@ -50,6 +58,7 @@ class RangeServer:
                 name, _, size = self._target()
                 if name is None:
                     return
+                time.sleep(server.rtt)
                 self.send_response(200)
                 self.send_header("Content-Length", str(size))
                 self.send_header("Accept-Ranges", "bytes")
@@ -80,6 +89,7 @@ class RangeServer:
                     cut = server.cut_after
                     allowed = len(body) if cut is None else max(0, min(len(body), cut - server.bytes_served))
                     server.bytes_served += allowed
+                time.sleep(server.rtt + (len(body) / server.rate if server.rate else 0.0))
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")

@@ -45,7 +45,8 @@ def archive_kind(path: str | os.PathLike) -> str:
 
 
 def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
-    """Open ``path`` for training.
+    """Open ``path`` for training: a .ddz, the index of a sharded set (spec/sets.md), or either
+    at an fsspec URL (read with range requests).
 
     For a latent-video archive returns :class:`VideoDataset` (keyword options: ``cache``
     (None / "latents" / "frames"), ``decode_batch``, ``autocast`` ("bf16"/"fp16"),
