@@ -132,3 +132,66 @@ def test_bad_block_tables_are_format_errors(tmp_path, blocks):
     (tmp_path / "b.ddz").write_bytes(with_header(raw, json.dumps(header).encode()))
     with pytest.raises(codec.FormatError, match="block"):
         codec.open(tmp_path / "b.ddz")
+
+
+# -- property tests: the verifying (remote) read path under mutation ---------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory):
+    p = tmp_path_factory.mktemp("blocked") / "b.ddz"
+    rng = np.random.default_rng(3)
+    raw = rng.standard_normal((700, 8)).astype(np.float32)  # 22,400 B: 6 blocks of 4 KiB
+    idx = rng.integers(0, 1 << 5, (9000,)).astype(np.uint8)  # 5-bit packed: 5,625 B, 2 blocks
+    with Writer(p, block_size=4096) as w:
+        w.add("raw", raw)
+        w.add("idx", idx, bits=5)
+    return p.read_bytes(), raw, idx
+
+
+@given(a=st.integers(0, 700), n=st.integers(0, 700), b=st.integers(0, 9000), m=st.integers(0, 9000))
+@settings(max_examples=150, deadline=None)
+def test_ranged_reads_equal_local_reads(blocked, tmp_path_factory, a, n, b, m):
+    data, raw, idx = blocked
+    p = tmp_path_factory.getbasetemp() / "prop.ddz"
+    if not p.exists():
+        p.write_bytes(data)
+    with codec.open(p.as_uri()) as f:
+        e, d = min(700, a + n), min(9000, b + m)
+        np.testing.assert_array_equal(f.get_rows("raw", a, e), raw[a:e])
+        np.testing.assert_array_equal(f.get_rows("idx", b, d), idx[b:d])
+        assert f.source.bytes_read <= 64 + f.header_length + 2 * 4096 + (e - a) * 32 + (d - b) * 5 // 8 + 2 * 4096
+
+
+@given(flips=st.lists(st.integers(0, 1 << 18), min_size=1, max_size=3), data=st.data())
+@settings(max_examples=200, deadline=None)
+def test_ranged_reads_under_bit_flips_and_block_edits(blocked, tmp_path_factory, flips, data):
+    import json
+
+    from ddzutil import split, with_header
+
+    raw = bytearray(blocked[0])
+    if data.draw(st.booleans()):
+        for f in flips:
+            raw[(f // 8) % len(raw)] ^= 1 << (f % 8)
+    else:
+        _, header = split(bytes(raw))
+        sec = header["sections"][data.draw(st.integers(0, 1))]
+        sec["blocks"] = data.draw(st.one_of(
+            st.none(), st.integers(), st.text(max_size=3),
+            st.fixed_dictionaries({"size": st.sampled_from([0, 4095, 4096, 8192, 1 << 30]),
+                                   "crc32": st.lists(st.integers(-1, 2**33), max_size=8)})))
+        raw = bytearray(with_header(bytes(raw), json.dumps(header).encode()))
+    p = tmp_path_factory.getbasetemp() / "flipped.ddz"
+    p.write_bytes(bytes(raw))
+    try:
+        with codec.open(p.as_uri()) as f:
+            for name in f.keys():
+                info = f.info(name)
+                f.get_rows(name, info.shape[0] // 3, info.shape[0] // 2)
+                f.get(name)
+            f.verify()
+    except codec.DDZError as exc:
+        assert str(exc)
