@@ -107,3 +107,26 @@ def test_cli_on_a_set(tmp_path, labels, capsys):
     p.unlink()
     assert main(["info", str(tmp_path / "s.ddzset.json")]) == 2
     assert "is missing" in capsys.readouterr().err
+
+
+def test_remote_set_in_dataloader_workers(tmp_path, labels):
+    pytest.importorskip("aiohttp")
+    from rangeserver import RangeServer
+
+    vq = train_vq(labels, dh=8, dc=2, k=64, input="logits", max_steps=3, progress=False)
+    save_softlabel_set(tmp_path / "s.ddzset.json", vq, labels, shards=2)
+    local = open_archive(tmp_path / "s.ddzset.json").labels()
+    with RangeServer(tmp_path) as srv:
+        arch = open_archive(f"{srv.url}/s.ddzset.json")
+        loader = torch.utils.data.DataLoader(arch, batch_size=500, num_workers=2)  # each worker re-opens over HTTP
+        got = torch.cat(list(loader))
+    torch.testing.assert_close(got, local, rtol=1e-6, atol=1e-8)
+
+
+def test_distributed_training_needs_a_process_group(labels):
+    with pytest.raises(codec.InvalidInputError, match="process group"):
+        train_vq(labels, dh=8, dc=2, k=16, input="logits", max_steps=1, progress=False, distributed=True)
+    with pytest.raises(codec.InvalidInputError, match="process group"):
+        from codec.softlabels import save_softlabels_distributed
+
+        save_softlabels_distributed("x.ddzset.json", None, labels)

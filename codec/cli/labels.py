@@ -84,7 +84,7 @@ def cmd_encode_labels(args) -> int:
         codec = train_vq(data, section=args.section, dh=args.dh, dc=args.dc, k=args.k, input=args.kind,
                          temperature=args.temperature, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, seed=args.seed, entropy=args.entropy, device=device,
-                         progress=progress)
+                         progress=progress, distributed=launched)
         if launched:
             out = save_softlabels_distributed(args.output, codec, data, section=args.section, progress=progress)
         elif args.shards is not None:

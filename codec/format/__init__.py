@@ -1,4 +1,5 @@
-"""The .ddz byte format: preamble, JSON header, aligned sections (spec/ddz.md). No ML here."""
+"""The .ddz byte format: preamble, JSON header, aligned sections (spec/ddz.md), read from a local file or an
+fsspec URL through one byte-source layer (:mod:`.source`), and sharded sets of files (spec/sets.md). No ML here."""
 
 from .header import Header, SectionInfo
 from .layout import DEFAULT_ALIGNMENT, DTYPES, MAGIC, MAJOR, MINOR, PREAMBLE_SIZE

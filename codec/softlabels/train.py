@@ -18,7 +18,7 @@ Dead codes (unused for ``dead_window`` steps) are re-seeded from random segments
 current batch.  All randomness comes from one seeded ``torch.Generator``: on CPU two runs
 with the same seed and data produce identical parameters.
 
-Under ``torch.distributed`` (torchrun; gloo on CPU, NCCL on GPUs) every rank draws the same
+With ``distributed=True`` under ``torch.distributed`` (torchrun; gloo on CPU, NCCL on GPUs) every rank draws the same
 batches and computes the loss gradient, the code usage and the Lloyd statistics of a fixed
 split of each batch into ``grad_chunks`` chunks (rank r takes chunks ``r*G//K .. (r+1)*G//K``);
 the per-chunk results are summed in chunk order 0..G-1 by passing the running sum from rank to
@@ -211,16 +211,18 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
              seed: int = 0, init_sample: int = 16384, kmeans_iters: int = 10, init: str = "pca_rot",
              dead_window: int = 50, straight_through: bool = True, param_dtype: str = "f32",
              entropy: bool = False, store_encoder: bool = False, device: Any = None,
-             progress: bool = True, log: TrainLog | None = None, grad_chunks: int = 8) -> VQCodec:
+             progress: bool = True, log: TrainLog | None = None, distributed: bool = False,
+             grad_chunks: int = 8) -> VQCodec:
     """Train a :class:`~codec.codecs.vq.VQCodec` on soft labels (Eq. 7) and return it.
 
     ``data``: an array / memmap / tensor (rows, C), a .ddz path or DDZFile with
     ``section=``, a callable returning an iterable of batches, or a Source.  ``input`` /
     ``temperature`` declare what the rows are (probabilities, or logits to which
     ``softmax(z / temperature)`` is applied).  Deterministic for a given ``seed`` on CPU.
-    Under an initialised ``torch.distributed`` process group the work of each batch is split
-    over the ranks in ``grad_chunks`` fixed chunks (see the module docstring): call it on every
-    rank with the same data; each returns the same codec, identical for any world size.
+    ``distributed=True`` (an initialised ``torch.distributed`` process group) splits the work of
+    each batch over the ranks in ``grad_chunks`` fixed chunks (see the module docstring): call it
+    on every rank with the same data; each returns the same codec, identical for any world size.
+    Without it no collective runs, so one rank of a job may train alone.
     """
     with opened_source(data, section) as src:
         C = src.classes
@@ -240,7 +242,11 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
             raise InvalidInputError(f"train_vq: straight_through must be True or False, got {straight_through!r}")
         grad_chunks = int_arg("train_vq: grad_chunks", grad_chunks, 1)
         dev = parse_device(device)
-        plan = ChunkPlan(grad_chunks) if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+        if not isinstance(distributed, bool):
+            raise InvalidInputError(f"train_vq: distributed must be True or False, got {distributed!r}")
+        if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise InvalidInputError("train_vq: distributed=True needs an initialised torch.distributed process group (torchrun)")
+        plan = ChunkPlan(grad_chunks) if distributed else None
         progress = progress and (plan is None or plan.rank == 0)
         gen = torch.Generator().manual_seed(seed)
         log = log if log is not None else TrainLog()
