@@ -58,6 +58,20 @@ def crc32(data, value: int = 0) -> int:
     return zlib.crc32(data, value) & 0xFFFFFFFF
 
 
+def keeps_blocks(length: int, block_size: int | None) -> bool:
+    """Whether a writer records per-block CRCs for a section of ``length`` stored bytes (spec/ddz.md 4.1.1)."""
+    return bool(block_size) and length > block_size and (length + block_size - 1) // block_size <= MAX_BLOCKS
+
+
+def block_table(data, block_size: int | None = DEFAULT_BLOCK_SIZE) -> tuple[int, tuple[int, ...]]:
+    """``(block size, CRC-32 per block)`` a writer records for these stored bytes, or ``(0, ())``."""
+    view = memoryview(data).cast("B")
+    if not keeps_blocks(len(view), block_size):
+        return 0, ()
+    assert block_size is not None
+    return block_size, tuple(crc32(view[i: i + block_size]) for i in range(0, len(view), block_size))
+
+
 def align_up(n: int, alignment: int) -> int:
     return (n + alignment - 1) & ~(alignment - 1)
 

@@ -16,8 +16,8 @@ from ..errors import FileAccessError, FormatError, InvalidInputError
 from .arrays import as_path, to_storage
 from .header import Header, SectionInfo, check_json_depth, check_name
 from .layout import (DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
-                     MAX_BLOCKS, MAX_HEADER_LENGTH, MAX_NDIM, MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
-                     MINOR_BLOCKS, PREAMBLE_SIZE, Layout, Preamble, crc32)
+                     MAX_HEADER_LENGTH, MAX_NDIM, MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
+                     MINOR_BLOCKS, PREAMBLE_SIZE, Layout, Preamble, crc32, keeps_blocks)
 
 
 def _remove(path: str) -> None:
@@ -233,7 +233,7 @@ class SectionWriter:
         length = self._w._pos - self._offset
         if self._block_fill:
             self._blocks.append(self._block_crc)
-        keep = self._block_size and length > self._block_size and len(self._blocks) <= MAX_BLOCKS
+        keep = keeps_blocks(length, self._block_size)
         info = SectionInfo(self.name, self.dtype, shape, self._offset, length, math.prod(shape) * itemsize,
                            tuple(encoding), self._crc, self._block_size if keep else 0, tuple(self._blocks) if keep else ())
         self._w._finish_section(info)

@@ -42,7 +42,7 @@ from ..errors import BudgetError, FormatError, InvalidInputError
 from ..format import Writer
 from ..format.arrays import to_storage
 from ..format.header import Header, SectionInfo
-from ..format.layout import DEFAULT_ALIGNMENT, Layout, crc32
+from ..format.layout import DEFAULT_ALIGNMENT, Layout, block_table, crc32
 from .io import find_clips, parse_resolution, read_clip
 from .vae import encode_frames, vae_codec, vae_parts
 
@@ -88,6 +88,7 @@ class _Planned:
     decoded_length: int
     crc: int
     encoding: tuple = ()
+    blocks: tuple[int, tuple[int, ...]] = (0, ())  # the per-block CRCs the Writer will record
 
 
 @dataclass
@@ -108,12 +109,12 @@ class ArchivePlan:
         arr, dtype = to_storage(array, f"section {name!r}")
         flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
         enc: tuple[dict, ...]
-        if zstd is None:
-            length, crc, enc = flat.nbytes, crc32(flat), ()  # a raw section stores its bytes as they are
+        if zstd is None:  # a raw section stores its bytes as they are
+            length, crc, enc, blocks = flat.nbytes, crc32(flat), (), block_table(flat)
         else:
             info = _writer_measure(name, array, zstd)
-            length, crc, enc = info.length, info.crc32, info.encoding
-        self.sections.append(_Planned(name, array, zstd, dtype, tuple(arr.shape), length, flat.nbytes, crc, enc))
+            length, crc, enc, blocks = info.length, info.crc32, info.encoding, (info.block_size, info.block_crc32)
+        self.sections.append(_Planned(name, array, zstd, dtype, tuple(arr.shape), length, flat.nbytes, crc, enc, blocks))
 
     def add_object(self, name: str, codec: Codec, parts: Mapping[str, Part]) -> None:
         """Plan the sections ``name/part`` of an encoded object and its objects-table entry."""
@@ -128,7 +129,8 @@ class ArchivePlan:
         layout, infos = Layout(self.alignment), []
         for s in self.sections:
             offset = layout.place(s.length)
-            infos.append(SectionInfo(s.name, s.dtype, s.shape, offset, s.length, s.decoded_length, s.encoding, s.crc))
+            infos.append(SectionInfo(s.name, s.dtype, s.shape, offset, s.length, s.decoded_length, s.encoding, s.crc,
+                                     *s.blocks))
         return infos, layout
 
     @property
@@ -185,7 +187,8 @@ class ArchivePlan:
             with _progress(progress and total > 32 << 20, total=total, unit="B", unit_scale=True, desc="writing") as bar:
                 for s, want in zip(self.sections, planned):
                     got = w.add(s.name, s.array, zstd=s.zstd)
-                    if (got.offset, got.length, got.crc32, got.encoding) != (want.offset, want.length, want.crc32, want.encoding):
+                    if (got.offset, got.length, got.crc32, got.encoding, got.block_crc32) != \
+                            (want.offset, want.length, want.crc32, want.encoding, want.block_crc32):
                         raise FormatError(f"internal error: the Writer stored section {s.name!r} as (offset {got.offset}, "
                                           f"length {got.length}, crc {got.crc32:#x}), the plan expected ({want.offset}, "
                                           f"{want.length}, {want.crc32:#x}); nothing was written")
