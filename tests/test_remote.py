@@ -118,8 +118,9 @@ def test_minor_zero_files_still_read_and_blocks_are_optional(tmp_path):
         assert f.source.bytes_read >= f.info("idx").length
 
 
-@pytest.mark.parametrize("blocks", [{"size": 4096, "crc32": [0]}, {"size": 1000, "crc32": []}, {"size": 4096},
-                                    {"size": 1 << 27, "crc32": [0]}, [], {"size": 4096, "crc32": ["x"] * 47}])
+@pytest.mark.parametrize("blocks", [{"size": 4096, "crc32": [0] * 47}, {"size": 1000, "crc32": ""}, {"size": 4096},
+                                    {"size": 1 << 27, "crc32": "AAAAAA=="}, [], {"size": 4096, "crc32": "AAAA"},
+                                    {"size": 4096, "crc32": "!" * 64}])
 def test_bad_block_tables_are_format_errors(tmp_path, blocks):
     import json
 
@@ -131,7 +132,8 @@ def test_bad_block_tables_are_format_errors(tmp_path, blocks):
     header["sections"][0]["blocks"] = blocks
     (tmp_path / "b.ddz").write_bytes(with_header(raw, json.dumps(header).encode()))
     with pytest.raises(codec.FormatError, match="block"):
-        codec.open(tmp_path / "b.ddz")
+        with codec.open(tmp_path / "b.ddz") as f:  # sizes are checked on open, base64 digits on use
+            f.verify()
 
 
 # -- property tests: the verifying (remote) read path under mutation ---------------------------------
@@ -182,7 +184,8 @@ def test_ranged_reads_under_bit_flips_and_block_edits(blocked, tmp_path_factory,
         sec["blocks"] = data.draw(st.one_of(
             st.none(), st.integers(), st.text(max_size=3),
             st.fixed_dictionaries({"size": st.sampled_from([0, 4095, 4096, 8192, 1 << 30]),
-                                   "crc32": st.lists(st.integers(-1, 2**33), max_size=8)})))
+                                   "crc32": st.one_of(st.lists(st.integers(-1, 2**33), max_size=8),
+                                                      st.text(alphabet="AB+/=!", max_size=40))})))
         raw = bytearray(with_header(bytes(raw), json.dumps(header).encode()))
     p = tmp_path_factory.getbasetemp() / "flipped.ddz"
     p.write_bytes(bytes(raw))

@@ -3,11 +3,14 @@ the objects table and the free-form metadata."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from ..errors import FormatError, LimitError
 from .layout import (DTYPES, INTEGER_DTYPES, MAX_BLOCK_SIZE, MAX_BLOCKS, MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM,
@@ -34,7 +37,7 @@ class SectionInfo(NamedTuple):
     encoding: tuple[dict, ...] = ()
     crc32: int = 0
     block_size: int = 0  # 0: no per-block CRCs (minor 0 form)
-    block_crc32: tuple[int, ...] = ()
+    block_crc32: str = ""  # base64 of the little-endian u32 CRC-32 of each block (decoded on use)
 
     @property
     def count(self) -> int:  # type: ignore[override]  # the element count, not tuple.count
@@ -64,6 +67,20 @@ class SectionInfo(NamedTuple):
         bits = self.bits
         return self.decoded_length if bits is None else (self.count * bits + 7) // 8
 
+    @property
+    def block_count(self) -> int:
+        return (self.length + self.block_size - 1) // self.block_size if self.block_size else 0
+
+    def block_crcs(self) -> np.ndarray:
+        """The per-block CRC-32s (uint32); a FormatError when ``blocks.crc32`` is not valid base64."""
+        try:
+            raw = base64.b64decode(self.block_crc32, validate=True)
+        except (ValueError, TypeError):
+            raise FormatError("'blocks.crc32' is not valid base64", section=self.name) from None
+        if len(raw) != 4 * self.block_count:
+            raise FormatError(f"'blocks.crc32' decodes to {len(raw)} bytes, not 4 x {self.block_count}", section=self.name)
+        return np.frombuffer(raw, "<u4")
+
     def block_span(self, lo: int, hi: int) -> tuple[int, int]:
         """Indices ``[first, last + 1)`` of the CRC blocks covering stored bytes ``[lo, hi)``."""
         return lo // self.block_size, (hi + self.block_size - 1) // self.block_size
@@ -73,7 +90,7 @@ class SectionInfo(NamedTuple):
                "length": self.length, "decoded_length": self.decoded_length,
                "encoding": [dict(s) for s in self.encoding], "crc32": self.crc32}
         if self.block_size:
-            doc["blocks"] = {"size": self.block_size, "crc32": list(self.block_crc32)}
+            doc["blocks"] = {"size": self.block_size, "crc32": self.block_crc32}
         return doc
 
 
@@ -224,11 +241,12 @@ def _parse_section(entry: Any, index: int) -> SectionInfo:
     return info
 
 
-def _parse_blocks(blocks: Any, length: int, name: str) -> tuple[int, tuple[int, ...]]:
-    """The optional ``blocks`` member (minor 1): ``{"size": B, "crc32": [...]}``, one CRC-32 per
-    ``B`` stored bytes (the last block may be shorter)."""
+def _parse_blocks(blocks: Any, length: int, name: str) -> tuple[int, str]:
+    """The optional ``blocks`` member (minor 1): ``{"size": B, "crc32": base64}``, one CRC-32 per
+    ``B`` stored bytes (the last block may be shorter).  Only sizes are checked here (so a header
+    with many blocks opens in time independent of their number); the CRCs decode on use."""
     if blocks is None:
-        return 0, ()
+        return 0, ""
     if type(blocks) is not dict:
         raise FormatError("'blocks' must be an object {size, crc32}", section=name)
     size, crcs = blocks.get("size"), blocks.get("crc32")
@@ -237,12 +255,10 @@ def _parse_blocks(blocks: Any, length: int, name: str) -> tuple[int, tuple[int, 
     count = (length + size - 1) // size
     if count > MAX_BLOCKS:
         raise LimitError(f"{count} blocks exceed the limit of {MAX_BLOCKS} per section", section=name)
-    if type(crcs) is not list or len(crcs) != count or length == 0:
-        raise FormatError(f"'blocks.crc32' must list ceil({length} / {size}) = {count} CRCs (and length > 0)", section=name)
-    for c in crcs:
-        if type(c) is not int or not 0 <= c <= 0xFFFFFFFF:
-            raise FormatError(f"block CRC {c!r:.20} is not an integer in [0, 2**32)", section=name)
-    return size, tuple(crcs)
+    if type(crcs) is not str or len(crcs) != 4 * ((4 * count + 2) // 3) or length == 0:
+        raise FormatError(f"'blocks.crc32' must be the base64 of ceil({length} / {size}) = {count} CRC-32s "
+                          "(and length > 0)", section=name)
+    return size, crcs
 
 
 def _check_known_encoding(info: SectionInfo) -> None:

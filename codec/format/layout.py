@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import struct
 import zlib
 from dataclasses import dataclass
@@ -63,13 +64,18 @@ def keeps_blocks(length: int, block_size: int | None) -> bool:
     return bool(block_size) and length > block_size and (length + block_size - 1) // block_size <= MAX_BLOCKS
 
 
-def block_table(data, block_size: int | None = DEFAULT_BLOCK_SIZE) -> tuple[int, tuple[int, ...]]:
-    """``(block size, CRC-32 per block)`` a writer records for these stored bytes, or ``(0, ())``."""
+def encode_block_crcs(crcs) -> str:
+    """The ``blocks.crc32`` member: base64 (RFC 4648, padded) of the CRC-32s as little-endian u32."""
+    return base64.b64encode(np.asarray(crcs, "<u4").tobytes()).decode("ascii")
+
+
+def block_table(data, block_size: int | None = DEFAULT_BLOCK_SIZE) -> tuple[int, str]:
+    """``(block size, blocks.crc32)`` a writer records for these stored bytes, or ``(0, "")``."""
     view = memoryview(data).cast("B")
     if not keeps_blocks(len(view), block_size):
-        return 0, ()
+        return 0, ""
     assert block_size is not None
-    return block_size, tuple(crc32(view[i: i + block_size]) for i in range(0, len(view), block_size))
+    return block_size, encode_block_crcs([crc32(view[i: i + block_size]) for i in range(0, len(view), block_size)])
 
 
 def align_up(n: int, alignment: int) -> int:

@@ -52,6 +52,7 @@ class DDZFile:
         self.path = self._src.name
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._cached_bytes = 0
+        self._crc_tables: dict[str, np.ndarray] = {}
         try:
             self._load(_head)
         except BaseException:
@@ -180,12 +181,13 @@ class DDZFile:
                 crc, bad_block = 0, None
                 size = info.block_size
                 step = max(size, _CHUNK // size * size) if size else _CHUNK  # whole blocks per read
+                table = info.block_crcs() if size else None
                 for at in range(info.offset, pos, step):
                     chunk = src.view(at, min(step, pos - at))
                     crc = crc32(chunk, crc)
                     for j in range(0, len(chunk), size) if size and bad_block is None else ():
                         i = (at - info.offset + j) // size
-                        if crc32(chunk[j: j + size]) != info.block_crc32[i]:
+                        if crc32(chunk[j: j + size]) != table[i]:
                             bad_block = i
                             break
             except DDZError as exc:  # a remote source that fails mid-verify
@@ -260,6 +262,7 @@ class DDZFile:
         fetched (the missing ones in one ranged read), each checked against its CRC."""
         size = info.block_size
         first, stop = info.block_span(lo, hi)
+        table = self._block_crcs(info)
         missing = [i for i in range(first, stop) if (info.name, i) not in self._cache]
         if missing:
             a, b = missing[0], missing[-1] + 1
@@ -267,8 +270,8 @@ class DDZFile:
             for i in range(a, b):
                 block = bytes(data[(i - a) * size: (i + 1 - a) * size])
                 crc = crc32(block)
-                if crc != info.block_crc32[i]:
-                    raise ChecksumError(f"block {i} fetched with CRC-32 {crc:#010x}, stored {info.block_crc32[i]:#010x}",
+                if crc != table[i]:
+                    raise ChecksumError(f"block {i} fetched with CRC-32 {crc:#010x}, stored {int(table[i]):#010x}",
                                         section=info.name, offset=info.offset + i * size)
                 self._remember((info.name, i), block)
         out = bytearray()
@@ -283,11 +286,18 @@ class DDZFile:
     def _stored_blocks_uncached(self, info: SectionInfo, lo: int, hi: int) -> bytearray:
         size = info.block_size
         first, stop = info.block_span(lo, hi)
+        table = self._block_crcs(info)
         data = self._src.read(info.offset + first * size, min(info.length, stop * size) - first * size)
         for i in range(first, stop):
-            if crc32(memoryview(data)[(i - first) * size: (i + 1 - first) * size]) != info.block_crc32[i]:
+            if crc32(memoryview(data)[(i - first) * size: (i + 1 - first) * size]) != table[i]:
                 raise ChecksumError(f"block {i} fetched does not match its CRC-32", section=info.name, offset=info.offset + i * size)
         return data[lo - first * size: hi - first * size]
+
+    def _block_crcs(self, info: SectionInfo) -> np.ndarray:
+        table = self._crc_tables.get(info.name)
+        if table is None:
+            table = self._crc_tables[info.name] = info.block_crcs()
+        return table
 
     def _remember(self, key: tuple[str, int], data) -> None:
         """Keep verified remote bytes in a small LRU (so a section's neighbouring reads do not refetch)."""

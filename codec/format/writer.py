@@ -17,7 +17,7 @@ from .arrays import as_path, to_storage
 from .header import Header, SectionInfo, check_json_depth, check_name
 from .layout import (DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
                      MAX_HEADER_LENGTH, MAX_NDIM, MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
-                     MINOR_BLOCKS, PREAMBLE_SIZE, Layout, Preamble, crc32, keeps_blocks)
+                     MINOR_BLOCKS, PREAMBLE_SIZE, Layout, Preamble, crc32, encode_block_crcs, keeps_blocks)
 
 
 def _remove(path: str) -> None:
@@ -235,7 +235,8 @@ class SectionWriter:
             self._blocks.append(self._block_crc)
         keep = keeps_blocks(length, self._block_size)
         info = SectionInfo(self.name, self.dtype, shape, self._offset, length, math.prod(shape) * itemsize,
-                           tuple(encoding), self._crc, self._block_size if keep else 0, tuple(self._blocks) if keep else ())
+                           tuple(encoding), self._crc, self._block_size if keep else 0,
+                           encode_block_crcs(self._blocks) if keep else "")
         self._w._finish_section(info)
         return info
 
