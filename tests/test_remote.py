@@ -198,3 +198,20 @@ def test_ranged_reads_under_bit_flips_and_block_edits(blocked, tmp_path_factory,
             f.verify()
     except codec.DDZError as exc:
         assert str(exc)
+
+
+def test_a_stalled_server_times_out(tmp_path):
+    import time
+
+    import aiohttp
+
+    _write(tmp_path / "a.ddz")
+    with RangeServer(tmp_path) as srv:
+        f = codec.open(f"{srv.url}/a.ddz", storage_options={"client_kwargs": {"timeout": aiohttp.ClientTimeout(sock_read=0.5)}})
+        srv.rtt = 3.0  # the server now answers after 3 s
+        t0 = time.perf_counter()
+        with pytest.raises(codec.FileAccessError, match="failed"):
+            f.get_rows("raw", 0, 10)
+        assert time.perf_counter() - t0 < 2.5
+        srv.rtt = 0.0
+        f.close()

@@ -142,7 +142,8 @@ class FsspecSource(ByteSource):
     Each ``read`` is one ranged request (``fs.cat_file(path, start, end)``); a response of the
     wrong length (a server ignoring ``Range``, a connection closed mid-body) is an error, never
     silently short data.  ``storage_options`` go to the fsspec filesystem (credentials,
-    ``client_kwargs={"timeout": ...}`` for HTTP, ...).
+    ``client_kwargs={"timeout": aiohttp.ClientTimeout(...)}`` for HTTP, ...); without
+    ``client_kwargs`` an HTTP(S) read fails after 60 s without data (30 s to connect).
     """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
@@ -153,8 +154,11 @@ class FsspecSource(ByteSource):
             import fsspec
         except ImportError:
             raise FileAccessError(f"{url}: reading URLs needs fsspec (pip install 'ddz[remote]')") from None
+        options = dict(storage_options or {})
+        if url.split("://", 1)[0].lower() in ("http", "https") and "client_kwargs" not in options:
+            options["client_kwargs"] = {"timeout": _http_timeout()}  # a stalled server is an error, not a hang
         try:
-            self._fs, self._path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            self._fs, self._path = fsspec.core.url_to_fs(url, **options)
         except ImportError as exc:  # the protocol's backend (aiohttp, s3fs, ...) is not installed
             raise FileAccessError(f"{url}: {exc}") from None
         except Exception as exc:  # an unknown protocol or bad options
@@ -190,6 +194,15 @@ class FsspecSource(ByteSource):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+HTTP_CONNECT_TIMEOUT, HTTP_READ_TIMEOUT = 30.0, 60.0
+
+
+def _http_timeout():
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_connect=HTTP_CONNECT_TIMEOUT, sock_read=HTTP_READ_TIMEOUT)
 
 
 def open_source(target: Any, storage_options: Mapping[str, Any] | None = None) -> ByteSource:
