@@ -215,3 +215,19 @@ def test_a_stalled_server_times_out(tmp_path):
         assert time.perf_counter() - t0 < 2.5
         srv.rtt = 0.0
         f.close()
+
+
+@given(n=st.integers(0, 1 << 17), split=st.integers(0, 1 << 17))
+@settings(max_examples=60, deadline=None)
+def test_crc32_combine_matches_zlib(n, split):
+    import os
+    import zlib
+
+    from codec.format.layout import crc32_combine, crc32_of_blocks
+
+    data = os.urandom(n)
+    k = min(split, n)
+    assert crc32_combine(zlib.crc32(data[:k]), zlib.crc32(data[k:]), n - k) == zlib.crc32(data)
+    if n:
+        crcs = [zlib.crc32(data[i:i + 4096]) for i in range(0, n, 4096)]
+        assert crc32_of_blocks(crcs, 4096, n) == zlib.crc32(data)

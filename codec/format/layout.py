@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -57,6 +58,51 @@ INTEGER_DTYPES = {"u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64"}
 def crc32(data, value: int = 0) -> int:
     """CRC-32 (ISO-HDLC, zlib's) of a bytes-like object, continuing from ``value``."""
     return zlib.crc32(data, value) & 0xFFFFFFFF
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros_operator(nbytes: int) -> tuple[tuple[int, ...], ...]:
+    """Byte tables of the GF(2) operator that appends ``nbytes`` zero bytes to a CRC-32 (zlib's crc32_combine)."""
+    op = [0xEDB88320] + [1 << (n - 1) for n in range(1, 32)]  # one zero bit
+    for _ in range(3):  # -> one zero byte
+        op = [_gf2_times(op, op[n]) for n in range(32)]
+    acc = [1 << n for n in range(32)]  # identity
+    while nbytes:
+        if nbytes & 1:
+            acc = [_gf2_times(op, acc[n]) for n in range(32)]
+        nbytes >>= 1
+        if nbytes:
+            op = [_gf2_times(op, op[n]) for n in range(32)]
+    return tuple(tuple(_gf2_times(acc, b << (8 * k)) for b in range(256)) for k in range(4))
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)``, without the bytes (as zlib's crc32_combine)."""
+    t0, t1, t2, t3 = _zeros_operator(len2)
+    return t0[crc1 & 255] ^ t1[(crc1 >> 8) & 255] ^ t2[(crc1 >> 16) & 255] ^ t3[crc1 >> 24] ^ crc2
+
+
+def crc32_of_blocks(crcs, block_size: int, length: int) -> int:
+    """The whole section's CRC-32 from its per-block CRC-32s (so ``verify`` reads each byte once)."""
+    if not len(crcs):
+        return 0
+    t0, t1, t2, t3 = _zeros_operator(block_size)
+    whole = int(crcs[0])
+    for c in crcs[1:-1]:
+        whole = t0[whole & 255] ^ t1[(whole >> 8) & 255] ^ t2[(whole >> 16) & 255] ^ t3[whole >> 24] ^ int(c)
+    if len(crcs) > 1:
+        whole = crc32_combine(whole, int(crcs[-1]), length - (len(crcs) - 1) * block_size)
+    return whole
 
 
 def keeps_blocks(length: int, block_size: int | None) -> bool:
