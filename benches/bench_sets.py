@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from rangeserver import RangeServer  # noqa: E402
+from rangeserver import RangeServer
 
-from codec.softlabels import open_archive, save_softlabel_set, save_softlabels, train_vq  # noqa: E402
+from codec.softlabels import open_archive, save_softlabel_set, save_softlabels, train_vq
 
 ROWS, C = int(os.environ.get("DDZ_BENCH_SET_ROWS", 200_000)), 100
 WORKER = Path(__file__).with_name("dist_encode_worker.py")

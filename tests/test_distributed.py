@@ -17,6 +17,8 @@ import torch
 import codec
 from codec.softlabels import open_archive
 
+pytestmark = pytest.mark.slow  # two torchrun launches (~1 min on 2 cores); tests/test_softlabels_sets.py runs the
+# same code path in-process with one rank
 WORKER = Path(__file__).with_name("dist_worker.py")
 ARGS = ["--dh", "16", "--dc", "4", "--k", "64", "--input", "logits", "--max-steps", "12", "--batch-size", "500"]
 

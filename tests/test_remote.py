@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-import codec  # noqa: E402
-from codec.format import Writer  # noqa: E402
-from rangeserver import RangeServer  # noqa: E402
+import codec
+from codec.format import Writer
+from rangeserver import RangeServer
 
 
 @pytest.fixture

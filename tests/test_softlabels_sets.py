@@ -130,3 +130,24 @@ def test_distributed_training_needs_a_process_group(labels):
         from codec.softlabels import save_softlabels_distributed
 
         save_softlabels_distributed("x.ddzset.json", None, labels)
+
+
+def test_distributed_path_in_process_with_one_rank(tmp_path, labels):
+    """The torchrun code path (chunked training, shard per rank, index after agreement) with a
+    one-rank gloo group in this process; tests/test_distributed.py runs 2 ranks under torchrun."""
+    import torch.distributed as dist
+
+    from codec.softlabels import save_softlabels_distributed
+
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    try:
+        kw = dict(dh=8, dc=2, k=32, input="logits", max_steps=4, batch_size=500, progress=False)
+        vq = train_vq(labels, distributed=True, **kw)
+        again = train_vq(labels, distributed=True, **kw)
+        assert torch.equal(vq.codebook, again.codebook) and torch.equal(vq.decoder, again.decoder)
+        save_softlabels_distributed(tmp_path / "d.ddzset.json", vq, labels)
+    finally:
+        dist.destroy_process_group()
+    save_softlabels(tmp_path / "one.ddz", vq, labels)
+    assert torch.equal(open_archive(tmp_path / "d.ddzset.json").labels(), open_archive(tmp_path / "one.ddz").labels())
+    assert [p.name for p in sorted(tmp_path.glob("*.ddz"))] == ["d-00000-of-00001.ddz", "one.ddz"]

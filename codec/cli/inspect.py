@@ -35,7 +35,8 @@ def describe(path: str) -> dict:
 
 
 def _describe_set(path: str, f: DDZSet) -> dict:
-    shards, stored = [], {}
+    shards: list[dict] = []
+    stored: dict[str, int] = {}
     for i, rec in enumerate(f.shards):
         sf = f.shard(i)
         for info in sf.sections:

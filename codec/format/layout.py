@@ -107,7 +107,8 @@ def crc32_of_blocks(crcs, block_size: int, length: int) -> int:
 
 def keeps_blocks(length: int, block_size: int | None) -> bool:
     """Whether a writer records per-block CRCs for a section of ``length`` stored bytes (spec/ddz.md 4.1.1)."""
-    return bool(block_size) and length > block_size and (length + block_size - 1) // block_size <= MAX_BLOCKS
+    return block_size is not None and block_size > 0 and length > block_size \
+        and (length + block_size - 1) // block_size <= MAX_BLOCKS
 
 
 def encode_block_crcs(crcs) -> str:

@@ -51,7 +51,7 @@ class DDZFile:
     def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None, _head: bytes | None = None):
         self._src = open_source(path, storage_options)
         self.path = self._src.name
-        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], bytes | bytearray] = OrderedDict()
         self._cached_bytes = 0
         self._crc_tables: dict[str, np.ndarray] = {}
         try:
@@ -71,7 +71,7 @@ class DDZFile:
         header_bytes = src.read(pre.header_offset, pre.header_length)
         if crc32(header_bytes) != pre.header_crc32:
             raise ChecksumError("header checksum mismatch", offset=pre.header_offset)
-        self.header: Header = parse_header(header_bytes, alignment=pre.alignment, header_offset=pre.header_offset)
+        self.header: Header = parse_header(bytes(header_bytes), alignment=pre.alignment, header_offset=pre.header_offset)
         self._by_name = {s.name: s for s in self.header.sections}
 
     @property
@@ -285,11 +285,11 @@ class DDZFile:
                 self._remember((info.name, i), block)
         out = bytearray()
         for i in range(first, stop):
-            block = self._cache.get((info.name, i))
-            if block is None:  # evicted by the blocks just fetched (a range larger than the cache)
+            cached = self._cache.get((info.name, i))
+            if cached is None:  # evicted by the blocks just fetched (a range larger than the cache)
                 return self._stored_blocks_uncached(info, lo, hi)
             self._cache.move_to_end((info.name, i))
-            out += block
+            out += cached
         return out[lo - first * size: hi - first * size]
 
     def _stored_blocks_uncached(self, info: SectionInfo, lo: int, hi: int) -> bytearray:
@@ -308,7 +308,7 @@ class DDZFile:
             table = self._crc_tables[info.name] = info.block_crcs()
         return table
 
-    def _remember(self, key: tuple[str, int], data) -> None:
+    def _remember(self, key: tuple[str, int], data: bytes | bytearray) -> None:
         """Keep verified remote bytes in a small LRU (so a section's neighbouring reads do not refetch)."""
         if len(data) > _CACHE_BYTES // 4:
             return
@@ -347,9 +347,10 @@ class DDZFile:
         if info.zstd:
             stream = self._inflate(info)
         else:  # only the bytes holding values start..start+count-1, from a byte-aligned value on
-            group = 8 // math.gcd(info.bits, 8)
+            b = info.bits or 8  # only bit-packed sections come here
+            group = 8 // math.gcd(b, 8)
             first = start - start % group
-            lo, hi = first * info.bits // 8, ((start + count) * info.bits + 7) // 8
+            lo, hi = first * b // 8, ((start + count) * b + 7) // 8
             stream = np.frombuffer(self._stored(info, lo, max(lo, hi)), np.uint8)
             start -= first
         np_dtype = DTYPES[info.dtype]

@@ -46,12 +46,8 @@ class SetSection(NamedTuple):
     pieces: tuple[tuple[int, int, int], ...]
 
     @property
-    def count(self) -> int:
-        return math.prod(self.shape)
-
-    @property
     def decoded_length(self) -> int:
-        return self.count * ITEMSIZE[self.dtype]
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
 
     @property
     def bits(self) -> int | None:
@@ -160,8 +156,7 @@ def parse_index(raw: bytes, where: str = "index") -> SetIndex:
     for i, s in enumerate(shards_doc):
         if not isinstance(s, dict):
             raise FormatError(f"{where}: shard {i} is not an object")
-        name = s.get("name")
-        check_name(name, "shard")
+        name = check_name(s.get("name"), "shard")
         if "/" in name or "\\" in name or name in (".", "..") or _CONTROL.search(name):
             raise FormatError(f"{where}: shard name {name!r} must be a plain file name beside the index")
         if name in seen:
@@ -195,8 +190,7 @@ def _reject_constant(token: str):
 def _parse_set_section(entry: Any, nshards: int) -> SetSection:
     if not isinstance(entry, dict):
         raise FormatError("set section entry is not an object")
-    name = entry.get("name")
-    check_name(name)
+    name = check_name(entry.get("name"))
     dtype = entry.get("dtype")
     if dtype not in DTYPES:
         raise FormatError(f"unknown dtype {dtype!r:.40}", section=name)

@@ -161,7 +161,7 @@ class FsspecSource(ByteSource):
             self._fs, self._path = fsspec.core.url_to_fs(url, **options)
         except ImportError as exc:  # the protocol's backend (aiohttp, s3fs, ...) is not installed
             raise FileAccessError(f"{url}: {exc}") from None
-        except Exception as exc:  # an unknown protocol or bad options
+        except Exception as exc:  # noqa: BLE001 - an unknown protocol or bad options, in the backend's own types
             raise FileAccessError(f"{url}: cannot open ({type(exc).__name__}: {exc})") from None
         size = self._call("size", self._fs.size, self._path)
         if type(size) is not int or size < 0:
@@ -185,7 +185,7 @@ class FsspecSource(ByteSource):
             raise
         except FileNotFoundError as exc:
             raise FileAccessError(f"{self.name}: not found ({str(exc)[:200]})") from None
-        except Exception as exc:  # fsspec backends raise their own types (aiohttp, botocore, ...)
+        except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types (aiohttp, botocore, ...)
             raise FileAccessError(f"{self.name}: {what} failed ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def close(self) -> None:

@@ -75,7 +75,7 @@ def save_softlabel_set(index_path: str | os.PathLike, codec: SoftLabelCodec, dat
                 write_softlabel_shard(p, codec, src, shard=i, shards=shards, set_id=sid, name=name, chunk=chunk,
                                       progress=progress, block_size=block_size)
                 written.append(p)
-            rows = src.rows
+            rows = src.rows or 0
         return write_softlabel_index(index_path, codec, paths, set_id=sid, rows=rows, name=name, metadata=metadata)
     except BaseException:
         _remove(written)
@@ -110,15 +110,15 @@ def save_softlabels_distributed(index_path: str | os.PathLike, codec: SoftLabelC
         with opened_source(data, section) as src:
             write_softlabel_shard(paths[rank], codec, src, shard=rank, shards=world, set_id=sid, name=name,
                                   chunk=chunk, progress=progress and rank == 0, block_size=block_size)
-            rows = src.rows
-    except Exception as exc:  # every rank must learn of it, or the others wait at the barrier forever
+            rows = src.rows or 0
+    except Exception as exc:  # noqa: BLE001 - every rank must learn of any failure, or the others wait forever
         error = exc
     try:
         _agree(error, dev, "encoding a shard")
         try:
             if rank == 0:
                 write_softlabel_index(index_path, codec, paths, set_id=sid, rows=rows, name=name, metadata=metadata)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised on this rank by _agree, after the others learn of it
             error = exc
         _agree(error, dev, "writing the index")
     except BaseException:

@@ -250,6 +250,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         progress = progress and (plan is None or plan.rank == 0)
         gen = torch.Generator().manual_seed(seed)
         log = log if log is not None else TrainLog()
+        m = dh // dc
 
         # -- initialisation --------------------------------------------------------------------------
         ys = to_probs(src.sample(init_sample, gen), input, temperature, classes=C)

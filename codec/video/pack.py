@@ -88,7 +88,7 @@ class _Planned:
     decoded_length: int
     crc: int
     encoding: tuple = ()
-    blocks: tuple[int, tuple[int, ...]] = (0, ())  # the per-block CRCs the Writer will record
+    blocks: tuple[int, str] = (0, "")  # the per-block CRCs the Writer will record
 
 
 @dataclass
