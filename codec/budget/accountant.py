@@ -146,14 +146,19 @@ DEFAULT_KS = tuple(2**b for b in range(1, 13))  # 2 .. 4096
 
 def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[int] = DEFAULT_DCS,
           ks: Iterable[int] = DEFAULT_KS, dh_max: int | None = None, slack: float = 0.10,
-          all_candidates: bool = False) -> list[Proposal]:
+          all_candidates: bool = False, param_bytes: int = F.FP32) -> list[Proposal]:
     """Propose (k, dc, dh), dh divisible by dc and <= dh_max (default C), whose Eq. S13 ratio
     is >= ``ratio`` and at most ``ratio * (1 + slack)`` (so the budget is used, not wasted).
+    ``param_bytes``: 4 counts decoder and codebook in fp32 as S12 prints them, 2 for a codec
+    stored with ``param_dtype="f16"``.
     For each dc (largest first) the proposal maximises the index bits per label
     ``m*log2 k`` (the information each label keeps), ties to the larger dh, then the larger
     k.  ``all_candidates`` returns every feasible (dc, k) with its largest dh."""
     ratio = float_arg("ratio", ratio, 1)
     dh_max = classes if dh_max is None else F._pos_int("dh_max", dh_max)
+    if param_bytes not in (F.FP16, F.FP32):
+        raise InvalidInputError(f"param_bytes must be 2 (fp16) or 4 (fp32), got {param_bytes!r}")
+    pscale = param_bytes / F.FP32
     dcs = [F._pos_int("dc", d) for d in dcs]
     ks = [F._pos_int("k", x) for x in ks]
     if any(x < 2 for x in ks):
@@ -170,12 +175,13 @@ def solve(ipc: int, classes: int, epochs: int, ratio: float, *, dcs: Iterable[in
             # S12 is linear in m: indices and decoder grow with m, the codebook does not.  Largest
             # m (dh = m*dc) with m * (indices + decoder at m = 1) + codebook <= target:
             one = F.s12_row_terms(n, classes, dc, dc, k).terms
-            m_real = (target - one["codebook"]) / (one["indices"] + one["decoder"])
+            m_real = (target - pscale * one["codebook"]) / (one["indices"] + pscale * one["decoder"])
             m = min(math.floor(min(m_real, dh_max // dc)), dh_max // dc)  # cap before floor: no inf/overflow
             if m < 1:
                 continue
             dh = m * dc
-            b = F.s12(ipc, classes, epochs, dh, dc, k)
+            t = F.s12_terms(ipc, classes, epochs, dh, dc, k).terms
+            b = t["indices"] + pscale * (t["decoder"] + t["codebook"])
             if b > target * (1 + 1e-12):
                 continue
             prop = Proposal(dc, k, dh, F.s11(ipc, classes, epochs) / b, b, m * F.bits_for(k))
