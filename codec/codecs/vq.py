@@ -15,11 +15,21 @@ Decoding: Eq. 5-6 ``yhat = [mu_q(1), ..., mu_q(m)] D`` then Eq. 9
 ``y~ = max(yhat, eps) / sum max(yhat, eps)``.  The input declaration (``input`` =
 "probs" or "logits", with ``temperature``) says how ``y`` is formed: logits are turned into
 ``softmax(z / temperature)`` before Eq. 2.
+
+``space`` says what the autoencoder reconstructs: ``"probs"`` (the paper: ``y`` itself) or
+``"logits"`` (the row-centred tempered logits ``u = z/T - mean(z/T)``, for probability input
+``log y - mean(log y)``; decoding is then ``softmax(yhat)`` followed by Eq. 9).  At a high
+temperature (SRe2L / LPLD replay T = 20) probabilities are nearly linear in the logits, so the
+two agree up to scale, but the squared error on probabilities weighs every class alike while the
+logit space keeps the relative sizes that the student's KL loss sees.  ``encode_dtype="bf16"``
+runs the projection (Eq. 2) in bfloat16 (the codes it picks can differ from the float32 encode's).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Self, Sequence
+
+import math
 
 import numpy as np
 import torch
@@ -30,7 +40,7 @@ from ._tensors import as_tensor
 from ._vqkernels import NUMBA_MAX_DC, NUMBA_MAX_K, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
 from .base import BudgetTerm, Part, PartSpec, register_codec
 from .formulas import s12_row_terms
-from .softlabel import (SoftLabelCodec, check_common, index_bits, index_dtype, index_dtype_name, need, param,
+from .softlabel import (SoftLabelCodec, check_common, finite, index_bits, index_dtype, index_dtype_name, need, param,
                         renorm_, to_probs)
 
 # ----------------------------------------------------------------------------------------------
@@ -93,12 +103,13 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
 
 def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: float, *,
                  dtype: torch.dtype = torch.float32, chunk: int = 4096, out: torch.Tensor | None = None,
-                 renorm: bool = True) -> torch.Tensor:
+                 renorm: bool = True, space: str = "probs") -> torch.Tensor:
     """Eq. 6 + Eq. 9: indices (n, m) -> renormalised probabilities (n, C) float32.
 
-    ``hhat = [mu_q1, ..., mu_qm]`` (Eq. 5), ``yhat = hhat D`` (Eq. 6), then Eq. 9.  The
-    matmul runs in ``dtype`` (float32, or bfloat16/float16 for speed); the renormalisation
-    always in float32.  Runs on the device of ``codebook``.
+    ``hhat = [mu_q1, ..., mu_qm]`` (Eq. 5), ``yhat = hhat D`` (Eq. 6), then Eq. 9 (for
+    ``space="logits"``: ``softmax(yhat)`` first).  The matmul runs in ``dtype`` (float32, or
+    bfloat16/float16 for speed); the renormalisation always in float32.  Runs on the device of
+    ``codebook``.
     """
     dev = codebook.device
     idx = indices if isinstance(indices, torch.Tensor) else torch.from_numpy(np.asarray(indices).astype(np.int64))
@@ -128,6 +139,8 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
         else:
             torch.mm(z, D, out=tmp[:r])
             res[s:e].copy_(tmp[:r])
+        if space == "logits":
+            res[s:e] = torch.softmax(res[s:e], 1)
         if renorm:
             renorm_(res[s:e], eps)  # Eq. 9
     return res
@@ -136,7 +149,50 @@ def decode_probs(indices, codebook: torch.Tensor, decoder: torch.Tensor, eps: fl
 # ----------------------------------------------------------------------------------------------
 
 _PARAM_DTYPES = {"f32": torch.float32, "f16": torch.float16}
+_ENCODE_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 _PARAMS = ("encoder", "decoder", "codebook")
+#: What a VQ autoencoder reconstructs (``VQCodec.space``).
+SPACES = ("probs", "logits")
+#: Smallest probability whose log the logit space takes (``log 0`` is ``-inf``).
+LOG_FLOOR = 1e-30
+#: Most entries a VQ config's ``train`` record may hold.
+MAX_PROVENANCE = 64
+
+
+def to_space(x: Any, space: str, input: str = "probs", temperature: float = 1.0, *, classes: int | None = None,
+             device: Any = None) -> torch.Tensor:
+    """Rows in the space a VQ autoencoder works in (float32): probabilities
+    ``softmax(z / T)`` for ``"probs"``; for ``"logits"`` the row-centred tempered logits
+    ``z/T - mean(z/T)`` (probability input: ``log max(y, 1e-30)`` centred), whose softmax is
+    the same distribution."""
+    if space == "probs":
+        return to_probs(x, input, temperature, classes=classes, device=device)
+    if input == "probs":
+        u = torch.log(to_probs(x, "probs", classes=classes, device=device).clamp_min(LOG_FLOOR))
+    else:
+        t = as_tensor(x, "soft labels")
+        if device is not None:
+            t = t.to(device)
+        to_probs(t[:0] if t.ndim == 2 else t, input, temperature, classes=classes)  # shape / dtype checks
+        u = finite(t.to(torch.float32) / float(temperature), "this batch of soft labels (logits)")
+    return u - u.mean(1, keepdim=True)
+
+
+def check_provenance(train: Any) -> dict | None:
+    """A ``train`` record (how the parameters were trained: loss, init, epochs, ...), kept in
+    the config as provenance; decoding never reads it.  None, or an object of at most 64
+    entries whose values are JSON scalars (strings at most 256 characters)."""
+    if train is None:
+        return None
+    if not isinstance(train, Mapping) or len(train) > MAX_PROVENANCE:
+        raise InvalidInputError(f"vq: train must be an object of at most {MAX_PROVENANCE} entries or null, got {str(train)[:80]}")
+    for key, v in train.items():
+        if not isinstance(key, str) or not (v is None or isinstance(v, (bool, int, str)) or
+                                            (isinstance(v, float) and math.isfinite(v))):
+            raise InvalidInputError(f"vq: train entry {str(key)[:40]!r} must map a string to a JSON scalar, got {str(v)[:40]!r}")
+        if isinstance(v, str) and len(v) > 256:
+            raise InvalidInputError(f"vq: train entry {key!r} is a string longer than 256 characters")
+    return dict(train)
 
 
 @register_codec
@@ -150,8 +206,15 @@ class VQCodec(SoftLabelCodec):
 
     def __init__(self, classes: int, dh: int, dc: int, k: int, *, eps: float = 1e-8, input: str = "probs",
                  temperature: float = 1.0, param_dtype: str = "f32", entropy: bool = False,
-                 store_encoder: bool = False, zstd_level: int = 19):
+                 store_encoder: bool = False, zstd_level: int = 19, space: str = "probs", encode_dtype: str = "f32",
+                 train: Mapping[str, Any] | None = None):
         self.classes, self.input, self.temperature, self.eps = check_common(classes, input, temperature, eps, "vq")
+        if space not in SPACES:
+            raise InvalidInputError(f"vq: space must be one of {SPACES}, got {space!r}")
+        if encode_dtype not in _ENCODE_DTYPES:
+            raise InvalidInputError(f"vq: encode_dtype must be one of {sorted(_ENCODE_DTYPES)}, got {encode_dtype!r}")
+        self.space, self.encode_dtype = space, encode_dtype
+        self.train = check_provenance(train)
         self.dh, self.dc = int_arg("vq: dh", dh, 1), int_arg("vq: dc", dc, 1)
         self.k = int_arg("vq: k", k, 2, 1 << 24)
         if self.dh % self.dc:
@@ -173,10 +236,20 @@ class VQCodec(SoftLabelCodec):
 
     # -- config and parts ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        return {"id": self.codec_id, "classes": self.classes, "dh": self.dh, "dc": self.dc, "k": self.k,
-                "eps": self.eps, "input": self.input, "temperature": self.temperature,
-                "param_dtype": self.param_dtype, "entropy": self.entropy, "store_encoder": self.store_encoder,
-                "zstd_level": self.zstd_level}
+        """The config; ``space``, ``encode_dtype`` and ``train`` appear only when they differ from
+        their defaults ("probs", "f32", none), so a config written before they existed reads back
+        unchanged."""
+        cfg = {"id": self.codec_id, "classes": self.classes, "dh": self.dh, "dc": self.dc, "k": self.k,
+               "eps": self.eps, "input": self.input, "temperature": self.temperature,
+               "param_dtype": self.param_dtype, "entropy": self.entropy, "store_encoder": self.store_encoder,
+               "zstd_level": self.zstd_level}
+        if self.space != "probs":
+            cfg["space"] = self.space
+        if self.encode_dtype != "f32":
+            cfg["encode_dtype"] = self.encode_dtype
+        if self.train is not None:
+            cfg["train"] = dict(self.train)
+        return cfg
 
     def encoded_parts(self, shape: Any) -> dict[str, PartSpec]:
         n = self._rows(shape)
@@ -258,21 +331,68 @@ class VQCodec(SoftLabelCodec):
                               encoder=need(parts, "encoder", "vq") if "encoder" in parts else None)
 
     # -- encode ----------------------------------------------------------------------------------
-    def encode_indices(self, x: Any, *, chunk: int = 65536) -> np.ndarray:
-        """Eq. 2-4: soft labels (n, C) -> indices (n, m) of dtype u8/u16/u32."""
+    def encode_indices(self, x: Any, *, chunk: int = 16384) -> np.ndarray:
+        """Eq. 2-4: soft labels (n, C) -> indices (n, m) of dtype u8/u16/u32.
+
+        Streams ``chunk`` rows at a time through preallocated buffers: the rows are converted
+        into the codec's space in place (one fp32 copy, the temperature, an in-place softmax
+        or centring), projected by one ``torch.mm`` (Eq. 2, in ``encode_dtype``) and assigned
+        (Eq. 4).  A NaN or infinity in the input reaches the projection, where it is caught."""
         if self.encoder is None or self.codebook is None:
             raise InvalidInputError("vq: codec has no trained encoder and codebook (fit it with codec.softlabels.fit)")
         t = as_tensor(x, "soft labels")
-        n = t.shape[0] if t.ndim else 0
+        if t.ndim != 2:
+            raise InvalidInputError(f"soft labels must be 2-D (n, C), got shape {tuple(t.shape)}")
+        if t.shape[1] != self.classes:
+            raise InvalidInputError(f"soft labels have {t.shape[1]} classes, the codec expects {self.classes}")
+        if not t.is_floating_point():
+            raise InvalidInputError(f"soft labels must be floating point, got {t.dtype}")
+        n = t.shape[0]
         out = np.empty((n, self.m), index_dtype(self.bits))
-        P = self.encoder.to(t.device) if t.device.type != "cpu" else self.encoder
-        cb = self.codebook.to(P.device)
-        for s in range(0, n, chunk):
-            y = to_probs(t[s:s + chunk], self.input, self.temperature, classes=self.classes)
-            h = (y.to(P.device) @ P).reshape(-1, self.dc)
-            q = nearest_code(h, cb)
-            out[s:s + chunk] = q.reshape(-1, self.m).cpu().numpy()
+        if n == 0:
+            return out
+        edt = _ENCODE_DTYPES[self.encode_dtype]
+        dev = t.device
+        P = self.encoder.to(device=dev, dtype=edt)
+        cb = self.codebook.to(dev)
+        c = max(1, min(int(chunk), n))
+        ybuf = torch.empty((c, self.classes), dtype=torch.float32, device=dev)
+        yebuf = torch.empty((c, self.classes), dtype=edt, device=dev) if edt != torch.float32 else None
+        hbuf = torch.empty((c, self.dh), dtype=edt, device=dev)
+        h32 = torch.empty((c, self.dh), dtype=torch.float32, device=dev) if edt != torch.float32 else hbuf
+        qbuf = torch.empty(c * self.m, dtype=torch.int64, device=dev)
+        inv_t = 1.0 / self.temperature
+        for s in range(0, n, c):
+            r = min(n, s + c) - s
+            y = ybuf[:r]
+            y.copy_(t[s:s + r])
+            self._to_space_(y, inv_t)
+            if yebuf is not None:
+                yebuf[:r].copy_(y)
+                y = yebuf[:r]
+            torch.mm(y, P, out=hbuf[:r])  # Eq. 2
+            h = h32[:r]
+            if h.data_ptr() != hbuf.data_ptr():
+                h.copy_(hbuf[:r])
+            bad = ~torch.isfinite(h.sum(1))
+            if bool(bad.any()):
+                raise InvalidInputError(f"soft labels hold NaN or infinite values (row {s + int(bad.nonzero()[0, 0])})")
+            q = nearest_code(h.view(-1, self.dc), cb, out=qbuf[: r * self.m])  # Eq. 3-4
+            out[s:s + r] = q.view(r, self.m).cpu().numpy()
         return out
+
+    def _to_space_(self, y: torch.Tensor, inv_t: float) -> None:
+        """float32 rows (as given: logits or probabilities) -> the codec's space, in place
+        (the values :func:`to_space` returns)."""
+        if self.input == "logits":
+            if inv_t != 1.0:
+                y.mul_(inv_t)
+            if self.space == "probs":
+                torch.ops.aten._softmax.out(y, 1, False, out=y)
+        elif self.space == "logits":
+            y.clamp_(min=LOG_FLOOR).log_()
+        if self.space == "logits":
+            y.sub_(y.mean(1, keepdim=True))
 
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
         idx = self.encode_indices(x)
@@ -301,7 +421,7 @@ class VQCodec(SoftLabelCodec):
         dev = torch.device(device) if device is not None else t.device
         cb = self.codebook.to(dev)
         D = self.decoder.to(dev)
-        return decode_probs(t, cb, D, self.eps, dtype=dtype, out=out)
+        return decode_probs(t, cb, D, self.eps, dtype=dtype, out=out, space=self.space)
 
     def reconstruct(self, x: Any) -> torch.Tensor:
         """Encode then decode (no storage): the labels a student would see."""

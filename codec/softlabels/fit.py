@@ -1,6 +1,6 @@
 """Fitting soft-label codecs: the one way a codec gets its learned parameters.
 
-``fit(codec, data, **options)`` returns a *new* codec, equal in config to ``codec`` and
+``fit(codec, data, **options)`` returns a *new* codec, equal in config to ``codec`` (a VQ codec adds its ``train`` record) and
 holding parameters learned from ``data`` (``codec`` itself is unchanged; codecs never fit
 themselves inside ``encode``):
 
@@ -42,8 +42,8 @@ def fit(codec: SoftLabelCodec, data: Any, **options: Any) -> SoftLabelCodec:
         if shape is not None and len(shape) == 2 and shape[1] != codec.classes:
             raise InvalidInputError(f"fit vq: soft labels have {shape[1]} classes, the codec expects {codec.classes}")
         cfg = codec.get_config()
-        for key in ("id", "classes", "zstd_level"):  # zstd_level is a storage choice, not a training one
-            cfg.pop(key)
+        for key in ("id", "classes", "zstd_level", "train"):  # storage choice / provenance, not training inputs
+            cfg.pop(key, None)
         trained = train_vq(data, **cfg, **options)
         if trained.classes != codec.classes:
             raise InvalidInputError(f"fit vq: soft labels have {trained.classes} classes, the codec expects {codec.classes}")

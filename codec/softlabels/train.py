@@ -5,6 +5,16 @@ Loss (Eq. 7), per mini-batch (mean over rows, sum over segments / classes)::
     L_cache = alpha * sum_i ( ||sg[h(i)] - mu_q(i)||^2 + beta * ||h(i) - sg[mu_q(i)]||^2 )   # L_VQ
               + ||yhat - y||^2                                                                # L_rec
 
+``y`` are the rows in the codec's ``space`` (probabilities at the temperature, or row-centred
+tempered logits, see :func:`codec.codecs.vq.to_space`).  ``loss="kl"`` replaces L_rec by
+``KL(p || p~)`` between the label distribution and the decoded one (Eq. 9 renormalisation in
+probability space, softmax in logit space).  Training runs in a rescaled space: the rows are
+multiplied by ``s = 1 / std`` (their spread around the mean row, from the init sample) so that
+Adam's step size fits the data whatever the temperature (at T = 20 probabilities differ from
+uniform by ~1e-4); afterwards ``P <- s P`` and ``D <- D / s``, which encodes and decodes
+exactly as the trained rescaled model.  ``refine=True`` ends with Lloyd steps on the codebook
+and a least-squares decoder ``D = argmin ||hhat D - y||^2`` (small ridge) on the init sample.
+
 The quantised latent passed to the decoder is ``h + sg[mu_q - h]`` (the straight-through
 estimator of VQ-VAE [31]; its value is ``mu_q`` as in Eq. 4, and gradients of L_rec reach the
 encoder P).  ``straight_through=False`` uses ``sg[mu_q]`` literally, so P learns only from
@@ -37,8 +47,7 @@ import numpy as np
 import torch
 
 from .._args import float_arg, int_arg, parse_device
-from ..codecs.softlabel import to_probs
-from ..codecs.vq import VQCodec, nearest_code
+from ..codecs.vq import VQCodec, nearest_code, to_space
 from ..errors import InvalidInputError
 from .sources import opened_source
 
@@ -156,24 +165,25 @@ def _init_projection(y: torch.Tensor, dh: int, rotate: bool, gen: torch.Generato
 
 
 def cache_loss(y: torch.Tensor, h: torch.Tensor, muq: torch.Tensor, decoder: torch.Tensor, *, alpha: float = 1.0,
-               beta: float = 0.25, straight_through: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               beta: float = 0.25, straight_through: bool = True, recon=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 7, ``L_cache = alpha * L_VQ + L_rec`` for one mini-batch of ``n`` labels.
 
     ``y`` (n, C) target probabilities; ``h`` (n*m, dc) encoder segments (Eq. 2-3); ``muq``
     (n*m, dc) their nearest codes (Eq. 4); ``decoder`` D (dh, C) (Eq. 6).
     ``L_VQ = (1/n) sum_i ||sg[h(i)] - mu_q(i)||^2 + beta ||h(i) - sg[mu_q(i)]||^2`` (sum over the
     n*m segments) and ``L_rec = (1/n) sum_rows ||yhat - y||^2`` with ``yhat = [mu_q] D``; the
-    decoder sees ``h + sg[mu_q - h]`` (straight-through) or ``sg[mu_q]``.
+    decoder sees ``h + sg[mu_q - h]`` (straight-through) or ``sg[mu_q]``.  ``recon(yhat, y)``,
+    when given, replaces the squared error (a per-batch scalar, e.g. a KL divergence).
     Returns ``(L_cache, L_VQ, L_rec)``."""
     n = y.shape[0]
     l_vq = (((h.detach() - muq) ** 2).sum() + beta * ((h - muq.detach()) ** 2).sum()) / n
     hq = h + (muq - h).detach() if straight_through else muq.detach()
     yhat = hq.reshape(n, -1) @ decoder
-    l_rec = ((yhat - y) ** 2).sum(1).mean()
+    l_rec = ((yhat - y) ** 2).sum(1).mean() if recon is None else recon(yhat, y)
     return alpha * l_vq + l_rec, l_vq, l_rec
 
 
-def _chunked_step(y, P, D, mu, usage, plan: ChunkPlan, dc: int, alpha, beta, straight_through):
+def _chunked_step(y, P, D, mu, usage, plan: ChunkPlan, dc: int, alpha, beta, straight_through, recon=None):
     """One batch's gradients, usage and losses, chunk by chunk over the ranks, summed in chunk order;
     sets ``.grad`` of P, D, mu and adds to ``usage`` (identical on every rank)."""
     n, k = y.shape[0], mu.shape[0]
@@ -190,7 +200,7 @@ def _chunked_step(y, P, D, mu, usage, plan: ChunkPlan, dc: int, alpha, beta, str
         with torch.no_grad():
             q = nearest_code(h.detach(), mu.detach())
         muq = torch.nn.functional.embedding(q, mu)
-        loss, l_vq, l_rec = cache_loss(yj, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
+        loss, l_vq, l_rec = cache_loss(yj, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through, recon=recon)
         w = (b - a) / n  # the batch loss is the row-weighted mean of the chunk losses
         grads = torch.autograd.grad(loss * w, params)
         stats = torch.stack([loss.detach(), l_vq.detach(), l_rec.detach()]) * w
@@ -205,12 +215,47 @@ def _chunked_step(y, P, D, mu, usage, plan: ChunkPlan, dc: int, alpha, beta, str
     return loss, l_vq, l_rec
 
 
+LOSSES = ("mse", "kl")
+
+
+def _recon_loss(loss: str, space: str, scale: float, eps: float):
+    """The L_rec of ``loss`` on rescaled rows (``yhat`` and ``y`` are ``scale`` x the codec's
+    space); None for Eq. 7's squared error."""
+    if loss == "mse":
+        return None
+
+    def kl(yhat, y):
+        if space == "logits":
+            p = torch.softmax(y / scale, 1)
+            return (p * (torch.log_softmax(y / scale, 1) - torch.log_softmax(yhat / scale, 1))).sum(1).mean()
+        p = y / scale
+        q = (yhat / scale).clamp_min(eps)  # Eq. 9
+        q = q / q.sum(1, keepdim=True)
+        return torch.where(p > 0, p * (torch.log(p.clamp_min(1e-45)) - torch.log(q)), torch.zeros_like(p)).sum(1).mean()
+
+    return kl
+
+
+def _refine(x: torch.Tensor, P: torch.Tensor, mu: torch.Tensor, dc: int, iters: int, ridge: float = 1e-6):
+    """Lloyd steps on the codebook for the encoder's segments of ``x``, then the least-squares
+    decoder ``D = argmin ||hhat D - x||^2 + ridge * tr(hhat^T hhat) / dh * ||D||^2``."""
+    n = x.shape[0]
+    segs = (x @ P).reshape(-1, dc)
+    mu = lloyd(segs, mu, iters)
+    hq = mu[nearest_code(segs, mu)].reshape(n, -1).double()
+    G = hq.T @ hq
+    G += ridge * G.diagonal().mean() * torch.eye(G.shape[0], dtype=G.dtype)
+    D = torch.linalg.solve(G, hq.T @ x.double())
+    return mu, D.float()
+
+
 def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None, input: str = "probs",
              temperature: float = 1.0, eps: float = 1e-8, epochs: int = 1, max_steps: int | None = None,
              batch_size: int = 1024, lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.25,
              seed: int = 0, init_sample: int = 16384, kmeans_iters: int = 10, init: str = "pca_rot",
              dead_window: int = 50, straight_through: bool = True, param_dtype: str = "f32",
-             entropy: bool = False, store_encoder: bool = False, device: Any = None,
+             entropy: bool = False, store_encoder: bool = False, space: str = "probs", loss: str = "mse",
+             refine: bool = False, encode_dtype: str = "f32", device: Any = None,
              progress: bool = True, log: TrainLog | None = None, distributed: bool = False,
              grad_chunks: int = 8) -> VQCodec:
     """Train a :class:`~codec.codecs.vq.VQCodec` on soft labels (Eq. 7) and return it.
@@ -218,7 +263,10 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
     ``data``: an array / memmap / tensor (rows, C), a .ddz path or DDZFile with
     ``section=``, a callable returning an iterable of batches, or a Source.  ``input`` /
     ``temperature`` declare what the rows are (probabilities, or logits to which
-    ``softmax(z / temperature)`` is applied).  Deterministic for a given ``seed`` on CPU.
+    ``softmax(z / temperature)`` is applied); ``space`` what the autoencoder reconstructs,
+    ``loss`` its reconstruction term ("mse": Eq. 7, "kl"), ``refine`` the closing Lloyd +
+    least-squares step (see the module docstring).  The training options are kept in the
+    codec's config (``train``).  Deterministic for a given ``seed`` on CPU.
     ``distributed=True`` (an initialised ``torch.distributed`` process group) splits the work of
     each batch over the ranks in ``grad_chunks`` fixed chunks (see the module docstring): call it
     on every rank with the same data; each returns the same codec, identical for any world size.
@@ -227,9 +275,13 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
     with opened_source(data, section) as src:
         C = src.classes
         codec = VQCodec(C, dh, dc, k, eps=eps, input=input, temperature=temperature, param_dtype=param_dtype,
-                        entropy=entropy, store_encoder=store_encoder)
+                        entropy=entropy, store_encoder=store_encoder, space=space, encode_dtype=encode_dtype)
         if init not in ("pca", "pca_rot", "random"):
             raise InvalidInputError(f"train_vq: init must be 'pca', 'pca_rot' or 'random', got {init!r}")
+        if loss not in LOSSES:
+            raise InvalidInputError(f"train_vq: loss must be one of {LOSSES}, got {loss!r}")
+        if not isinstance(refine, bool):
+            raise InvalidInputError(f"train_vq: refine must be True or False, got {refine!r}")
         epochs, batch_size = int_arg("train_vq: epochs", epochs, 0), int_arg("train_vq: batch_size", batch_size, 1)
         max_steps = None if max_steps is None else int_arg("train_vq: max_steps", max_steps, 0)
         init_sample = int_arg("train_vq: init_sample", init_sample, 1)
@@ -251,9 +303,13 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         gen = torch.Generator().manual_seed(seed)
         log = log if log is not None else TrainLog()
         m = dh // dc
+        rows = lambda b: to_space(b, space, input, temperature, classes=C)  # noqa: E731
 
-        # -- initialisation --------------------------------------------------------------------------
-        ys = to_probs(src.sample(init_sample, gen), input, temperature, classes=C)
+        # -- initialisation (in the rescaled space, see the module docstring) -----------------------
+        ys = rows(src.sample(init_sample, gen))
+        spread = float((ys - ys.mean(0)).square().mean().sqrt())
+        scale = 1.0 / spread if spread > 0 and math.isfinite(1.0 / spread) else 1.0
+        ys = ys * scale
         if init == "random":
             P = torch.randn(C, dh, generator=gen) / math.sqrt(C)
         else:
@@ -269,6 +325,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         D = torch.nn.Parameter(D.to(dev))
         mu = torch.nn.Parameter(cb.to(dev))
         opt = torch.optim.Adam([P, D, mu], lr=lr)
+        recon = _recon_loss(loss, space, scale, eps)
         usage = torch.zeros(k, dtype=torch.int64, device=dev)
         total = None
         if src.rows is not None:
@@ -286,7 +343,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                 for batch in src.batches(batch_size, gen):
                     if max_steps is not None and step >= max_steps:
                         break
-                    y = to_probs(batch, input, temperature, classes=C).to(dev)
+                    y = rows(batch).to(dev) * scale
                     opt.zero_grad(set_to_none=True)
                     if plan is None:
                         h = (y @ P).reshape(-1, dc)
@@ -294,10 +351,11 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                             q = nearest_code(h.detach(), mu.detach())
                             usage += torch.bincount(q, minlength=k)
                         muq = torch.nn.functional.embedding(q, mu)  # deterministic backward on CPU (mu[q] is not)
-                        loss, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through)
-                        loss.backward()
+                        lc, l_vq, l_rec = cache_loss(y, h, muq, D, alpha=alpha, beta=beta, straight_through=straight_through,
+                                                     recon=recon)
+                        lc.backward()
                     else:
-                        loss, l_vq, l_rec = _chunked_step(y, P, D, mu, usage, plan, dc, alpha, beta, straight_through)
+                        lc, l_vq, l_rec = _chunked_step(y, P, D, mu, usage, plan, dc, alpha, beta, straight_through, recon)
                     opt.step()
                     step += 1
                     if dead_window and step % dead_window == 0:
@@ -313,7 +371,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                                 log.reseeded += int(dead.numel())
                             usage.zero_()
                     if step % 10 == 0 or step == 1:
-                        log.losses.append((step, float(loss.detach()), float(l_rec.detach()), float(l_vq.detach())))
+                        log.losses.append((step, float(lc.detach()), float(l_rec.detach()), float(l_vq.detach())))
                     if bar is not None:
                         bar.update(1)
                         if step % 10 == 0:
@@ -328,13 +386,19 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         # do not change, but small indices become frequent, which the entropy-coded index stream
         # (zstd over byte planes) turns into fewer bits per index.
         with torch.no_grad():
-            Pc, muc = P.detach().cpu(), mu.detach().cpu()
+            Pc, muc, Dc = P.detach().cpu(), mu.detach().cpu(), D.detach().cpu()
+            if refine:  # on the init sample, the same on every rank
+                muc, Dc = _refine(ys, Pc, muc, dc, max(kmeans_iters, 1))
             q = nearest_code((ys @ Pc).reshape(-1, dc), muc)
             cnt = torch.bincount(q, minlength=k)
             order = torch.sort(-cnt, stable=True).indices
             muc = muc[order].contiguous()
             log.usage = cnt[order]
-        codec.set_params(encoder=Pc, decoder=D.detach().cpu(), codebook=muc)
+        codec.set_params(encoder=Pc * scale, decoder=Dc / scale, codebook=muc)
         codec.rounded()
+        codec.train = {"loss": loss, "refine": refine, "init": init, "epochs": epochs, "steps": step,
+                       "batch_size": batch_size, "lr": lr, "alpha": alpha, "beta": beta, "seed": seed,
+                       "init_sample": init_sample, "kmeans_iters": kmeans_iters, "dead_window": dead_window,
+                       "straight_through": straight_through, "scale": scale}
         codec.train_log = log
         return codec
