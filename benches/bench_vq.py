@@ -8,7 +8,14 @@
 2. Decoding indices to renormalised probabilities (Eq. 5, 6, 9) vs a plain preallocated
    ``torch.mm`` of the same shape (n x dh) @ (dh x C); fp32 and the bf16 option (beside a bf16
    ``torch.mm``).  Floor: fp32 decode >= 80 % of the fp32 mm.
-3. Streaming encode of ROWS x 1000 fp16 logits (a memmap the bench writes to a temp dir) with
+3. Encode speed: ``VQCodec.encode_indices`` (Eq. 2-4: fp16 logits -> probabilities at T -> projection
+   -> nearest code) on ENC_MM_N x 1000 fp16 logits with the 10x setting (dh=795, dc=5, k=1024), vs a
+   preallocated fp32 ``torch.mm`` of the projection alone (ENC_MM_N x 1000 @ 1000 x 795), interleaved.
+   Floor: encode >= 0.7 x the mm.  Also reported: the nearest-code assignment alone (Eq. 4, on the
+   projected latents), the ceiling ``mm / (mm + assignment)`` that any encode doing both reaches at
+   most, and the ``encode_dtype="bf16"`` option (speed, and the share of indices it picks
+   differently from the fp32 encode).
+4. Streaming encode of ROWS x 1000 fp16 logits (a memmap the bench writes to a temp dir) with
    the 10x setting (dh=795, dc=5, k=1024) into a .ddz, in a fresh subprocess whose peak RSS
    (VmHWM from /proc/self/status) is reported.  Floor: < 3 GB at ROWS = 3,000,000 (ImageNet-1K
    IPC 10 x 300 epochs).
@@ -18,7 +25,8 @@ cores of the reference machine) before anything is timed.
 
 Run: ``pytest benches/bench_vq.py --benchmark-only -s``.  Sizes: ``DDZ_BENCH_VQ_N`` (vectors for 1,
 default 1,000,000), ``DDZ_BENCH_VQ_DECODE_N`` (rows for 2, default 100,000),
-``DDZ_BENCH_VQ_ENCODE_ROWS`` (rows for 3, default 3,000,000: the floor's size; a 6 GB temp file).
+``DDZ_BENCH_VQ_ENCODE_MM_N`` (rows for 3, default 65,536), ``DDZ_BENCH_VQ_ENCODE_ROWS`` (rows for 4,
+default 3,000,000: the floor's size; a 6 GB temp file).
 """
 
 from __future__ import annotations
@@ -45,11 +53,14 @@ numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
 N = int(os.environ.get("DDZ_BENCH_VQ_N", 1_000_000))
 DEC_N = int(os.environ.get("DDZ_BENCH_VQ_DECODE_N", 100_000))
 ENC_ROWS = int(os.environ.get("DDZ_BENCH_VQ_ENCODE_ROWS", 3_000_000))
+ENC_MM_N = int(os.environ.get("DDZ_BENCH_VQ_ENCODE_MM_N", 65_536))
 ROUNDS = int(os.environ.get("DDZ_BENCH_VQ_ROUNDS", 5))
 CONFIGS = [(5, 1024), (25, 512), (50, 128), (100, 64)]
 T_ASSIGN = f"VQ nearest-code assignment, N={N:,} float32 vectors, {THREADS} threads (interleaved medians of {ROUNDS})"
 T_DECODE = f"VQ decode to renormalised probabilities, n={DEC_N:,}, dh=1000, dc=25, k=512, C=1000 (interleaved medians)"
 T_ENCODE = "VQ streaming encode of fp16 logits from a memmap (fresh process)"
+T_ENCODE_MM = (f"VQ encode_indices vs the projection's torch.mm, n={ENC_MM_N:,} fp16 logits, C=1000, dh=795, dc=5, k=1024, "
+               f"{THREADS} threads (interleaved medians)")
 
 
 def _interleaved(fns: dict, rounds: int) -> dict:
@@ -123,6 +134,49 @@ def test_decode_vs_mm(benchmark, bench_table):
         if name == "decode bf16":
             row["x torch.mm bf16"] = med["torch.mm bf16"] / t
         bench_table.add(T_DECODE, row)
+
+
+def test_encode_vs_mm(benchmark, bench_table):
+    from codec.codecs.vq import VQCodec
+
+    n, C, dh, dc, k = ENC_MM_N, 1000, 795, 5, 1024
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(64, C, generator=g)
+    z = (torch.randn(n, 64, generator=g) @ protos + torch.randn(n, C, generator=g)).half()
+    P = torch.linalg.qr(torch.randn(C, dh, generator=g))[0]
+    y = torch.softmax(z[:4096].float(), 1)
+    h = (y @ P).reshape(-1, dc)
+    cb = h[torch.randperm(h.shape[0], generator=g)[:k]].clone()  # codes where the latents are
+    codecs = {}
+    for edt in ("f32", "bf16"):
+        c = VQCodec(C, dh, dc, k, input="logits", temperature=1.0, encode_dtype=edt)
+        codecs[edt] = c.set_params(encoder=P, decoder=P.T, codebook=cb)
+    yf = torch.softmax(z.float(), 1)
+    hf = (yf @ P).reshape(-1, dc)
+    out = torch.empty(n, dh)
+    Pb, yb, outb = P.bfloat16(), yf.bfloat16(), torch.empty(n, dh, dtype=torch.bfloat16)
+    res = {}
+    fns = {
+        "torch.mm fp32 (projection)": lambda: torch.mm(yf, P, out=out),
+        "encode f32": lambda: res.__setitem__("f32", codecs["f32"].encode_indices(z)),
+        "nearest_code alone (Eq. 4)": lambda: nearest_code(hf, cb),
+        "torch.mm bf16 (projection)": lambda: torch.mm(yb, Pb, out=outb),
+        "encode bf16": lambda: res.__setitem__("bf16", codecs["bf16"].encode_indices(z)),
+    }
+    med = _interleaved(fns, ROUNDS)
+    benchmark.group = "encode vs mm"
+    benchmark.pedantic(fns["encode f32"], rounds=1, iterations=1)
+    assert np.array_equal(res["f32"].reshape(-1), nearest_code(hf, cb).numpy())  # the encode is Eq. 2-4
+    mm = med["torch.mm fp32 (projection)"]
+    ceiling = mm / (mm + med["nearest_code alone (Eq. 4)"])
+    for name, t in med.items():
+        row = {"what": name, "median ms": t * 1e3, "rows/s": n / t, "x torch.mm fp32": mm / t}
+        if name == "encode f32":
+            row["floor (>=0.7)"] = "met" if mm / t >= 0.7 else "MISSED"
+            row["ceiling mm/(mm+assign)"] = ceiling
+        if name == "encode bf16":
+            row["indices differing from f32"] = float((res["bf16"] != res["f32"]).mean())
+        bench_table.add(T_ENCODE_MM, row)
 
 
 _ENCODE_SCRIPT = textwrap.dedent("""

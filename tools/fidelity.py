@@ -1,27 +1,32 @@
 #!/usr/bin/env python
-"""Soft-label fidelity of VQ vs baselines at matched bytes (10x, 40x, 100x over S11).
+"""Student accuracy at matched label bytes (the soft-label paper's Table 3 / Table S9 metric).
 
-Two label sets:
+A miniature of the paper's ImageNet-1K setting that runs on 2 CPU cores with nothing downloaded:
 
-* **digits** -- sklearn's 8x8 digits (ships with scikit-learn).  A small CNN teacher is
-  trained here on random-crop/flip views; the soft labels are ``softmax(z / T)`` (T = 4, a
-  typical KD temperature) of ``--views`` random RandomResizedCrop + flip views per image.
-* **synthetic-1000** -- a structured 1,000-class set: 50 superclasses x 20 classes, class
-  prototypes clustered by superclass in a 64-d space; a "teacher" scores noisy views by
-  scaled cosine similarity, so probability mass sits on the true class and its superclass
-  siblings (like ImageNet's confusions), T = 1.
+* **Data**: 1,000 classes, one per distinct glyph of the DejaVu (Sans, Sans Mono, Serif x regular,
+  bold, oblique, bold oblique) and STIX fonts inside matplotlib's wheel, rendered at 24x24 with
+  Pillow (random size, offset and rotation per rendering).  Glyphs whose renderings are
+  pixel-identical in most fonts (Latin A / Greek Alpha / Cyrillic A ...) are one class.  Fonts
+  are split: a teacher trains on the *train* fonts, choices are made on the *validation* fonts,
+  and accuracy is reported on the *test* fonts (font styles never seen with that family).
+* **Teacher**: a small CNN trained here on the training renderings (hard labels).
+* **Distilled set** (SRe2L / LPLD setting): IPC images per class from the training renderings;
+  E epochs of RandomResizedCrop views, one batch per step, recorded with the library's
+  augmentation records; the teacher's logits of every view (T = 20, as SRe2L / LPLD replay them).
+* **Codecs at matched stored bytes**: for each target ratio over S11 (10x, 40x, 100x) every codec
+  takes the most expressive setting whose stored bytes (``codec.budget``: the S12/S15-S17
+  stored terms, the LPLD pool; VQ through ``codec.budget.solve``) reach the ratio; the archive
+  is written by ``write_replay_archive`` and its label bytes measured from the file
+  (``codec.budget.attribute``).  Full fp16 logits (LPLD ratio 1) are the reference.
+* **Students**: the same CNN, trained from the archive through ``replay_loader`` (LPLD:
+  ``LPLDBatchSampler``, its batches drawn with replacement from the stored pool) with
+  ``kd_loss`` at tau = T; top-1 accuracy on the test fonts, and the fraction of the full-label
+  student's accuracy kept.  Eq. 9's epsilon (every codec) and top-k's missing-mass rule are
+  chosen by KL on labels of the *validation* fonts' views, never on the test set.
 
-Codecs are fitted on the labels of one half of the images and evaluated on the other half.
-Bytes are matched with the storage formulas at the paper's scale (stored bytes:
-``ceil(log2)`` bits, fp16/fp32 as the formula says) for ``n_ref`` labels
-(digits: 1,797 images x 300 epochs; synthetic: IPC 10 x 1,000 classes x 300 epochs =
-3,000,000), so decoder/codebook/components are amortised as they would be in a real file.
-Each codec takes the most expressive setting whose stored ratio is >= the target; a codec
-that cannot reach a ratio is reported as "n/a".  Eq. 9's epsilon is chosen per codec from a grid by KL on training
-labels.  Metrics on held-out labels: KL(y || y~)
-(nats, mean), top-1 agreement, top-5 overlap |top5(y) & top5(y~)| / 5.
-
-Run:  python tools/fidelity.py [--quick] [--json out.json]
+Run:  ``python tools/fidelity.py [--seeds N] [--json out.json]``;  ``--quick`` is a smoke run
+(50 classes, tiny epochs) used by the tests.  ``--validate`` trains the students on the same
+archives but scores them on the validation fonts (the split the VQ options were chosen on).
 """
 
 from __future__ import annotations
@@ -31,163 +36,326 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
+import unicodedata
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from codec.budget import formulas as BF
-from codec.softlabels import PCACodec, QuantCodec, TopKCodec, fit, kl_div, train_vq
+from codec.budget import attribute, formulas as BF, solve
+from codec.errors import BudgetError
+from codec.softlabels import LPLDCodec, PCACodec, QuantCodec, TopKCodec, fit, kd_loss, kl_div, train_vq
+from codec.softlabels.augment import BatchRecord, write_replay_archive
+from codec.softlabels.replay import (LPLDBatchSampler, ReplayArchive, ReplayCollate, ReplayDataset, apply_crop_flip,
+                                     replay_loader)
 
-EPS_GRID = (1e-8, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3)  # Eq. 9 epsilon: tuned per codec on training labels
+EPS_GRID = (1e-8, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # Eq. 9 epsilon, chosen per codec on validation labels
+RATIOS = (40, 100, 10)  # in the order they are run (the paper's Table 3 ratios first)
+
+# ----------------------------------------------------------------------------------------------
+# the glyph set
+# ----------------------------------------------------------------------------------------------
+FAMILIES = ("DejaVuSans", "DejaVuSansMono", "DejaVuSerif")
+TEST_FONTS = ("DejaVuSans-BoldOblique.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono-Bold.ttf")
+VAL_FONTS = ("DejaVuSans-Oblique.ttf", "DejaVuSerif-Bold.ttf")
+STIX = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf")
+CANVAS = 96  # glyphs are drawn on a 96x96 canvas (font size 60, baseline at y = 72), then reduced
+
+
+def font_dir() -> str:
+    import matplotlib
+
+    return os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+
+
+def dejavu_fonts() -> list[str]:
+    styles = {"DejaVuSans": ("", "-Bold", "-Oblique", "-BoldOblique"), "DejaVuSansMono": ("", "-Bold", "-Oblique", "-BoldOblique"),
+              "DejaVuSerif": ("", "-Bold", "-Italic", "-BoldItalic")}
+    return [f"{fam}{s}.ttf" for fam in FAMILIES for s in styles[fam]]
+
+
+class Renderer:
+    """Draws one character of one font at a given size / offset / rotation, reduced to ``size`` px."""
+
+    def __init__(self, size: int):
+        from PIL import ImageFont
+
+        self.size = size
+        self._fonts: dict = {}
+        self._ImageFont = ImageFont
+
+    def font(self, name: str, px: int):
+        key = (name, px)
+        f = self._fonts.get(key)
+        if f is None:
+            f = self._fonts[key] = self._ImageFont.truetype(os.path.join(font_dir(), name), px)
+        return f
+
+    def __call__(self, name: str, ch: str, scale=1.0, dx=0.0, dy=0.0, angle=0.0) -> np.ndarray:
+        from PIL import Image, ImageDraw
+
+        img = Image.new("L", (CANVAS, CANVAS), 0)
+        ImageDraw.Draw(img).text((CANVAS / 2 + dx * CANVAS, 0.75 * CANVAS + dy * CANVAS), ch,
+                                 font=self.font(name, int(round(60 * scale))), fill=255, anchor="ms")
+        if angle:
+            img = img.rotate(angle, resample=Image.BILINEAR)
+        return np.asarray(img.resize((self.size, self.size), Image.BOX), np.uint8)
+
+
+def cmaps(names) -> dict[str, set]:
+    from fontTools.ttLib import TTFont
+
+    return {n: set(TTFont(os.path.join(font_dir(), n), lazy=True).getBestCmap()) for n in names}
+
+
+def choose_glyphs(classes: int, render: Renderer) -> tuple[list[str], dict]:
+    """``classes`` characters drawn by all 12 DejaVu fonts, most STIX-covered first, skipping
+    glyphs with little ink and glyphs pixel-identical to an already chosen one in at least half
+    of the DejaVu fonts (Latin/Greek/Cyrillic twins)."""
+    fonts = dejavu_fonts()
+    cm = cmaps(fonts + list(STIX))
+    common = set.intersection(*(cm[f] for f in fonts))
+    cands = sorted((c for c in common if unicodedata.category(chr(c))[0] in "LNSP"),
+                   key=lambda c: (-sum(c in cm[s] for s in STIX), c))
+    seen: list[dict] = [{} for _ in fonts]
+    chosen: list[str] = []
+    dropped = {"little_ink": 0, "identical": 0}
+    for c in cands:
+        imgs = [render(f, chr(c)) for f in fonts]
+        if min(int((im > 64).sum()) for im in imgs) < 4:
+            dropped["little_ink"] += 1
+            continue
+        if sum(im.tobytes() in s for im, s in zip(imgs, seen)) * 2 >= len(fonts):
+            dropped["identical"] += 1
+            continue
+        for im, s in zip(imgs, seen):
+            s.setdefault(im.tobytes(), c)
+        chosen.append(chr(c))
+        if len(chosen) == classes:
+            break
+    if len(chosen) < classes:
+        raise SystemExit(f"only {len(chosen)} distinct glyphs available, {classes} asked for")
+    fonts_of = {ch: [f for f in fonts + list(STIX) if ord(ch) in cm[f]] for ch in chosen}
+    return chosen, {"dropped": dropped, "fonts_of": fonts_of}
+
+
+@dataclass
+class GlyphSet:
+    chars: list
+    train_x: torch.Tensor  # (n, 1, S, S) float in [0, 1]
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    info: dict
+
+
+def glyph_set(classes: int, size: int, train_renders: int, eval_renders: int, seed: int) -> GlyphSet:
+    """Render the set in memory: ``train_renders`` jittered renderings per (class, training
+    font), ``eval_renders`` per (class, validation/test font)."""
+    render = Renderer(size)
+    chars, info = choose_glyphs(classes, render)
+    rng = np.random.default_rng(seed)
+    out = {"train": ([], []), "val": ([], []), "test": ([], [])}
+    for y, ch in enumerate(chars):
+        for f in info["fonts_of"][ch]:
+            split = "test" if f in TEST_FONTS else "val" if f in VAL_FONTS else "train"
+            for _ in range(train_renders if split == "train" else eval_renders):
+                s, dx, dy, a = rng.uniform(0.85, 1.1), rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05), rng.uniform(-6, 6)
+                out[split][0].append(render(f, ch, s, dx, dy, a))
+                out[split][1].append(y)
+
+    def pack(split):
+        x, yy = out[split]
+        return torch.from_numpy(np.stack(x)).float().div_(255).unsqueeze(1), torch.tensor(yy)
+
+    tr, va, te = pack("train"), pack("val"), pack("test")
+    fonts_per_class = [len(v) for v in info["fonts_of"].values()]
+    meta = {"classes": classes, "size": size, "dropped": info["dropped"], "train_images": len(tr[1]),
+            "val_images": len(va[1]), "test_images": len(te[1]), "test_fonts": list(TEST_FONTS), "val_fonts": list(VAL_FONTS),
+            "fonts_per_class": [min(fonts_per_class), max(fonts_per_class)]}
+    return GlyphSet(chars, *tr, *va, *te, meta)
 
 
 # ----------------------------------------------------------------------------------------------
-# label sets
+# nets, augmentation
 # ----------------------------------------------------------------------------------------------
-def rrc_params(g, n, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
-    s = torch.empty(n).uniform_(*scale, generator=g)
-    logr = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-    r = torch.exp(logr)
-    w = torch.sqrt(s * r).clamp(max=1.0)
-    h = torch.sqrt(s / r).clamp(max=1.0)
+class Net(torch.nn.Module):
+    """conv3x3(w) - conv3x3(2w, stride 2) - conv3x3(4w, stride 2) - maxpool - linear (BN + ReLU)."""
+
+    def __init__(self, classes: int, width: int = 16, size: int = 24):
+        super().__init__()
+        w = width
+        bn = torch.nn.BatchNorm2d
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, w, 3, padding=1, bias=False), bn(w), torch.nn.ReLU(),
+            torch.nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), bn(2 * w), torch.nn.ReLU(),
+            torch.nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False), bn(4 * w), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2))
+        self.fc = torch.nn.Linear(4 * w * (size // 8) ** 2, classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def rrc_coords(g: torch.Generator, n: int, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """RandomResizedCrop boxes as SRe2L stores them: ``(i/H, j/W, h/H, w/W)``."""
+    area = torch.empty(n).uniform_(*scale, generator=g)
+    r = torch.exp(torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
+    w = torch.sqrt(area * r).clamp(max=1.0)
+    h = torch.sqrt(area / r).clamp(max=1.0)
     i = torch.rand(n, generator=g) * (1 - h)
     j = torch.rand(n, generator=g) * (1 - w)
     return torch.stack([i, j, h, w], 1)
 
 
-def crop_views(imgs, coords, flips, size):
-    """Batched RandomResizedCrop via affine grids (imgs (n,1,H,W), coords (n,4) normalised)."""
-    n = imgs.shape[0]
+def affine_views(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Batched crop-and-resize (teacher training only; the distilled views use the replay's
+    own ``apply_crop_flip``)."""
+    n, _, H, W = x.shape
     i, j, h, w = coords.unbind(1)
     theta = torch.zeros(n, 2, 3)
-    sx = w
-    theta[:, 0, 0] = torch.where(flips, -sx, sx)
-    theta[:, 0, 2] = (j + w / 2) * 2 - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = (i + h / 2) * 2 - 1
-    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
-    return F.grid_sample(imgs, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    theta[:, 0, 0], theta[:, 0, 2] = w, (j + w / 2) * 2 - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, (i + h / 2) * 2 - 1
+    grid = F.affine_grid(theta, (n, 1, H, W), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class Teacher(torch.nn.Module):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(1, 32, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(32, 64, 3, padding=1)
-        self.fc = torch.nn.Linear(64 * 4 * 4, classes)
-
-    def forward(self, x):
-        x = F.relu(self.c1(x))
-        x = F.max_pool2d(F.relu(self.c2(x)), 2)
-        x = F.adaptive_avg_pool2d(x, 4)
-        return self.fc(x.flatten(1))
+def cosine_lr(opt, step, total, base):
+    for gr in opt.param_groups:
+        gr["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def digits_labels(views: int, seed: int, T: float = 4.0):
-    from sklearn.datasets import load_digits
+@torch.no_grad()
+def accuracy(net, x, y, batch=1000) -> float:
+    net.eval()
+    hits = sum(int((net(x[s:s + batch]).argmax(1) == y[s:s + batch]).sum()) for s in range(0, len(y), batch))
+    net.train()
+    return hits / max(1, len(y))
 
-    d = load_digits()
-    X = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=g)
-    tr, te = perm[: len(y) // 2], perm[len(y) // 2:]
+
+def train_teacher(gs: GlyphSet, width: int, epochs: int, seed: int, log) -> Net:
     torch.manual_seed(seed)
-    net = Teacher()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(30):
-        idx = tr[torch.randperm(len(tr), generator=g)]
-        for s in range(0, len(idx), 128):
-            b = idx[s:s + 128]
-            v = crop_views(X[b], rrc_params(g, len(b), (0.6, 1.0)), torch.rand(len(b), generator=g) < 0.5, 8)
-            loss = F.cross_entropy(net(v), y[b])
-            opt.zero_grad()
+    g = torch.Generator().manual_seed(seed)
+    net = Net(len(gs.chars), width, gs.train_x.shape[-1])
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
+    n, bs = len(gs.train_y), 256
+    total, step = epochs * math.ceil(n / bs), 0
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for s in range(0, n, bs):
+            b = perm[s:s + bs]
+            v = affine_views(gs.train_x[b], rrc_coords(g, len(b), (0.5, 1.0)))
+            cosine_lr(opt, step, total, 3e-3)
+            loss = F.cross_entropy(net(v), gs.train_y[b], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+        log(f"  teacher epoch {ep + 1}/{epochs}: loss {float(loss.detach()):.3f}, val acc {accuracy(net, gs.val_x, gs.val_y):.3f}")
     net.eval()
-    with torch.no_grad():
-        acc = float((net(X[te]).argmax(1) == y[te]).float().mean())
-        out = []
-        for ids in (tr, te):
-            rows = []
-            for _ in range(views):
-                v = crop_views(X[ids], rrc_params(g, len(ids)), torch.rand(len(ids), generator=g) < 0.5, 8)
-                rows.append(torch.softmax(net(v) / T, 1))
-            out.append(torch.cat(rows))
-    return out[0], out[1], {"teacher_test_acc": acc, "T": T, "views_per_image": views, "images": len(y)}
+    return net
 
 
-def synthetic_labels(n_train: int, n_test: int, seed: int, C: int = 1000, supers: int = 50, dim: int = 64):
-    g = torch.Generator().manual_seed(seed)
-    sup = F.normalize(torch.randn(supers, dim, generator=g), dim=1)
-    cls_sup = torch.arange(C) % supers
-    protos = F.normalize(sup[cls_sup] + 0.55 * torch.randn(C, dim, generator=g) / math.sqrt(dim) * math.sqrt(dim) / 4, dim=1)
+# ----------------------------------------------------------------------------------------------
+# distilled set, views and the teacher's labels
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Views:
+    images: torch.Tensor  # (N, 1, S, S) the distilled set
+    labels: torch.Tensor  # (N,) true classes (not used by the students)
+    sample: np.ndarray  # (E*N,) sample id of each stored row, in (epoch, step, position) order
+    coords: np.ndarray  # (E*N, 4)
+    logits: np.ndarray  # (E*N, C) float16 teacher logits
+    epochs: int
+    batch: int
 
-    def draw(n):
-        c = torch.randint(C, (n,), generator=g)
-        f = protos[c] + 0.22 * torch.randn(n, dim, generator=g)
-        f = F.normalize(f, dim=1)
-        return torch.softmax(18.0 * f @ protos.T, 1)
+    @property
+    def rows(self) -> int:
+        return len(self.sample)
 
-    ytr, yte = draw(n_train), draw(n_test)
-    return ytr, yte, {"classes": C, "superclasses": supers, "mean_top1_prob": float(yte.max(1).values.mean())}
+    @property
+    def steps(self) -> int:
+        return len(self.images) // self.batch
+
+    def records(self):
+        B = self.batch
+        for g in range(self.rows // B):
+            s = slice(g * B, (g + 1) * B)
+            yield BatchRecord(g // self.steps, g % self.steps, self.logits[s], self.coords[s], np.zeros(B, bool), self.sample[s])
+
+
+def view_batch(images: torch.Tensor, sample, coords, size: int) -> torch.Tensor:
+    """The replay's exact views (``apply_crop_flip``, no flip: a mirrored glyph is another glyph)."""
+    return torch.stack([apply_crop_flip(images[int(s)], c, False, size) for s, c in zip(sample, coords)])
+
+
+@torch.no_grad()
+def distilled_views(gs: GlyphSet, teacher: Net, ipc: int, epochs: int, batch: int, seed: int) -> Views:
+    g = torch.Generator().manual_seed(seed + 1)
+    C = len(gs.chars)
+    pick = torch.cat([torch.nonzero(gs.train_y == c).flatten()[torch.randperm(int((gs.train_y == c).sum()), generator=g)[:ipc]]
+                      for c in range(C)])
+    images, labels = gs.train_x[pick], gs.train_y[pick]
+    N = len(pick)
+    if N % batch:
+        raise SystemExit(f"IPC x classes = {N} must be a multiple of the batch size {batch}")
+    size = images.shape[-1]
+    sample = np.concatenate([torch.randperm(N, generator=g).numpy() for _ in range(epochs)])
+    coords = rrc_coords(g, len(sample)).numpy()
+    logits = np.empty((len(sample), C), np.float16)
+    for s in range(0, len(sample), 1000):
+        v = view_batch(images, sample[s:s + 1000], coords[s:s + 1000], size)
+        logits[s:s + 1000] = teacher(v).numpy()
+    return Views(images, labels, sample, coords, logits, epochs, batch)
+
+
+def probs(logits, T: float) -> torch.Tensor:
+    return torch.softmax(torch.as_tensor(logits).float() / T, 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # codecs at matched bytes
 # ----------------------------------------------------------------------------------------------
-TABLE_S8 = {10: (795, 5, 1024), 20: (990, 15, 2048), 30: (1000, 20, 1024), 40: (1000, 25, 512),
-            100: (1000, 50, 128), 200: (1000, 100, 64)}
+def _best_k(C, n, ratio, stored, ks):
+    """Largest k whose stored bytes (a ``codec.budget.formulas.*_stored_row_terms`` function)
+    reach ``ratio`` over S11, with the ratio it gets; None when none does."""
+    s11 = BF.s11_rows(n, C)
+    ok = [k for k in ks if s11 / stored(n, C, k).total >= ratio]
+    return (max(ok), s11 / stored(n, C, max(ok)).total) if ok else None
 
 
-def _vq_stored(C, nref, dh, dc, k):
-    return BF.s12_stored_row_terms(nref, C, dh, dc, k).total
+def topk_choice(C, n, ratio):
+    return _best_k(C, n, ratio, BF.s15_stored_row_terms, range(1, C + 1))
 
 
-def vq_choice(C, nref, ratio, dh_max):
-    """C = 1000: the paper's Table S8 setting.  Otherwise: most index bits per label, then
-    larger dc (Sec. 5.3: larger codes help more), with stored ratio >= target, dc >= 2.
-    Stored bytes from :func:`codec.budget.formulas.s12_stored_row_terms` (fp32 parameters)."""
-    s11 = BF.s11_rows(nref, C)
-    if C == 1000 and ratio in TABLE_S8:
-        dh, dc, k = TABLE_S8[ratio]
-        return dh, dc, k, s11 / _vq_stored(C, nref, dh, dc, k)
-    best = None
-    for dc in range(2, dh_max + 1):
-        for kb in range(1, 13):
-            k = 2**kb
-            for m in range(dh_max // dc, 0, -1):
-                dh = m * dc
-                stored = _vq_stored(C, nref, dh, dc, k)
-                if s11 / stored >= ratio:
-                    key = (m * kb, dc, dh)
-                    if best is None or key > best[0]:
-                        best = (key, (dh, dc, k, s11 / stored))
-                    break
-    return best[1] if best else None
+def pca_choice(C, n, ratio):
+    return _best_k(C, n, ratio, BF.s16_stored_row_terms, range(1, C + 1))
 
 
-def _best_k(C, nref, ratio, stored, ks):
-    """Largest k whose stored bytes (a codec.budget.formulas *_stored_row_terms function)
-    reach the ratio over S11, with that ratio; None if none does."""
-    s11 = BF.s11_rows(nref, C)
-    ok = [k for k in ks if s11 / stored(nref, C, k).total >= ratio]
-    return (max(ok), s11 / stored(nref, C, max(ok)).total) if ok else None
+def quant_choice(C, n, ratio):
+    return _best_k(C, n, ratio, BF.s17_stored_row_terms, [2**b for b in range(1, 9)])
 
 
-def topk_choice(C, nref, ratio):
-    return _best_k(C, nref, ratio, BF.s15_stored_row_terms, range(1, C + 1))
+VQ_DCS = (1, 2, 4)  # code dimensions offered to the solver (dh follows from the budget)
+VQ_KS = tuple(2**b for b in range(1, 11))  # 2 .. 1024 codes
+#: VQ training options, chosen by KL on the validation fonts' labels (README: what was tried)
+VQ_OPTIONS = {"space": "logits", "refine": True, "loss": "mse"}
 
 
-def pca_choice(C, nref, ratio):
-    return _best_k(C, nref, ratio, BF.s16_stored_row_terms, range(1, C + 1))
-
-
-def quant_choice(C, nref, ratio):
-    return _best_k(C, nref, ratio, BF.s17_stored_row_terms, [2**b for b in range(1, 9)])
+def vq_choices(ipc, C, epochs, ratio, param_bytes=2):
+    """``codec.budget.solve``'s proposals (one per dc in VQ_DCS) meeting ``ratio`` with fp16
+    decoder and codebook; [] when none does."""
+    try:
+        return solve(ipc, C, epochs, ratio, param_bytes=param_bytes, slack=0.25, dcs=VQ_DCS, ks=VQ_KS)
+    except BudgetError:
+        return []
 
 
 def roundtrip(cod, y):
@@ -196,177 +364,236 @@ def roundtrip(cod, y):
     return cod.decode_rows({p: torch.from_numpy(a) for p, a in cod.encode_rows(y).items()})
 
 
-def tune_eps(cod, ytr):
-    """Pick Eq. 9's epsilon from EPS_GRID by mean KL on (a sample of) the *training* labels;
-    the same procedure for every codec."""
-    sample = ytr[: 4000]
+def val_kl(cod, zval, T) -> float:
+    return float(kl_div(probs(zval, T), roundtrip(cod, zval)).mean())
+
+
+def tune_eps(cod, zval, T) -> tuple[float, float]:
+    """Eq. 9's epsilon from EPS_GRID by mean KL(y || y~) on validation labels; (eps, KL)."""
     best = None
     for eps in EPS_GRID:
         cod.eps = eps
-        kl = float(kl_div(sample, roundtrip(cod, sample)).mean())
-        if best is None or kl < best[0]:
-            best = (kl, eps)
-    cod.eps = best[1]
-    return best[1]
+        kl = val_kl(cod, zval, T)
+        if best is None or kl < best[1]:
+            best = (eps, kl)
+    cod.eps = best[0]
+    return best
 
 
-def measure(cod, ytr, yte):
-    eps = tune_eps(cod, ytr)
-    return {**metrics(yte, roundtrip(cod, yte)), "eps": eps}
+# ----------------------------------------------------------------------------------------------
+# students
+# ----------------------------------------------------------------------------------------------
+def train_student(path: str, views: Views, eval_x, eval_y, *, width: int, T: float, lr: float, seed: int,
+                  lpld_pool: bool) -> float:
+    """Train a student from a replay archive (decoded labels only) and return its accuracy."""
+    torch.manual_seed(seed)
+    net = Net(ReplayArchive(path).classes, width, views.images.shape[-1])
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
+    if lpld_pool:  # LPLD: each epoch draws its batches with replacement from the stored pool
+        sampler = LPLDBatchSampler(path, epochs=views.epochs, steps_per_epoch=views.steps, seed=seed)
+        loader = torch.utils.data.DataLoader(ReplayDataset(path, views.images), batch_sampler=sampler,
+                                             collate_fn=ReplayCollate(path))
+    else:
+        loader = replay_loader(path, views.images)  # the stored (epoch, step) batches
+    total = len(loader)
+    for step, (x, y) in enumerate(loader):
+        cosine_lr(opt, step, total, lr)
+        loss = kd_loss(net(x), y, tau=T)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return accuracy(net, eval_x, eval_y)
 
 
-def metrics(y, r):
-    kl = float(kl_div(y, r).mean())
-    top1 = float((y.argmax(1) == r.argmax(1)).float().mean())
-    k5 = min(5, y.shape[1])
-    a, b = torch.topk(y, k5, 1).indices, torch.topk(r, k5, 1).indices
-    overlap = float((a.unsqueeze(2) == b.unsqueeze(1)).any(2).float().sum(1).mean() / k5)
-    return {"kl": kl, "top1": top1, "top5_overlap": overlap}
+# ----------------------------------------------------------------------------------------------
+# the table
+# ----------------------------------------------------------------------------------------------
+def label_bytes(path: str) -> int:
+    """Bytes of the label object's sections (rows and shared parts) in the written file."""
+    return sum(r.bytes for r in attribute(path) if r.kind == "section" and r.name.startswith("labels/"))
 
 
-def evaluate(name, ytr, yte, nref, ratios, vq_epochs, seed, log):
-    C = ytr.shape[1]
-    rows = []
-    for ratio in ratios:
-        ch = vq_choice(C, nref, ratio, C)
-        if ch:
-            dh, dc, k, got = ch
+def build_codecs(views: Views, zval, args, log) -> list[dict]:
+    """Every (codec, target ratio) setting, fitted; VQ's proposal chosen on validation labels."""
+    C, n, T = views.logits.shape[1], views.rows, args.T
+    ipc = len(views.images) // C
+    fit_rows = views.logits[np.random.default_rng(0).permutation(n)[: args.fit_rows]]
+    out = [{"codec": "full fp16", "target": 1, "setting": "lpld ratio=1 (all logits, fp16)",
+            "make": lambda: LPLDCodec(C, 1.0, input="logits", temperature=T), "lpld_pool": False}]
+    for ratio in RATIOS:
+        # VQ: the solver's proposals, each trained, the best on validation KL kept
+        best = None
+        for p in vq_choices(ipc, C, views.epochs, ratio):
             t = time.time()
-            cod = train_vq(ytr, dh=dh, dc=dc, k=k, epochs=vq_epochs, batch_size=256, lr=2e-3, seed=seed,
-                           progress=False, init_sample=min(len(ytr), 20000))
-            rows.append({"set": name, "target": ratio, "codec": f"vq dh={dh} dc={dc} k={k}", "ratio": got,
-                         **measure(cod, ytr, yte), "fit_s": time.time() - t})
+            cod = train_vq(fit_rows, dh=p.dh, dc=p.dc, k=p.k, input="logits", temperature=T, param_dtype="f16",
+                           epochs=args.vq_epochs, batch_size=512, lr=args.vq_lr, seed=0, progress=False,
+                           init_sample=min(8192, len(fit_rows)), **args.vq_options)
+            eps, kl = tune_eps(cod, zval, T)
+            log(f"  vq {ratio}x dh={p.dh} dc={p.dc} k={p.k}: val KL {kl:.4f} (eps {eps:g}, {time.time() - t:.0f} s)")
+            if best is None or kl < best[0]:
+                best = (kl, cod, p)
+        if best is not None:
+            kl, cod, p = best
+            out.append({"codec": "vq", "target": ratio, "setting": f"dh={p.dh} dc={p.dc} k={p.k}", "make": (lambda c=cod: c),
+                        "val_kl": kl, "lpld_pool": False})
         else:
-            rows.append({"set": name, "target": ratio, "codec": "vq", "ratio": None})
-        ch = topk_choice(C, nref, ratio)
+            out.append({"codec": "vq", "target": ratio, "setting": None})
+        ch = topk_choice(C, n, ratio)
         if ch:
-            k, got = ch
+            best = None
             for missing in ("renorm", "uniform"):
-                cod = TopKCodec(C, k, missing=missing)
-                rows.append({"set": name, "target": ratio, "codec": f"topk k={k} {missing}", "ratio": got,
-                             **measure(cod, ytr, yte)})
+                cod = TopKCodec(C, ch[0], missing=missing, input="logits", temperature=T)
+                eps, kl = tune_eps(cod, zval, T)
+                if best is None or kl < best[0]:
+                    best = (kl, cod)
+            out.append({"codec": "topk", "target": ratio, "setting": f"k={ch[0]} {best[1].missing}",
+                        "make": (lambda c=best[1]: c), "val_kl": best[0], "lpld_pool": False})
         else:
-            rows.append({"set": name, "target": ratio, "codec": "topk", "ratio": None})
-        ch = pca_choice(C, nref, ratio)
+            out.append({"codec": "topk", "target": ratio, "setting": None})
+        ch = pca_choice(C, n, ratio)
         if ch:
-            k, got = ch
-            cod = fit(PCACodec(C, k), ytr)
-            rows.append({"set": name, "target": ratio, "codec": f"pca k={k}", "ratio": got, **measure(cod, ytr, yte)})
+            cod = fit(PCACodec(C, ch[0], input="logits", temperature=T), fit_rows)
+            eps, kl = tune_eps(cod, zval, T)
+            out.append({"codec": "pca", "target": ratio, "setting": f"k={ch[0]}", "make": (lambda c=cod: c), "val_kl": kl,
+                        "lpld_pool": False})
         else:
-            rows.append({"set": name, "target": ratio, "codec": "pca", "ratio": None})
-        ch = quant_choice(C, nref, ratio)
+            out.append({"codec": "pca", "target": ratio, "setting": None})
+        ch = quant_choice(C, n, ratio)
         if ch:
-            k, got = ch
-            cod = fit(QuantCodec(C, k), ytr)
-            rows.append({"set": name, "target": ratio, "codec": f"quant levels={k}", "ratio": got, **measure(cod, ytr, yte)})
+            cod = fit(QuantCodec(C, ch[0], input="logits", temperature=T), fit_rows)
+            eps, kl = tune_eps(cod, zval, T)
+            out.append({"codec": "quant", "target": ratio, "setting": f"levels={ch[0]}", "make": (lambda c=cod: c),
+                        "val_kl": kl, "lpld_pool": False})
         else:
-            rows.append({"set": name, "target": ratio, "codec": "quant", "ratio": None})
-        for r in rows:
-            if r["target"] == ratio and not r.get("_printed"):
-                r["_printed"] = True
-                log(fmt_row(r))
-    for r in rows:
-        r.pop("_printed", None)
-    return rows
-
-
-def fmt_row(r):
-    if r.get("ratio") is None:
-        return f"| {r['set']} | {r['target']}x | {r['codec']} | n/a (cannot reach the ratio) | | | | |"
-    return (f"| {r['set']} | {r['target']}x | {r['codec']} | {r['ratio']:.1f}x | {r['kl']:.4f} | "
-            f"{100 * r['top1']:.1f}% | {100 * r['top5_overlap']:.1f}% | {r['eps']:g} |")
-
-
-def entropy_extra(ytr, yte, seed, log, tmpdir):
-    """Bits per index of the entropy-coded index stream vs ceil(log2 k), on held-out labels
-    written to a real .ddz (VQ at the 40x and 100x Table S8 settings)."""
-    import codec
-    from codec.codecs.vq import empirical_entropy_bits
-    from codec.softlabels import save_softlabels
-
-    out = []
-    for ratio in (40, 100):
-        dh, dc, k = TABLE_S8[ratio]
-        cod = train_vq(ytr, dh=dh, dc=dc, k=k, epochs=2, batch_size=256, lr=2e-3, seed=seed,
-                       progress=False, init_sample=min(len(ytr), 20000))
-        idx = cod.encode_indices(yte)
-        sizes = {}
-        for ent in (False, True):
-            cod.entropy = ent
-            p = save_softlabels(os.path.join(tmpdir, f"e{ratio}{int(ent)}.ddz"), cod, yte)
-            with codec.open(p) as f:
-                sizes[ent] = sum(s.length for s in f.sections if "/indices" in s.name)
-        row = {"setting": f"dh={dh} dc={dc} k={k}", "indices": int(idx.size), "bits_packed": 8 * sizes[False] / idx.size,
-               "bits_entropy_coded": 8 * sizes[True] / idx.size, "order0_entropy_bits": empirical_entropy_bits(idx, k)}
-        log(f"| {row['setting']} | {row['indices']:,} | {row['bits_packed']:.3f} | {row['bits_entropy_coded']:.3f} | "
-            f"{row['order0_entropy_bits']:.3f} |")
-        out.append(row)
+            out.append({"codec": "quant", "target": ratio, "setting": None})
+        cod = LPLDCodec(C, float(ratio), batch_size=views.batch, batches_per_epoch=views.steps, epochs=views.epochs,
+                        input="logits", temperature=T)
+        if BF.s11_rows(n, C) / BF.s11_rows(cod.max_rows, C) >= ratio:
+            out.append({"codec": "lpld", "target": ratio, "setting": f"pool={cod.pool_batches} batches",
+                        "make": (lambda c=cod: c), "lpld_pool": True})
+        else:  # the pool cannot shrink below one batch
+            out.append({"codec": "lpld", "target": ratio, "setting": None})
     return out
 
 
-def llm_extra(seed, log, tmpdir, sequences=200, length=256, V=50257, K=20):
-    """Bytes per labelled token of the token-level archive (top-20 ids at 16 bits + VQ values)
-    on a synthetic teacher (Zipf-like top-k logits), vs fp16 top-20 (80 B) and dense fp16."""
-    from codec.softlabels.llm import write_llm_archive
-
-    def seqs():
-        gg = torch.Generator().manual_seed(seed)
-        for _ in range(sequences):
-            L = length
-            pl = int(torch.randint(16, 96, (1,), generator=gg))
-            base = torch.log(1.0 / torch.arange(1, K + 1).float()) * 3  # Zipf-like top-k shape
-            z = base + 0.7 * torch.randn(L, K, generator=gg)
-            yield {"tokens": torch.randint(V, (L,), generator=gg), "loss_mask": torch.arange(L) >= pl,
-                   "prompt_len": pl, "topk_ids": torch.randint(V, (L, K), generator=gg), "topk_logits": z}
-
-    res = []
-    for vq in ({"dh": 20, "dc": 5, "k": 1024}, {"dh": 20, "dc": 10, "k": 256}):
-        r = write_llm_archive(os.path.join(tmpdir, "llm.ddz"), seqs, vocab=V, k=K,
-                              vq={**vq, "epochs": 2, "batch_size": 1024, "progress": False})
-        r["vq"] = vq
-        log(f"| vq dh={vq['dh']} dc={vq['dc']} k={vq['k']} | {r['label_rows']:,} | {r['file_bytes']:,} | "
-            f"{r['bytes_per_label_token']:.2f} | {80 / r['bytes_per_label_token']:.2f}x | "
-            f"{V * 2 / r['bytes_per_label_token']:,.0f}x |")
-        res.append(r)
-    return res
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sets (for a smoke run)")
-    ap.add_argument("--views", type=int, default=300, help="views per digits image")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="write all rows to this file")
-    args = ap.parse_args(argv)
-    torch.manual_seed(args.seed)
+def run(args, log) -> dict:
+    torch.set_num_threads(args.threads)
     t0 = time.time()
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    ratios = (10, 40, 100)
-    log("| set | target | codec (setting) | stored ratio | KL(y‖ỹ) nats | top-1 agree | top-5 overlap | eps |")
-    log("|---|---|---|---|---|---|---|---|")
-    views = 10 if args.quick else args.views
-    ytr, yte, dinfo = digits_labels(views, args.seed)
-    rows = evaluate("digits (C=10)", ytr, yte, 1797 * 300, ratios, 2 if args.quick else 4, args.seed, log)
-    n_tr, n_te = (4000, 2000) if args.quick else (20000, 5000)
-    ytr, yte, sinfo = synthetic_labels(n_tr, n_te, args.seed)
-    rows += evaluate("synthetic (C=1000)", ytr, yte, 3_000_000, ratios, 2 if args.quick else 8, args.seed, log)
-    import tempfile
+    gs = glyph_set(args.classes, args.size, args.train_renders, args.eval_renders, args.seed)
+    log(f"glyph set: {json.dumps(gs.info)} ({time.time() - t0:.0f} s)")
+    t = time.time()
+    teacher = train_teacher(gs, args.width, args.teacher_epochs, args.seed, log)
+    tacc = {"val": accuracy(teacher, gs.val_x, gs.val_y), "test": accuracy(teacher, gs.test_x, gs.test_y)}
+    log(f"teacher: val acc {tacc['val']:.4f}, test acc {tacc['test']:.4f} ({time.time() - t:.0f} s)")
+    t = time.time()
+    views = distilled_views(gs, teacher, args.ipc, args.epochs, args.batch, args.seed)
+    g = torch.Generator().manual_seed(args.seed + 2)
+    vi = torch.randint(len(gs.val_y), (args.val_rows,), generator=g)
+    with torch.no_grad():
+        zval = teacher(affine_views(gs.val_x[vi], rrc_coords(g, len(vi)))).half().numpy()
+    log(f"distilled set: {len(views.images)} images, {views.rows} views ({time.time() - t:.0f} s)")
+    t = time.time()
+    settings = build_codecs(views, zval, args, log)
+    log(f"codecs fitted ({time.time() - t:.0f} s)")
+    eval_x, eval_y = (gs.val_x, gs.val_y) if args.validate else (gs.test_x, gs.test_y)
+    s11 = BF.s11_rows(views.rows, len(gs.chars))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ddz-fidelity-") as tmp:
+        for st in settings:
+            row = {k: v for k, v in st.items() if k not in ("make",)}
+            if st["setting"] is None:
+                rows.append(row)
+                log(f"| {st['codec']} | {st['target']}x | n/a (cannot reach the ratio) |")
+                continue
+            cod = st["make"]()
+            path = os.path.join(tmp, f"{st['codec'].split()[0]}-{st['target']}.ddz")
+            t = time.time()
+            write_replay_archive(path, cod, views.records, classes=len(gs.chars), num_samples=len(views.images),
+                                 crop={"size": args.size, "scale": [0.35, 1.0], "interpolation": "bilinear",
+                                       "coords": "(i/H, j/W, h/H, w/W)"})
+            nbytes = label_bytes(path)
+            row.update(bytes=nbytes, ratio=s11 / nbytes, config=cod.get_config(), write_s=time.time() - t)
+            accs = []
+            for seed in range(args.seeds):
+                t = time.time()
+                accs.append(train_student(path, views, eval_x, eval_y, width=args.width, T=args.T, lr=args.lr,
+                                          seed=args.seed + 100 + seed, lpld_pool=st["lpld_pool"]))
+                row["student_s"] = time.time() - t
+            os.unlink(path)
+            row["acc"] = accs
+            rows.append(row)
+            log(f"| {st['codec']} | {st['target']}x | {st['setting']} | {row['ratio']:.1f}x | "
+                f"{' '.join(f'{100 * a:.1f}' for a in accs)} | {row['student_s']:.0f} s/student |")
+            if args.json:  # partial results survive an interrupted run
+                with open(args.json, "w") as f:
+                    json.dump({"rows": rows, "partial": True}, f, indent=1, default=str)
+    full = float(np.mean(next(r for r in rows if r["codec"] == "full fp16")["acc"]))
+    for r in rows:
+        if "acc" in r:
+            r["mean"] = float(np.mean(r["acc"]))
+            r["kept"] = r["mean"] / full if full else float("nan")
+    info = {"glyphs": gs.info, "teacher_acc": tacc, "ipc": args.ipc, "epochs": args.epochs, "batch": args.batch,
+            "rows": views.rows, "T": args.T, "seeds": args.seeds, "split": "validation" if args.validate else "test",
+            "threads": args.threads, "seconds": time.time() - t0, "args": {k: v for k, v in vars(args).items()}}
+    rows.sort(key=lambda r: (r["target"], ("full fp16", "vq", "topk", "pca", "quant", "lpld").index(r["codec"])))
+    return {"rows": rows, "info": info}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        log("\nEntropy-coded VQ index stream (synthetic C=1000, held-out labels, real .ddz sections):")
-        log("| VQ setting | indices | bits/index bit-packed | bits/index entropy-coded | order-0 entropy |")
-        log("|---|---|---|---|---|")
-        ent = entropy_extra(ytr, yte, args.seed, log, tmp)
-        log("\nLLM token-level labels (synthetic, 200 sequences x 256 tokens, V=50,257, top-20):")
-        log("| values codec | labelled tokens | file bytes | bytes/labelled token | vs fp16 top-20 (80 B) | vs dense fp16 (100,514 B) |")
-        log("|---|---|---|---|---|---|")
-        llm = llm_extra(args.seed, log, tmp, sequences=40 if args.quick else 200)
-    rows_extra = {"entropy": ent, "llm": llm}
-    info = {"digits": dinfo, "synthetic": sinfo, "eps_grid": EPS_GRID, "seconds": time.time() - t0, "torch_threads": torch.get_num_threads()}
-    log(f"\n{json.dumps(info)}")
+
+def table(res: dict) -> str:
+    split = res["info"]["split"]
+    lines = [f"| codec | target | setting | stored ratio | student top-1 ({split}, mean of {res['info']['seeds']}) | "
+             "% of full-label student | per seed | val KL(y‖ỹ) |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if "acc" not in r:
+            lines.append(f"| {r['codec']} | {r['target']}x | cannot reach the ratio | | | | | |")
+            continue
+        kl = f"{r['val_kl']:.4f}" if r.get("val_kl") is not None else ""
+        lines.append(f"| {r['codec']} | {r['target']}x | {r['setting']} | {r['ratio']:.1f}x | {100 * r['mean']:.1f}% | "
+                     f"{100 * r['kept']:.1f}% | {' / '.join(f'{100 * a:.1f}' for a in r['acc'])} | {kl} |")
+    return "\n".join(lines)
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 50 classes, IPC 2, 2 epochs, 1 seed")
+    ap.add_argument("--validate", action="store_true", help="score students on the validation fonts, not the test fonts")
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=24)
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of stored views (= student epochs)")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--T", type=float, default=20.0, help="distillation temperature (labels and kd_loss)")
+    ap.add_argument("--seeds", type=int, default=1, help="students per archive")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--teacher-epochs", type=int, default=6)
+    ap.add_argument("--train-renders", type=int, default=4)
+    ap.add_argument("--eval-renders", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-3, help="student AdamW learning rate (cosine schedule)")
+    ap.add_argument("--vq-epochs", type=int, default=1)
+    ap.add_argument("--vq-lr", type=float, default=1e-3)
+    ap.add_argument("--fit-rows", type=int, default=20000, help="rows the VQ / PCA / quant codecs are fitted on")
+    ap.add_argument("--val-rows", type=int, default=4000, help="validation-font views that choose eps and options")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write rows and run info to this file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.classes, args.ipc, args.epochs, args.batch, args.seeds = 50, 2, 8, 20, 1
+        args.teacher_epochs, args.train_renders, args.fit_rows, args.val_rows, args.vq_epochs = 2, 2, 800, 500, 1
+    args.vq_options = dict(VQ_OPTIONS)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    res = run(args, log)
+    log("")
+    log(table(res))
+    log(f"\n{res['info']['seconds']:.0f} s, {args.threads} threads")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "info": info, "extra": rows_extra}, f, indent=2, default=str)
+            json.dump(res, f, indent=1, default=str)
     return 0
 
 
