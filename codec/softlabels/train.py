@@ -303,10 +303,10 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
         gen = torch.Generator().manual_seed(seed)
         log = log if log is not None else TrainLog()
         m = dh // dc
-        rows = lambda b: to_space(b, space, input, temperature, classes=C)  # noqa: E731
+        to_rows = lambda b: to_space(b, space, input, temperature, classes=C)  # noqa: E731
 
         # -- initialisation (in the rescaled space, see the module docstring) -----------------------
-        ys = rows(src.sample(init_sample, gen))
+        ys = to_rows(src.sample(init_sample, gen))
         spread = float((ys - ys.mean(0)).square().mean().sqrt())
         scale = 1.0 / spread if spread > 0 and math.isfinite(1.0 / spread) else 1.0
         ys = ys * scale
@@ -343,7 +343,7 @@ def train_vq(data: Any, *, dh: int, dc: int, k: int, section: str | None = None,
                 for batch in src.batches(batch_size, gen):
                     if max_steps is not None and step >= max_steps:
                         break
-                    y = rows(batch).to(dev) * scale
+                    y = to_rows(batch).to(dev) * scale
                     opt.zero_grad(set_to_none=True)
                     if plan is None:
                         h = (y @ P).reshape(-1, dc)
