@@ -56,6 +56,7 @@ from codec.softlabels.replay import (LPLDBatchSampler, ReplayArchive, ReplayColl
 
 EPS_GRID = (1e-8, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)  # Eq. 9 epsilon, chosen per codec on validation labels
 RATIOS = (40, 100, 10)  # in the order they are run (the paper's Table 3 ratios first)
+CODECS = ("vq", "topk", "pca", "quant", "lpld")  # compared against "full fp16", which always runs
 
 # ----------------------------------------------------------------------------------------------
 # the glyph set
@@ -420,10 +421,10 @@ def build_codecs(views: Views, zval, args, log) -> list[dict]:
     fit_rows = views.logits[np.random.default_rng(0).permutation(n)[: args.fit_rows]]
     out = [{"codec": "full fp16", "target": 1, "setting": "lpld ratio=1 (all logits, fp16)",
             "make": lambda: LPLDCodec(C, 1.0, input="logits", temperature=T), "lpld_pool": False}]
-    for ratio in RATIOS:
+    for ratio in args.ratios:
         # VQ: the solver's proposals, each trained, the best on validation KL kept
         best = None
-        for p in vq_choices(ipc, C, views.epochs, ratio):
+        for p in vq_choices(ipc, C, views.epochs, ratio) if "vq" in args.codecs else ():
             t = time.time()
             cod = train_vq(fit_rows, dh=p.dh, dc=p.dc, k=p.k, input="logits", temperature=T, param_dtype="f16",
                            epochs=args.vq_epochs, batch_size=512, lr=args.vq_lr, seed=0, progress=False,
@@ -473,7 +474,7 @@ def build_codecs(views: Views, zval, args, log) -> list[dict]:
                         "make": (lambda c=cod: c), "lpld_pool": True})
         else:  # the pool cannot shrink below one batch
             out.append({"codec": "lpld", "target": ratio, "setting": None})
-    return out
+    return [st for st in out if st["codec"] == "full fp16" or st["codec"] in args.codecs]
 
 
 def run(args, log) -> dict:
@@ -575,8 +576,18 @@ def parse(argv=None):
     ap.add_argument("--val-rows", type=int, default=4000, help="validation-font views that choose eps and options")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--codecs", default=",".join(CODECS),
+                    help="comma-separated subset of vq,topk,pca,quant,lpld (full fp16, the reference, always runs)")
+    ap.add_argument("--ratios", default=",".join(map(str, RATIOS)), help="comma-separated target ratios over S11")
     ap.add_argument("--json", help="write rows and run info to this file")
     args = ap.parse_args(argv)
+    args.codecs = [c for c in args.codecs.split(",") if c]
+    if not set(args.codecs) <= set(CODECS):
+        ap.error(f"--codecs: unknown codec(s) {sorted(set(args.codecs) - set(CODECS))}, choose from {','.join(CODECS)}")
+    try:
+        args.ratios = [int(r) for r in args.ratios.split(",") if r]
+    except ValueError:
+        ap.error(f"--ratios: comma-separated integers, got {args.ratios!r}")
     if args.quick:
         args.classes, args.ipc, args.epochs, args.batch, args.seeds = 50, 2, 8, 20, 1
         args.teacher_epochs, args.train_renders, args.fit_rows, args.val_rows, args.vq_epochs = 2, 2, 800, 500, 1
