@@ -41,6 +41,17 @@ def test_roundtrip_through_ddz_within_half_step(tmp_path_factory, x, scheme, axi
     assert np.all(np.abs(x - y) <= 0.5 * s * (1 + 1e-5) + 1e-6 * np.abs(x))
 
 
+@pytest.mark.parametrize("scheme", ["asymmetric", "symmetric"])
+@pytest.mark.parametrize("v", [1e-45, 3e-39, -2e-40, 1e-36])
+def test_subnormal_ranges_keep_the_half_step_bound(scheme, v):
+    """A range of subnormals gave a scale that underflowed to 0 in f32 (found by hypothesis: 1e-45)."""
+    x = torch.tensor([[0.0, v]], dtype=torch.float32)
+    q, s, z = quantize_int8(x, scheme=scheme, axis=0)
+    assert float(s) >= torch.finfo(torch.float32).tiny
+    y = dequantize_int8(q, s, z, axis=0)
+    assert float((x - y).abs().max()) <= 0.5 * float(s)
+
+
 def test_asymmetric_uses_full_int8_range_and_zero_is_exact():
     x = torch.tensor([[0.0, 1.0, 3.0], [-2.0, 0.0, 0.5]])
     q, s, z = quantize_int8(x, scheme="asymmetric", axis=0)

@@ -32,6 +32,7 @@ from .base import BudgetTerm, Codec, Part, PartSpec, register_codec
 __all__ = ["Int8Codec", "Int8StateDictCodec", "quantize_int8", "dequantize_int8"]
 
 _SCHEMES = ("asymmetric", "symmetric")
+_MIN_SCALE = torch.finfo(torch.float32).tiny  # 2**-126, the smallest normal fp32: the floor of a scale
 
 
 def _check_scheme(scheme: str) -> None:
@@ -77,8 +78,8 @@ def quantize_int8(
     if scheme == "symmetric":
         amax = rows.abs().amax(dim=1)
         _check_finite(amax)
-        scale = amax / 127.0
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = (amax / 127.0).clamp(min=_MIN_SCALE)  # a subnormal s would lose precision or round to 0
+        scale = torch.where(amax > 0, scale, torch.ones_like(scale))
         q = torch.round(xf / scale.reshape(bshape)).clamp_(-127, 127).to(torch.int8)
         return q, scale, None
     lo = rows.amin(dim=1)
@@ -88,7 +89,7 @@ def quantize_int8(
     # the range in float64: hi - lo overflows fp32 for weights near +-3.4e38
     lo, hi = lo.clamp(max=0.0).double(), hi.clamp(min=0.0).double()
     scale64 = (hi - lo) / 255.0
-    scale64 = torch.where(scale64 > 0, scale64, torch.ones_like(scale64))
+    scale64 = torch.where(scale64 > 0, scale64.clamp(min=_MIN_SCALE), torch.ones_like(scale64))
     zp = torch.round(-128.0 - lo / scale64).clamp_(-128, 127).float()
     scale = scale64.float()
     q = (torch.round(xf / scale.reshape(bshape)) + zp.reshape(bshape)).clamp_(-128, 127).to(torch.int8)
