@@ -138,6 +138,29 @@ def test_cli_plan_and_solve(capsys):
     assert main(["budget", "/nonexistent/x.ddz"]) == 2
 
 
+def test_cli_solve_param_bytes(capsys):
+    """--param-bytes 2 is solve(param_bytes=2): fp16 decoder and codebook leave room for a larger dh."""
+    argv = ["budget", "solve", "--ipc", "10", "--classes", "1000", "--epochs", "300", "--ratio", "40", "--json"]
+    fp32 = _cli_json(capsys, argv)
+    fp16 = _cli_json(capsys, argv + ["--param-bytes", "2"])
+    assert fp32["param_bytes"] == 4 and fp16["param_bytes"] == 2
+    want = B.solve(10, 1000, 300, 40, param_bytes=2)
+    assert [(p["dc"], p["k"], p["dh"]) for p in fp16["proposals"]] == [(p.dc, p.k, p.dh) for p in want]
+    assert [p["bytes"] for p in fp16["proposals"]] == pytest.approx([p.bytes for p in want])
+    assert [(p["dc"], p["k"], p["dh"]) for p in fp32["proposals"]] == [
+        (p.dc, p.k, p.dh) for p in B.solve(10, 1000, 300, 40)]
+    dh = {p["dc"]: p["dh"] for p in fp32["proposals"]}
+    assert any(p["dh"] > dh[p["dc"]] for p in fp16["proposals"] if p["dc"] in dh)
+    assert main(argv[:-1] + ["--param-bytes", "2"]) == 0
+    assert "2 bytes per value" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse: only 2 or 4
+        main(argv + ["--param-bytes", "3"])
+    capsys.readouterr()
+    assert main(["budget", "plan", "--ipc", "10", "--classes", "1000", "--epochs", "300", "--codec", "topk:k=15",
+                 "--param-bytes", "2"]) == 2  # plan takes param_bytes in the vq spec
+    assert "--param-bytes" in capsys.readouterr().err
+
+
 def _write_file(path, n, k, dc, m, C, entropy, extra_raw, align, seed):
     from codec.codecs.vq import VQCodec
     from codec.softlabels import write_softlabels

@@ -2,7 +2,7 @@
 and attribute every byte of a real .ddz file.  A thin layer over :mod:`codec.budget`.
 
     ddz budget plan --ipc 10 --classes 1000 --epochs 300 --codec vq:dh=795,dc=5,k=1024 --codec topk:k=15 [--json]
-    ddz budget solve --ipc 10 --classes 1000 --epochs 300 --ratio 40 [--all] [--json]
+    ddz budget solve --ipc 10 --classes 1000 --epochs 300 --ratio 40 [--param-bytes 2] [--all] [--json]
     ddz budget FILE [--json]
 """
 
@@ -15,7 +15,7 @@ import os
 from ..errors import InvalidInputError
 
 _USAGE = """ddz budget plan --ipc N --classes C --epochs E --codec SPEC [--codec SPEC ...] [--json]
-       ddz budget solve --ipc N --classes C --epochs E --ratio R [--all] [--json]
+       ddz budget solve --ipc N --classes C --epochs E --ratio R [--param-bytes 2|4] [--all] [--json]
        ddz budget FILE [--json]"""
 
 
@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--codec", action="append", default=[], metavar="SPEC", help="codec spec (repeatable)")
     p.add_argument("--ratio", type=float, help="target compression ratio over S11 (solve)")
     p.add_argument("--all", action="store_true", help="solve: list every feasible (dc, k) instead of one per dc")
+    p.add_argument("--param-bytes", type=int, choices=(2, 4), dest="param_bytes",
+                   help="solve: bytes per decoder/codebook value, 4 (fp32, S12 as printed; the default) or 2 "
+                        "(a codec stored with param_dtype f16)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -44,7 +47,7 @@ def _need(args, *names):
 
 
 def _reject(args, *names):
-    given = [n for n in names if getattr(args, n) not in (None, [], False)]
+    given = [n.replace("_", "-") for n in names if getattr(args, n) not in (None, [], False)]
     if given:
         raise InvalidInputError(f"budget {args.target} does not take --{', --'.join(given)}")
 
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.target == "plan":
         _need(args, "ipc", "classes", "epochs", "codec")
-        _reject(args, "ratio", "all")
+        _reject(args, "ratio", "all", "param_bytes")
         rows = [B.plan(args.ipc, args.classes, args.epochs, spec) for spec in args.codec]
         s11 = B.s11(args.ipc, args.classes, args.epochs)
         if args.json:
@@ -101,21 +104,23 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "solve":
         _need(args, "ipc", "classes", "epochs", "ratio")
         _reject(args, "codec")
-        props = B.solve(args.ipc, args.classes, args.epochs, args.ratio, all_candidates=args.all)
+        pbytes = 4 if args.param_bytes is None else args.param_bytes
+        props = B.solve(args.ipc, args.classes, args.epochs, args.ratio, all_candidates=args.all, param_bytes=pbytes)
         if args.json:
             return _json({"ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "target_ratio": args.ratio,
-                          "unit": "bytes", "proposals": [
+                          "param_bytes": pbytes, "unit": "bytes", "proposals": [
                               {"dc": p.dc, "k": p.k, "dh": p.dh, "m": p.dh // p.dc, "ratio": p.ratio, "bytes": p.bytes,
                                "codec": p.spec, "bits_per_label": p.bits_per_label} for p in props]})
         print(f"VQ settings reaching >= {args.ratio:g}x over S11 (IPC {args.ipc}, {args.classes} classes, "
-              f"{args.epochs} epochs), larger dc first:")
+              f"{args.epochs} epochs, decoder and codebook at {pbytes} bytes per value), larger dc first:")
         _table(f"{'dc':>5} {'k':>6} {'dh':>6} {'m':>5} {'bits/label':>10} {'ratio':>9} {'bytes':>16} {'MiB':>12}  spec",
                (f"{p.dc:>5} {p.k:>6} {p.dh:>6} {p.dh // p.dc:>5} {p.bits_per_label:>10} {p.ratio:>8.3f}x "
                 f"{p.bytes:>16,.1f} {_mib(p.bytes):>12}  {p.spec}" for p in props))
         return 0
 
     # a file
-    if args.codec or args.ratio is not None or args.all or any(getattr(args, n) is not None for n in ("ipc", "classes", "epochs")):
+    if args.codec or args.ratio is not None or args.all or any(getattr(args, n) is not None
+                                                               for n in ("ipc", "classes", "epochs", "param_bytes")):
         raise InvalidInputError(f"budget FILE takes only --json (got options for plan/solve); is {args.target!r} a typo?")
     from ..format.source import is_url
 
