@@ -37,6 +37,7 @@ import torch
 from .._args import int_arg
 from ..errors import InvalidInputError
 from ._tensors import as_tensor
+from . import _vqgrid
 from ._vqkernels import NUMBA_MAX_DC, NUMBA_MAX_K, nearest_kernel as _nearest_kernel, prep_codebook as _prep_codebook
 from .base import BudgetTerm, Part, PartSpec, register_codec
 from .formulas import s12_row_terms
@@ -48,12 +49,63 @@ from .softlabel import (SoftLabelCodec, check_common, finite, index_bits, index_
 # ----------------------------------------------------------------------------------------------
 
 
+#: Rows per code from which ``method="auto"`` builds a cell index for a codebook not yet indexed
+#: (the build, ~cells x list length, must pay for itself within the call), by dc.
+GRID_MIN_ROWS_PER_CODE = {1: 16, 2: 32, 3: 128, 4: 512, 5: 1024, 6: 2048, 7: 4096, 8: 8192}
+_GRID_CACHE: dict[tuple, Any] = {}  # (dc, k, codebook bytes) -> CellIndex, or None where brute force wins
+_GRID_CACHE_SIZE = 4
+
+
+def cell_index(codebook: np.ndarray) -> "_vqgrid.CellIndex | None":
+    """The cell index of a float32 (k, dc) codebook, built once per codebook (a few are kept); None
+    where it would not beat brute force (:func:`codec.codecs._vqgrid.worth_it`)."""
+    key = (codebook.shape, codebook.tobytes())
+    if key in _GRID_CACHE:
+        _GRID_CACHE[key] = _GRID_CACHE.pop(key)  # most recently used last
+        return _GRID_CACHE[key]
+    built = _vqgrid.build_index(codebook)
+    index = built if _vqgrid.worth_it(built) else None
+    _GRID_CACHE[key] = index
+    while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
+        del _GRID_CACHE[next(iter(_GRID_CACHE))]
+    return index
+
+
+def _auto_method(cbn: np.ndarray | None, n: int) -> str:
+    """``method="auto"``'s choice for ``n`` rows against the float32 (k, dc) codebook ``cbn`` on
+    CPU (None: the data is on another device)."""
+    if cbn is None:
+        return "torch"
+    k, dc = cbn.shape
+    if dc <= _vqgrid.GRID_MAX_DC and k > 4 and ((cbn.shape, cbn.tobytes()) in _GRID_CACHE or n >= GRID_MIN_ROWS_PER_CODE[dc] * k):
+        if cell_index(cbn) is not None:
+            return "grid"
+    return "numba" if dc <= NUMBA_MAX_DC and k <= NUMBA_MAX_K else "torch"
+
+
+def _assign(x: np.ndarray, cb: np.ndarray, method: str, out: np.ndarray) -> np.ndarray:
+    """Eq. 4 on CPU into int32 ``out`` (returned): float32 C-contiguous rows ``x`` (n, dc), finite
+    float32 codebook ``cb``, ``method`` "grid" or "numba"; -1 marks a row with a NaN or infinity."""
+    if len(x) and len(cb):
+        if method == "grid":
+            index = cell_index(cb) or _vqgrid.build_index(cb)  # asked for explicitly: even where it does not pay
+            _vqgrid.assign(x, index, out)
+        else:
+            _nearest_kernel(cb.shape[1])(x, *_prep_codebook(cb), out)
+    return out
+
+
 def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=None):
     """Eq. 4: index of the nearest code (squared L2) for each row of ``x`` (n, dc).
 
     ``x`` and ``codebook`` are torch tensors (any device) or numpy arrays; returns int64 of
     the input's kind.  Ties go to the lower index (as ``argmin``).  ``method``: "auto",
-    "numba" (CPU, small dc) or "torch".
+    "grid" (CPU, dc <= 8: the exact cell index of :mod:`codec.codecs._vqgrid`, scoring each row
+    against the few codes that can be nearest in its cell), "numba" (CPU, brute force over all
+    codes) or "torch".  "auto" takes the cell index for a codebook already indexed, or when
+    there are enough rows per code to pay for building it (:data:`GRID_MIN_ROWS_PER_CODE`) and it
+    beats brute force; else brute force.  The CPU methods compute the same float32 scores, so they
+    differ only where two codes are within float32 rounding of each other.
     """
     is_np = isinstance(x, np.ndarray)
     xt = torch.from_numpy(np.ascontiguousarray(x)) if is_np else x
@@ -62,22 +114,24 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
         raise InvalidInputError(f"nearest_code: x {tuple(xt.shape)} and codebook {tuple(cb.shape)} must be (n, dc) and (k, dc)")
     n, dc = xt.shape
     k = cb.shape[0]
-    if method == "auto":
-        method = "numba" if (xt.device.type == "cpu" and dc <= NUMBA_MAX_DC and k <= NUMBA_MAX_K) else "torch"
-    elif method not in ("numba", "torch"):
-        raise InvalidInputError(f"nearest_code: method must be 'auto', 'numba' or 'torch', got {method!r}")
-    if method == "numba":
-        if k > NUMBA_MAX_K:
-            raise InvalidInputError(f"nearest_code: method 'numba' takes at most {NUMBA_MAX_K} codes, got {k}")
+    if method not in ("auto", "grid", "numba", "torch"):
+        raise InvalidInputError(f"nearest_code: method must be 'auto', 'grid', 'numba' or 'torch', got {method!r}")
+    cbn = None
+    if xt.device.type == "cpu" and method != "torch":
         if not torch.isfinite(cb).all():
             raise InvalidInputError("nearest_code: non-finite values in the codebook")
-        xn = np.ascontiguousarray(xt.detach().to(torch.float32).numpy())
-        cbn, bias = _prep_codebook(cb.detach().to(torch.float32).cpu().numpy())
-        res = np.empty(n, np.int32)
-        if n and k:
-            _nearest_kernel(dc)(xn, cbn, bias, res)  # -1 marks a row with a NaN or infinity
-            if (res < 0).any():
-                raise InvalidInputError(f"nearest_code: non-finite values in the latents (row {int(np.argmax(res < 0))})")
+        cbn = np.ascontiguousarray(cb.detach().to(torch.float32).cpu().numpy())
+    if method == "auto":
+        method = _auto_method(cbn, n)
+    if method == "grid" and (cbn is None or dc > _vqgrid.GRID_MAX_DC):
+        raise InvalidInputError(f"nearest_code: method 'grid' takes CPU tensors with dc <= {_vqgrid.GRID_MAX_DC}, got dc={dc}")
+    if method == "numba" and (cbn is None or k > NUMBA_MAX_K):
+        raise InvalidInputError(f"nearest_code: method 'numba' takes CPU tensors and at most {NUMBA_MAX_K} codes, got {k}")
+    if method in ("grid", "numba"):
+        assert cbn is not None
+        res = _assign(np.ascontiguousarray(xt.detach().to(torch.float32).numpy()), cbn, method, np.empty(n, np.int32))
+        if (res < 0).any():
+            raise InvalidInputError(f"nearest_code: non-finite values in the latents (row {int(np.argmax(res < 0))})")
         res = res.astype(np.int64)
         if out is not None:
             out[:] = torch.from_numpy(res) if isinstance(out, torch.Tensor) else res
@@ -334,10 +388,13 @@ class VQCodec(SoftLabelCodec):
     def encode_indices(self, x: Any, *, chunk: int = 16384) -> np.ndarray:
         """Eq. 2-4: soft labels (n, C) -> indices (n, m) of dtype u8/u16/u32.
 
-        Streams ``chunk`` rows at a time through preallocated buffers: the rows are converted
-        into the codec's space in place (one fp32 copy, the temperature, an in-place softmax
-        or centring), projected by one ``torch.mm`` (Eq. 2, in ``encode_dtype``) and assigned
-        (Eq. 4).  A NaN or infinity in the input reaches the projection, where it is caught."""
+        Streams ``chunk`` rows at a time through preallocated buffers: each chunk is copied into
+        an fp32 buffer, turned into the codec's space in place where that is not linear (an in-place
+        softmax; the log of probabilities), projected by one ``torch.mm`` (Eq. 2, in
+        ``encode_dtype``) and assigned (Eq. 4, on CPU by :func:`nearest_code`'s cell index or brute
+        force, chosen once for the whole call).  The logit space's temperature and row centring are
+        linear and folded into the encoder (:meth:`_projection`).  A NaN or infinity in the input
+        reaches the latents, where the assignment catches it."""
         if self.encoder is None or self.codebook is None:
             raise InvalidInputError("vq: codec has no trained encoder and codebook (fit it with codec.softlabels.fit)")
         t = as_tensor(x, "soft labels")
@@ -347,52 +404,85 @@ class VQCodec(SoftLabelCodec):
             raise InvalidInputError(f"soft labels have {t.shape[1]} classes, the codec expects {self.classes}")
         if not t.is_floating_point():
             raise InvalidInputError(f"soft labels must be floating point, got {t.dtype}")
-        n = t.shape[0]
-        out = np.empty((n, self.m), index_dtype(self.bits))
+        n, m, dc = t.shape[0], self.m, self.dc
+        out = np.empty((n, m), index_dtype(self.bits))
         if n == 0:
             return out
         edt = _ENCODE_DTYPES[self.encode_dtype]
         dev = t.device
-        P = self.encoder.to(device=dev, dtype=edt)
-        cb = self.codebook.to(dev)
+        P = self._projection(dev, edt)
         c = max(1, min(int(chunk), n))
-        ybuf = torch.empty((c, self.classes), dtype=torch.float32, device=dev)
-        yebuf = torch.empty((c, self.classes), dtype=edt, device=dev) if edt != torch.float32 else None
+        # the elementwise step runs in fp32; the logit space of logits has none in fp32 (folded into P).
+        # Before a bf16 projection the rows are centred in fp32 (as the fold would round uncentred values)
+        centre = self.space == "logits" and edt != torch.float32
+        prep = centre or not (self.space == "logits" and self.input == "logits")
+        ybuf = torch.empty((c, self.classes), dtype=torch.float32 if prep else edt, device=dev)
+        yebuf = torch.empty((c, self.classes), dtype=edt, device=dev) if prep and edt != torch.float32 else None
         hbuf = torch.empty((c, self.dh), dtype=edt, device=dev)
         h32 = torch.empty((c, self.dh), dtype=torch.float32, device=dev) if edt != torch.float32 else hbuf
-        qbuf = torch.empty(c * self.m, dtype=torch.int64, device=dev)
+        method = "torch"
+        if dev.type == "cpu":
+            cbn = np.ascontiguousarray(self.codebook.detach().to("cpu", torch.float32).numpy())
+            method = _auto_method(cbn, n * m)
+        cpu = method in ("grid", "numba")
+        if cpu:
+            qbuf = np.empty(c * m, np.int32)
+        else:
+            cb = self.codebook.to(dev)
+            qt = torch.empty(c * m, dtype=torch.int64, device=dev)
         inv_t = 1.0 / self.temperature
         for s in range(0, n, c):
             r = min(n, s + c) - s
             y = ybuf[:r]
             y.copy_(t[s:s + r])
-            self._to_space_(y, inv_t)
-            if yebuf is not None:
-                yebuf[:r].copy_(y)
-                y = yebuf[:r]
+            if prep:
+                self._prepare_(y, inv_t, centre)
+                if yebuf is not None:
+                    yebuf[:r].copy_(y)
+                    y = yebuf[:r]
             torch.mm(y, P, out=hbuf[:r])  # Eq. 2
             h = h32[:r]
             if h.data_ptr() != hbuf.data_ptr():
                 h.copy_(hbuf[:r])
-            bad = ~torch.isfinite(h.sum(1))
-            if bool(bad.any()):
-                raise InvalidInputError(f"soft labels hold NaN or infinite values (row {s + int(bad.nonzero()[0, 0])})")
-            q = nearest_code(h.view(-1, self.dc), cb, out=qbuf[: r * self.m])  # Eq. 3-4
-            out[s:s + r] = q.view(r, self.m).cpu().numpy()
+            if cpu:
+                q = _assign(h.view(-1, dc).numpy(), cbn, method, qbuf[: r * m])  # Eq. 3-4; -1: not finite
+                if (q < 0).any():
+                    raise InvalidInputError(f"soft labels hold NaN or infinite values (row {s + int(np.argmax(q < 0)) // m})")
+                out[s:s + r] = q.reshape(r, m)
+            else:
+                bad = ~torch.isfinite(h.sum(1))
+                if bool(bad.any()):
+                    raise InvalidInputError(f"soft labels hold NaN or infinite values (row {s + int(bad.nonzero()[0, 0])})")
+                out[s:s + r] = nearest_code(h.view(-1, dc), cb, method="torch", out=qt[: r * m]).view(r, m).cpu().numpy()
         return out
 
-    def _to_space_(self, y: torch.Tensor, inv_t: float) -> None:
-        """float32 rows (as given: logits or probabilities) -> the codec's space, in place
-        (the values :func:`to_space` returns)."""
-        if self.input == "logits":
-            if inv_t != 1.0:
-                y.mul_(inv_t)
-            if self.space == "probs":
-                torch.ops.aten._softmax.out(y, 1, False, out=y)
-        elif self.space == "logits":
-            y.clamp_(min=LOG_FLOOR).log_()
+    def _projection(self, device: Any, dtype: torch.dtype) -> torch.Tensor:
+        """The encoder P as the encode applies it.  In the logit space the row centring and the
+        temperature are linear, so they move into P: ``(z/T - mean(z/T)) P = z (P - 1 mean_c(P)) / T``
+        (probability input: ``log y`` times ``P - 1 mean_c(P)``)."""
+        assert self.encoder is not None
+        P = self.encoder.to(device=device, dtype=torch.float32)
         if self.space == "logits":
-            y.sub_(y.mean(1, keepdim=True))
+            P = P - P.mean(0, keepdim=True)
+            if self.input == "logits":
+                P = P / self.temperature
+        return P.to(dtype).contiguous()
+
+    def _prepare_(self, y: torch.Tensor, inv_t: float, centre: bool) -> None:
+        """The part of the map into the codec's space that is not folded into the projection, in
+        place on float32 rows: ``softmax(z / T)`` (probability space of logits) or ``log y``
+        (logit space of probabilities, floored at LOG_FLOOR); with ``centre`` (logit space) the
+        rows are also centred (the folded centring is then a no-op)."""
+        if self.space == "probs":
+            if self.input == "logits":
+                if inv_t != 1.0:
+                    y.mul_(inv_t)
+                torch.ops.aten._softmax.out(y, 1, False, out=y)
+        else:
+            if self.input == "probs":
+                y.clamp_(min=LOG_FLOOR).log_()
+            if centre:
+                y.sub_(y.mean(1, keepdim=True))
 
     def encode_rows(self, x: Any) -> dict[str, np.ndarray]:
         idx = self.encode_indices(x)
