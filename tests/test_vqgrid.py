@@ -132,9 +132,12 @@ def test_auto_picks_the_grid_only_where_it_pays():
     rng = np.random.default_rng(2)
     cb = rng.standard_normal((1024, 5)).astype(np.float32)
     V._GRID_CACHE.clear()
+    V._GRID_SEEN.clear()
+    need = V.GRID_MIN_ROWS_PER_CODE[5] * 1024
     assert V._auto_method(cb, 1000) == "numba"  # too few rows per code to build an index for
-    assert V._auto_method(cb, V.GRID_MIN_ROWS_PER_CODE[5] * 1024) == "grid"
-    assert V._auto_method(cb, 10) == "grid"  # now indexed: reused for any number of rows
+    assert V._auto_method(cb, need // 2) == "numba"
+    assert V._auto_method(cb, need // 2) == "grid"  # chunks of one stream add up: built now
+    assert V._auto_method(cb, 10) == "grid"  # and reused for any number of rows
     assert V._auto_method(None, 10**7) == "torch"  # another device
     few = rng.standard_normal((5, 8)).astype(np.float32)  # 5 codes in 8-D: the lists are all codes
     assert V.cell_index(few) is None and V._auto_method(few, 10**7) == "numba"
@@ -175,6 +178,7 @@ def test_encode_matches_the_explicit_path(space, inp, T):
     c, x = _codec(space, inp, T)
     ref, h = _reference_encode(c, x)
     V._GRID_CACHE.clear()
+    V._GRID_SEEN.clear()
     got = c.encode_indices(x, chunk=700)  # several chunks, one partial
     assert V._auto_method(np.ascontiguousarray(c.codebook.numpy()), 0) == "grid"  # the encode indexed the codebook
     assert got.shape == ref.shape and got.dtype == np.uint8
@@ -190,7 +194,13 @@ def test_encode_matches_the_explicit_path(space, inp, T):
 
 def test_encode_brute_force_and_grid_agree_and_catch_nan():
     c, x = _codec("probs", "logits", 1.0)
+    ref = c.encode_indices(x, method="numba")
+    for method in ("grid", "torch"):
+        np.testing.assert_array_equal(c.encode_indices(x, method=method, chunk=1000), ref)
+    with pytest.raises(InvalidInputError, match="method must be"):
+        c.encode_indices(x, method="faiss")
     V._GRID_CACHE.clear()
+    V._GRID_SEEN.clear()
     a = c.encode_indices(x[:100])  # 100 rows x 20 segments: too few to index the codebook (brute force)
     assert V._auto_method(np.ascontiguousarray(c.codebook.numpy()), 2000) == "numba"
     b = c.encode_indices(x)[:100]  # indexes it
@@ -213,3 +223,18 @@ def test_bf16_encode_centres_before_rounding():
     cb, _ = _codec("logits", "logits", 2.0, encode_dtype="bf16")
     f32, b16 = c.encode_indices(z), cb.encode_indices(z)
     assert (f32 != b16).mean() < 0.05, (f32 != b16).mean()
+
+
+def test_encode_reuses_buffers_per_thread_only():
+    """The CPU encode keeps its chunk buffers for the next call on the same thread; results stay fresh arrays and
+    concurrent encodes on other threads do not share them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c, x = _codec("logits", "logits", 3.0)
+    a = c.encode_indices(x, chunk=512)
+    b = c.encode_indices(x[:700], chunk=512)
+    assert not np.shares_memory(a, b)
+    np.testing.assert_array_equal(b, a[:700])
+    with ThreadPoolExecutor(3) as ex:
+        parts = list(ex.map(lambda s: c.encode_indices(x[s:s + 1000], chunk=512), range(0, 3000, 1000)))
+    np.testing.assert_array_equal(np.concatenate(parts), a)

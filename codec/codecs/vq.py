@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Self, Sequence
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -49,10 +50,14 @@ from .softlabel import (SoftLabelCodec, check_common, finite, index_bits, index_
 # ----------------------------------------------------------------------------------------------
 
 
-#: Rows per code from which ``method="auto"`` builds a cell index for a codebook not yet indexed
-#: (the build, ~cells x list length, must pay for itself within the call), by dc.
-GRID_MIN_ROWS_PER_CODE = {1: 16, 2: 32, 3: 128, 4: 512, 5: 1024, 6: 2048, 7: 4096, 8: 8192}
-_GRID_CACHE: dict[tuple, Any] = {}  # (dc, k, codebook bytes) -> CellIndex, or None where brute force wins
+#: Rows per code, by dc, that ``method="auto"`` assigns to a codebook by brute force before it builds
+#: the codebook's cell index: about where the build has cost what it saves (measured at k = 256 and
+#: 1024 on a 2-core AVX2 host: break-even at ~25 rows per code for dc = 1, ~1,000 for dc = 3,
+#: ~2,000-4,400 for dc = 4, ~7,600 for dc = 5, ~10,600 for dc = 6), so a long or streamed encode
+#: pays at most about twice the better method's cost, and a short one never pays for a build.
+GRID_MIN_ROWS_PER_CODE = {1: 64, 2: 128, 3: 1024, 4: 4096, 5: 8192, 6: 16384, 7: 32768, 8: 65536}
+_GRID_CACHE: dict[tuple, Any] = {}  # (shape, codebook bytes) -> CellIndex, or None where brute force wins
+_GRID_SEEN: dict[tuple, int] = {}  # (shape, codebook bytes) -> rows assigned so far without an index
 _GRID_CACHE_SIZE = 4
 
 
@@ -66,6 +71,7 @@ def cell_index(codebook: np.ndarray) -> "_vqgrid.CellIndex | None":
     built = _vqgrid.build_index(codebook)
     index = built if _vqgrid.worth_it(built) else None
     _GRID_CACHE[key] = index
+    _GRID_SEEN.pop(key, None)
     while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
         del _GRID_CACHE[next(iter(_GRID_CACHE))]
     return index
@@ -73,26 +79,64 @@ def cell_index(codebook: np.ndarray) -> "_vqgrid.CellIndex | None":
 
 def _auto_method(cbn: np.ndarray | None, n: int) -> str:
     """``method="auto"``'s choice for ``n`` rows against the float32 (k, dc) codebook ``cbn`` on
-    CPU (None: the data is on another device)."""
+    CPU (None: the data is on another device): the codebook's cell index where one is built, or
+    once this codebook has been asked about ``GRID_MIN_ROWS_PER_CODE[dc] * k`` rows in all (so a
+    stream of chunks builds it too) and it beats brute force; else brute force."""
     if cbn is None:
         return "torch"
     k, dc = cbn.shape
-    if dc <= _vqgrid.GRID_MAX_DC and k > 4 and ((cbn.shape, cbn.tobytes()) in _GRID_CACHE or n >= GRID_MIN_ROWS_PER_CODE[dc] * k):
-        if cell_index(cbn) is not None:
-            return "grid"
+    if dc <= _vqgrid.GRID_MAX_DC and k > 4:
+        key = (cbn.shape, cbn.tobytes())
+        seen = _GRID_SEEN.pop(key, 0) + n
+        if key in _GRID_CACHE or seen >= GRID_MIN_ROWS_PER_CODE[dc] * k:
+            if cell_index(cbn) is not None:
+                return "grid"
+        else:
+            _GRID_SEEN[key] = seen
+            while len(_GRID_SEEN) > _GRID_CACHE_SIZE:
+                del _GRID_SEEN[next(iter(_GRID_SEEN))]
     return "numba" if dc <= NUMBA_MAX_DC and k <= NUMBA_MAX_K else "torch"
 
 
-def _assign(x: np.ndarray, cb: np.ndarray, method: str, out: np.ndarray) -> np.ndarray:
+def _grid_index(cb: np.ndarray) -> "_vqgrid.CellIndex":
+    """The cell index for ``method="grid"``, asked for explicitly: built even where it does not pay."""
+    return cell_index(cb) or _vqgrid.build_index(cb)
+
+
+def _assign(x: np.ndarray, cb: np.ndarray, index: "_vqgrid.CellIndex | None", out: np.ndarray) -> np.ndarray:
     """Eq. 4 on CPU into int32 ``out`` (returned): float32 C-contiguous rows ``x`` (n, dc), finite
-    float32 codebook ``cb``, ``method`` "grid" or "numba"; -1 marks a row with a NaN or infinity."""
+    float32 codebook ``cb``, by its cell ``index`` (None: brute force); -1 marks a row with a NaN
+    or infinity."""
     if len(x) and len(cb):
-        if method == "grid":
-            index = cell_index(cb) or _vqgrid.build_index(cb)  # asked for explicitly: even where it does not pay
+        if index is not None:
             _vqgrid.assign(x, index, out)
         else:
             _nearest_kernel(cb.shape[1])(x, *_prep_codebook(cb), out)
     return out
+
+
+_SCRATCH = threading.local()  # the CPU encode's buffers from the last call, per thread
+
+
+def _encode_buffers(dev: torch.device, c: int, C: int, dh: int, edt: torch.dtype, prep: bool) -> tuple:
+    """(ybuf, yebuf, hbuf, h32): the encode's chunk buffers (rows in, rows in ``edt``, projection,
+    its fp32 copy; the last three may be None / aliases).  On CPU the set of the last call is kept
+    for the next with the same shapes (per thread): a streamed encode calls once per chunk, and
+    fresh buffers cost their page faults each time (copying 16,384 x 1,000 fp16 rows into a fresh
+    fp32 buffer took 56 ms, into a reused one 8 ms)."""
+    key = (c, C, dh, edt, prep)
+    if dev.type == "cpu":
+        kept = getattr(_SCRATCH, "encode", None)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+    ybuf = torch.empty((c, C), dtype=torch.float32 if prep else edt, device=dev)
+    yebuf = torch.empty((c, C), dtype=edt, device=dev) if prep and edt != torch.float32 else None
+    hbuf = torch.empty((c, dh), dtype=edt, device=dev)
+    h32 = torch.empty((c, dh), dtype=torch.float32, device=dev) if edt != torch.float32 else hbuf
+    bufs = (ybuf, yebuf, hbuf, h32)
+    if dev.type == "cpu":
+        _SCRATCH.encode = (key, bufs)
+    return bufs
 
 
 def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=None):
@@ -129,7 +173,8 @@ def nearest_code(x, codebook, *, chunk: int = 4096, method: str = "auto", out=No
         raise InvalidInputError(f"nearest_code: method 'numba' takes CPU tensors and at most {NUMBA_MAX_K} codes, got {k}")
     if method in ("grid", "numba"):
         assert cbn is not None
-        res = _assign(np.ascontiguousarray(xt.detach().to(torch.float32).numpy()), cbn, method, np.empty(n, np.int32))
+        index = _grid_index(cbn) if method == "grid" and n and k else None
+        res = _assign(np.ascontiguousarray(xt.detach().to(torch.float32).numpy()), cbn, index, np.empty(n, np.int32))
         if (res < 0).any():
             raise InvalidInputError(f"nearest_code: non-finite values in the latents (row {int(np.argmax(res < 0))})")
         res = res.astype(np.int64)
@@ -385,7 +430,7 @@ class VQCodec(SoftLabelCodec):
                               encoder=need(parts, "encoder", "vq") if "encoder" in parts else None)
 
     # -- encode ----------------------------------------------------------------------------------
-    def encode_indices(self, x: Any, *, chunk: int = 16384) -> np.ndarray:
+    def encode_indices(self, x: Any, *, chunk: int = 16384, method: str = "auto") -> np.ndarray:
         """Eq. 2-4: soft labels (n, C) -> indices (n, m) of dtype u8/u16/u32.
 
         Streams ``chunk`` rows at a time through preallocated buffers: each chunk is copied into
@@ -394,7 +439,8 @@ class VQCodec(SoftLabelCodec):
         ``encode_dtype``) and assigned (Eq. 4, on CPU by :func:`nearest_code`'s cell index or brute
         force, chosen once for the whole call).  The logit space's temperature and row centring are
         linear and folded into the encoder (:meth:`_projection`).  A NaN or infinity in the input
-        reaches the latents, where the assignment catches it."""
+        reaches the latents, where the assignment catches it.  ``method``: :func:`nearest_code`'s
+        (all give the same indices up to float32 near-ties; nothing of it is stored)."""
         if self.encoder is None or self.codebook is None:
             raise InvalidInputError("vq: codec has no trained encoder and codebook (fit it with codec.softlabels.fit)")
         t = as_tensor(x, "soft labels")
@@ -404,6 +450,8 @@ class VQCodec(SoftLabelCodec):
             raise InvalidInputError(f"soft labels have {t.shape[1]} classes, the codec expects {self.classes}")
         if not t.is_floating_point():
             raise InvalidInputError(f"soft labels must be floating point, got {t.dtype}")
+        if method not in ("auto", "grid", "numba", "torch"):
+            raise InvalidInputError(f"vq: method must be 'auto', 'grid', 'numba' or 'torch', got {method!r}")
         n, m, dc = t.shape[0], self.m, self.dc
         out = np.empty((n, m), index_dtype(self.bits))
         if n == 0:
@@ -416,16 +464,18 @@ class VQCodec(SoftLabelCodec):
         # Before a bf16 projection the rows are centred in fp32 (as the fold would round uncentred values)
         centre = self.space == "logits" and edt != torch.float32
         prep = centre or not (self.space == "logits" and self.input == "logits")
-        ybuf = torch.empty((c, self.classes), dtype=torch.float32 if prep else edt, device=dev)
-        yebuf = torch.empty((c, self.classes), dtype=edt, device=dev) if prep and edt != torch.float32 else None
-        hbuf = torch.empty((c, self.dh), dtype=edt, device=dev)
-        h32 = torch.empty((c, self.dh), dtype=torch.float32, device=dev) if edt != torch.float32 else hbuf
-        method = "torch"
-        if dev.type == "cpu":
+        ybuf, yebuf, hbuf, h32 = _encode_buffers(dev, c, self.classes, self.dh, edt, prep)
+        if dev.type != "cpu" or method == "torch":
+            method = "torch"
+        else:
             cbn = np.ascontiguousarray(self.codebook.detach().to("cpu", torch.float32).numpy())
-            method = _auto_method(cbn, n * m)
+            if method == "auto":
+                method = _auto_method(cbn, n * m)
+            elif method == "grid" and dc > _vqgrid.GRID_MAX_DC:
+                raise InvalidInputError(f"vq: method 'grid' takes dc <= {_vqgrid.GRID_MAX_DC}, got dc={dc}")
         cpu = method in ("grid", "numba")
         if cpu:
+            index = _grid_index(cbn) if method == "grid" else None
             qbuf = np.empty(c * m, np.int32)
         else:
             cb = self.codebook.to(dev)
@@ -445,7 +495,7 @@ class VQCodec(SoftLabelCodec):
             if h.data_ptr() != hbuf.data_ptr():
                 h.copy_(hbuf[:r])
             if cpu:
-                q = _assign(h.view(-1, dc).numpy(), cbn, method, qbuf[: r * m])  # Eq. 3-4; -1: not finite
+                q = _assign(h.view(-1, dc).numpy(), cbn, index, qbuf[: r * m])  # Eq. 3-4; -1: not finite
                 if (q < 0).any():
                     raise InvalidInputError(f"soft labels hold NaN or infinite values (row {s + int(np.argmax(q < 0)) // m})")
                 out[s:s + r] = q.reshape(r, m)
