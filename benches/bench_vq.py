@@ -24,7 +24,8 @@
    IPC 10 x 300 epochs).
 
 Threads: torch, FAISS (OpenMP) and numba are all set to ``DDZ_BENCH_THREADS`` (default 2, the
-cores of the reference machine) before anything is timed.
+cores of the reference machine) before anything is timed.  torch and numba run separate OpenMP
+runtimes whose idle threads spin; 3 was measured with and without ``OMP_WAIT_POLICY=passive``.
 
 Run: ``pytest benches/bench_vq.py --benchmark-only -s``.  Sizes: ``DDZ_BENCH_VQ_N`` (vectors for 1,
 default 1,000,000), ``DDZ_BENCH_VQ_DECODE_N`` (rows for 2, default 100,000),
