@@ -59,22 +59,24 @@ GRID_MIN_ROWS_PER_CODE = {1: 64, 2: 128, 3: 1024, 4: 4096, 5: 8192, 6: 16384, 7:
 _GRID_CACHE: dict[tuple, Any] = {}  # (shape, codebook bytes) -> CellIndex, or None where brute force wins
 _GRID_SEEN: dict[tuple, int] = {}  # (shape, codebook bytes) -> rows assigned so far without an index
 _GRID_CACHE_SIZE = 4
+_GRID_LOCK = threading.RLock()  # encodes on several threads share the two tables (one build per codebook)
 
 
 def cell_index(codebook: np.ndarray) -> "_vqgrid.CellIndex | None":
     """The cell index of a float32 (k, dc) codebook, built once per codebook (a few are kept); None
     where it would not beat brute force (:func:`codec.codecs._vqgrid.worth_it`)."""
     key = (codebook.shape, codebook.tobytes())
-    if key in _GRID_CACHE:
-        _GRID_CACHE[key] = _GRID_CACHE.pop(key)  # most recently used last
-        return _GRID_CACHE[key]
-    built = _vqgrid.build_index(codebook)
-    index = built if _vqgrid.worth_it(built) else None
-    _GRID_CACHE[key] = index
-    _GRID_SEEN.pop(key, None)
-    while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
-        del _GRID_CACHE[next(iter(_GRID_CACHE))]
-    return index
+    with _GRID_LOCK:
+        if key in _GRID_CACHE:
+            _GRID_CACHE[key] = _GRID_CACHE.pop(key)  # most recently used last
+            return _GRID_CACHE[key]
+        built = _vqgrid.build_index(codebook)
+        index = built if _vqgrid.worth_it(built) else None
+        _GRID_CACHE[key] = index
+        _GRID_SEEN.pop(key, None)
+        while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
+            del _GRID_CACHE[next(iter(_GRID_CACHE))]
+        return index
 
 
 def _auto_method(cbn: np.ndarray | None, n: int) -> str:
@@ -87,14 +89,15 @@ def _auto_method(cbn: np.ndarray | None, n: int) -> str:
     k, dc = cbn.shape
     if dc <= _vqgrid.GRID_MAX_DC and k > 4:
         key = (cbn.shape, cbn.tobytes())
-        seen = _GRID_SEEN.pop(key, 0) + n
-        if key in _GRID_CACHE or seen >= GRID_MIN_ROWS_PER_CODE[dc] * k:
-            if cell_index(cbn) is not None:
-                return "grid"
-        else:
-            _GRID_SEEN[key] = seen
-            while len(_GRID_SEEN) > _GRID_CACHE_SIZE:
-                del _GRID_SEEN[next(iter(_GRID_SEEN))]
+        with _GRID_LOCK:
+            seen = _GRID_SEEN.pop(key, 0) + n
+            if key in _GRID_CACHE or seen >= GRID_MIN_ROWS_PER_CODE[dc] * k:
+                if cell_index(cbn) is not None:
+                    return "grid"
+            else:
+                _GRID_SEEN[key] = seen
+                while len(_GRID_SEEN) > _GRID_CACHE_SIZE:
+                    del _GRID_SEEN[next(iter(_GRID_SEEN))]
     return "numba" if dc <= NUMBA_MAX_DC and k <= NUMBA_MAX_K else "torch"
 
 
