@@ -2,7 +2,7 @@
 
 from .bits import pack_bits, unpack_bits
 from .errors import (BudgetError, ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
-                     LimitError, SectionNotFoundError, ShardError, TruncatedError, UnknownCodecError,
+                     LimitError, MemoryLimitError, SectionNotFoundError, ShardError, TruncatedError, UnknownCodecError,
                      UnsupportedVersionError)
 from .format import DDZFile, DDZSet, SectionInfo, Writer, open, save_file
 
@@ -21,4 +21,5 @@ __all__ = [
     "load", "pack_bits", "unpack_bits", "open", "save_file", "Writer", "DDZFile", "DDZSet", "SectionInfo", "ShardError",
     "DDZError", "FormatError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "LimitError",
     "UnknownCodecError", "InvalidInputError", "SectionNotFoundError", "BudgetError", "FileAccessError",
+    "MemoryLimitError",
 ]

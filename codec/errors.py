@@ -65,3 +65,8 @@ class BudgetError(DDZError):
 
 class FileAccessError(DDZError, OSError):
     """The file cannot be opened, read or written (missing, permissions, disk full)."""
+
+
+class MemoryLimitError(DDZError, MemoryError):
+    """Decoding needs more memory than this process can get (the file may be sound: a smaller
+    read, e.g. ``get_rows``, or a machine with more memory can still read it)."""

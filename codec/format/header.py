@@ -19,6 +19,12 @@ from .layout import (DTYPES, INTEGER_DTYPES, MAX_BLOCK_SIZE, MAX_BLOCKS, MAX_JSO
 # zstd cannot expand one stored byte into more than this many (an RLE block: 4 bytes -> 128 KiB);
 # a declared decoded size above the bound is rejected before any allocation.
 ZSTD_MAX_RATIO = 32768
+
+
+def zstd_bound(stored: int) -> int:
+    """Largest ``decoded_length`` a section with a zstd step may declare for ``stored`` bytes
+    (spec/ddz.md 4.2): the bound of the whole encoding chain, bit-packing included."""
+    return ZSTD_MAX_RATIO * stored + 1024
 KNOWN_ENCODINGS = ("bitpack", "zstd")
 _CONTROL = re.compile("[\x00-\x1f]")
 _MAX_U63 = 1 << 63
@@ -100,36 +106,69 @@ class Header:
     objects: dict[str, dict]
     metadata: dict[str, Any]
 
+    def to_doc(self) -> dict:
+        return {"sections": [s.to_json() for s in self.sections], "objects": self.objects, "metadata": self.metadata}
+
     def to_bytes(self) -> bytes:
-        doc = {"sections": [s.to_json() for s in self.sections], "objects": self.objects, "metadata": self.metadata}
-        return dump_json(doc)
+        return dump_json(self.to_doc())
+
+
+def dump_text(doc: Any) -> str:
+    """Canonical JSON text: sorted keys, no spaces, no escapes beyond JSON's, no NaN (the writer's only JSON form)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def dump_json(doc: Any) -> bytes:
-    """Canonical JSON: sorted keys, no spaces, UTF-8, no NaN (the writer's only JSON form)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """:func:`dump_text`, UTF-8 encoded."""
+    return dump_text(doc).encode()
 
 
 def check_name(name: Any, what: str = "section") -> str:
     if not isinstance(name, str) or not name:
         raise FormatError(f"{what} name must be a non-empty string, got {name!r:.60}")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    check_text(name, f"{what} name")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise LimitError(f"{what} name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     if _CONTROL.search(name):
         raise FormatError(f"{what} name {name!r} contains a control character")
     return name
 
 
-def check_json_depth(doc: Any, where: str) -> None:
+def check_text(s: str, where: str) -> None:
+    """``s`` must be Unicode scalar values only: a lone surrogate (``"\\ud800"`` in JSON) cannot be
+    written as UTF-8, so every consumer that prints or stores it would fail later."""
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise FormatError(f"{where}: string {s[:40]!r} holds a lone surrogate at character {exc.start}") from None
+
+
+def check_json_tree(doc: Any, where: str = "header") -> None:
+    """The whole-document rules of spec section 4.4/6, checked in one walk of a parsed (or
+    to-be-written) header: at most ``MAX_JSON_DEPTH`` nested objects/arrays (the header object
+    itself is level 1), and every key and string a sequence of Unicode scalar values."""
     stack = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise LimitError(f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
+            for k, v in node.items():
+                if isinstance(k, str):
+                    check_text(k, where)
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1))
+                elif isinstance(v, str):
+                    check_text(v, where)
         elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+            for v in node:
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1))
+                elif isinstance(v, str):
+                    check_text(v, where)
+        elif isinstance(node, str):
+            check_text(node, where)
 
 
 def _int(value: Any, what: str, name: str, hi: int = (1 << 63) - 1) -> None:
@@ -158,6 +197,10 @@ def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
         raise FormatError(f"header is not valid JSON: {exc.msg} at header char {exc.pos}", offset=header_offset) from None
     if not isinstance(doc, dict):
         raise FormatError("header must be a JSON object", offset=header_offset)
+    try:  # depth and strings of the whole header, unknown members and extra keys included
+        check_json_tree(doc)
+    except FormatError as exc:
+        raise type(exc)(str(exc), offset=header_offset) from None
     raw_sections = doc.get("sections")
     if not isinstance(raw_sections, list):
         raise FormatError("header has no 'sections' list", offset=header_offset)
@@ -184,9 +227,6 @@ def parse_header(raw: bytes, *, alignment: int, header_offset: int) -> Header:
     metadata = doc.get("metadata", {})
     if not isinstance(metadata, dict):
         raise FormatError("'metadata' must be a JSON object", offset=header_offset)
-    # sections are flat once validated; only the free-form parts can nest
-    check_json_depth(objects, "objects")
-    check_json_depth(metadata, "metadata")
     return Header(tuple(sections), objects, metadata)
 
 
@@ -226,7 +266,6 @@ def _parse_section(entry: Any, index: int) -> SectionInfo:
     for step in encoding:
         if not isinstance(step, dict) or not isinstance(step.get("id"), str):
             raise FormatError("every encoding step must be an object with a string 'id'", section=name)
-        check_json_depth(step, f"section {name!r} encoding")
     itemsize = ITEMSIZE[dtype]
     count = math.prod(shape)
     if count * itemsize != decoded:
@@ -272,8 +311,10 @@ def _check_known_encoding(info: SectionInfo) -> None:
         if info.dtype not in INTEGER_DTYPES or bits > 8 * DTYPES[info.dtype].itemsize:
             raise FormatError(f"bitpack at {bits} bits cannot decode to dtype {info.dtype}", section=info.name)
     if info.zstd:
-        if info.packed_length > ZSTD_MAX_RATIO * info.length + 1024:
-            raise LimitError(f"declared size {info.packed_length} is impossible for {info.length} zstd bytes", section=info.name, offset=info.offset)
+        # the bound covers the whole chain: bit-packing after zstd must not multiply it (1-bit u64: 64x more)
+        if info.decoded_length > zstd_bound(info.length):
+            raise LimitError(f"declared size {info.decoded_length} exceeds the format's bound of {zstd_bound(info.length)} "
+                             f"for {info.length} zstd bytes", section=info.name, offset=info.offset)
     elif info.length != info.packed_length:
         raise FormatError(f"stored length {info.length} != expected {info.packed_length}", section=info.name, offset=info.offset)
 

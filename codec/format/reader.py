@@ -11,15 +11,17 @@ import numpy as np
 import zstandard
 
 from ..bits import unpack_bits
-from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError,
+from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError, MemoryLimitError,
                       SectionNotFoundError, UnknownCodecError)
 from .arrays import to_device, to_framework
 from .header import Header, SectionInfo, parse_header
 from .layout import DTYPES, PREAMBLE_SIZE, Preamble, crc32, crc32_of_blocks
+from .resources import is_allocation_failure, reserve
 from .sets import DDZSet, looks_like_index
 from .source import ByteSource, open_source
 
 _CHUNK = 16 << 20
+_SCAN = 1 << 20  # streaming zstd checks decode through a buffer of this size
 _CACHE_BYTES = 64 << 20  # verified remote bytes kept per open file
 
 
@@ -31,6 +33,12 @@ def _guard(method):
         try:
             return method(self, *args, **kwargs)
         except DDZError:
+            raise
+        except MemoryError as exc:  # numpy's _ArrayMemoryError included
+            raise MemoryLimitError(f"{self.path}: out of memory ({exc})") from None
+        except RuntimeError as exc:  # torch's allocator
+            if is_allocation_failure(exc):
+                raise MemoryLimitError(f"{self.path}: out of memory ({str(exc).splitlines()[0][:160]})") from None
             raise
         except (ValueError, OverflowError, IndexError, TypeError, zstandard.ZstdError) as exc:
             raise FormatError(f"{self.path}: {type(exc).__name__}: {exc}") from None
@@ -48,7 +56,8 @@ class DDZFile:
     their CRCs are checked before use; see :mod:`codec.format.source`).
     """
 
-    def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None, _head: bytes | None = None):
+    def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None, verify: bool = False,
+                 _head: bytes | None = None):
         self._src = open_source(path, storage_options)
         self.path = self._src.name
         self._cache: OrderedDict[tuple[str, int], bytes | bytearray] = OrderedDict()
@@ -56,8 +65,10 @@ class DDZFile:
         self._crc_tables: dict[str, np.ndarray] = {}
         try:
             self._load(_head)
+            if verify:
+                self.verify()
         except BaseException:
-            self._src.close()
+            self.close()
             raise
 
     @_guard
@@ -130,6 +141,8 @@ class DDZFile:
         """The whole section, decoded. Raw sections are zero-copy views of the file mapping."""
         info = self.info(name)
         self._check_decodable(info)
+        if info.bits is not None or info.zstd:
+            reserve(info.decoded_length, f"section {name!r}", section=name)
         if info.bits is not None:
             return self._unpacked(info, 0, info.count, info.shape, framework, device)
         if info.zstd:
@@ -152,13 +165,12 @@ class DDZFile:
         per_row = math.prod(info.shape[1:])
         shape = (stop - start, *info.shape[1:])
         if info.bits is not None:
-            if info.zstd:  # one zstd stream: the whole section is decoded, then sliced
-                return self._unpacked(info, 0, info.count, info.shape, framework, device)[start:stop]
             return self._unpacked(info, start * per_row, (stop - start) * per_row, shape, framework, device)
-        if info.zstd:  # one zstd stream: fetched and decoded whole
-            arr = self._inflate(info).view(DTYPES[info.dtype]).reshape(info.shape)[start:stop]
+        row_bytes = per_row * DTYPES[info.dtype].itemsize
+        if info.zstd:  # one zstd stream, decoded up to the last byte these rows need, keeping only their bytes
+            reserve((stop - start) * row_bytes, f"rows {start}:{stop} of section {name!r}", section=name)
+            arr = self._inflate(info, start * row_bytes, stop * row_bytes).view(DTYPES[info.dtype]).reshape(shape)
         else:
-            row_bytes = per_row * DTYPES[info.dtype].itemsize
             arr = np.frombuffer(self._stored(info, start * row_bytes, stop * row_bytes), DTYPES[info.dtype],
                                 (stop - start) * per_row).reshape(shape)
         self._check_bool(info, arr)
@@ -327,34 +339,53 @@ class DDZFile:
         if info.dtype == "bool" and arr.size and arr.view(np.uint8).max() > 1:
             raise FormatError("bool section holds a byte other than 0 or 1", section=info.name, offset=info.offset)
 
-    def _inflate(self, info: SectionInfo) -> np.ndarray:
-        """zstd-decode into a buffer of exactly the declared size; more or less output is an error."""
+    def _zstd_reader(self, info: SectionInfo):
+        return zstandard.ZstdDecompressor().stream_reader(memoryview(self._stored(info)), read_across_frames=True)
+
+    def _inflate(self, info: SectionInfo, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """zstd-decode bytes ``[lo, hi)`` of the section's packed stream. The whole stream (the
+        default) must be exactly ``packed_length`` bytes; a range stops decoding at ``hi`` and
+        keeps only its own bytes, so reading the first rows of a bomb costs only those rows."""
         want = info.packed_length
-        out = np.empty(want, np.uint8)
-        reader = zstandard.ZstdDecompressor().stream_reader(memoryview(self._stored(info)), read_across_frames=True)
+        whole = lo == 0 and hi is None
+        hi = want if hi is None else hi
+        reader = self._zstd_reader(info)
         got = 0
+        if lo:
+            scratch = memoryview(bytearray(min(lo, _SCAN)))
+            while got < lo:
+                n = reader.readinto(scratch[: min(len(scratch), lo - got)])
+                if n == 0:
+                    raise FormatError(f"zstd data decodes to {got} bytes, declared {want}", section=info.name, offset=info.offset)
+                got += n
+        out = np.empty(hi - lo, np.uint8)
         view = out.data
-        while got < want:
-            n = reader.readinto(view[got:])
+        pos = 0
+        while pos < hi - lo:
+            n = reader.readinto(view[pos:])
             if n == 0:
-                raise FormatError(f"zstd data decodes to {got} bytes, declared {want}", section=info.name, offset=info.offset)
-            got += n
-        if reader.read(1):
+                raise FormatError(f"zstd data decodes to {lo + pos} bytes, declared {want}", section=info.name, offset=info.offset)
+            pos += n
+        if whole and reader.read(1):
             raise FormatError(f"zstd data decodes to more than the declared {want} bytes", section=info.name, offset=info.offset)
         return out
 
     def _unpacked(self, info: SectionInfo, start: int, count: int, shape, framework: str, device: Any):
-        if info.zstd:
-            stream = self._inflate(info)
-        else:  # only the bytes holding values start..start+count-1, from a byte-aligned value on
-            b = info.bits or 8  # only bit-packed sections come here
-            group = 8 // math.gcd(b, 8)
-            first = start - start % group
-            lo, hi = first * b // 8, ((start + count) * b + 7) // 8
-            stream = np.frombuffer(self._stored(info, lo, max(lo, hi)), np.uint8)
-            start -= first
-        np_dtype = DTYPES[info.dtype]
+        """Values ``start .. start+count-1`` of a bit-packed section: only the bytes from the last
+        byte-aligned value at or before ``start`` to the last value asked for are read (or, for
+        zstd, decoded)."""
         bits = info.bits or 0  # only bit-packed sections come here
+        group = 8 // math.gcd(bits, 8)  # values per byte-aligned group
+        first = start - start % group
+        lo, hi = first * bits // 8, ((start + count) * bits + 7) // 8
+        if info.zstd:
+            reserve(hi - lo + count * DTYPES[info.dtype].itemsize, f"section {info.name!r}", section=info.name)
+            whole = start == 0 and count == info.count  # then the stream must also end where declared
+            stream = self._inflate(info, lo, None if whole else hi)
+        else:
+            stream = np.frombuffer(self._stored(info, lo, max(lo, hi)), np.uint8)
+        start -= first
+        np_dtype = DTYPES[info.dtype]
         if framework == "torch":
             import torch
 
@@ -366,23 +397,46 @@ class DDZFile:
         return to_framework(out, info.dtype, framework, device, f"section {info.name!r}")
 
     def _deep_check(self, info: SectionInfo) -> None:
-        stream = self._inflate(info) if info.zstd else np.frombuffer(self._stored(info), np.uint8)
+        """Decoded size, zero tail bits of a bit-packed stream and bool bytes, streaming (zstd
+        sections are decoded through a small buffer, so verify needs no memory per section)."""
+        if not info.zstd:
+            self._check_stream(info, np.frombuffer(self._stored(info), np.uint8), 0)
+            return
+        want = info.packed_length
+        reader = self._zstd_reader(info)
+        buf = np.empty(min(max(want, 1), _SCAN), np.uint8)
+        got = 0
+        while True:
+            n = reader.readinto(buf.data)
+            if n == 0:
+                break
+            if got + n > want:
+                raise FormatError(f"zstd data decodes to more than the declared {want} bytes", section=info.name, offset=info.offset)
+            self._check_stream(info, buf[:n], got)
+            got += n
+        if got != want:
+            raise FormatError(f"zstd data decodes to {got} bytes, declared {want}", section=info.name, offset=info.offset)
+
+    def _check_stream(self, info: SectionInfo, chunk: np.ndarray, at: int) -> None:
+        """Checks of a piece ``chunk`` starting at byte ``at`` of the packed stream."""
         if info.bits is not None:
             tail_bits = (info.count * info.bits) % 8
-            if tail_bits and stream[-1] >> tail_bits:
-                raise FormatError("unused bits of the last packed byte are not zero", section=info.name, offset=info.offset + info.length - 1)
-        elif info.dtype == "bool":
-            self._check_bool(info, stream)
+            if tail_bits and at + len(chunk) == info.packed_length and chunk[-1] >> tail_bits:
+                raise FormatError("unused bits of the last packed byte are not zero", section=info.name,
+                                  offset=info.offset + info.length - 1)
+        elif info.dtype == "bool" and chunk.size and chunk.max() > 1:
+            raise FormatError("bool section holds a byte other than 0 or 1", section=info.name, offset=info.offset)
 
 
 _TORCH_INT = {"u8": "uint8", "i8": "int8", "u16": "int32", "i16": "int16", "u32": "int64", "i32": "int32",
               "u64": "int64", "i64": "int64"}
 
 
-def open(path: Any, *, storage_options: Mapping[str, Any] | None = None):  # noqa: A001 - mirrors safetensors.safe_open / builtin open
+def open(path: Any, *, storage_options: Mapping[str, Any] | None = None, verify: bool = False):  # noqa: A001 - mirrors safetensors.safe_open / builtin open
     """Open a .ddz file, or the JSON index of a sharded set (spec/sets.md), for reading (a
     context manager): a local path or any fsspec URL.  A set is a :class:`~.sets.DDZSet`, which
-    reads like one file."""
+    reads like one file.  ``verify=True`` also checks every checksum and encoded size before
+    returning (one read of the whole file, as ``ddz verify``)."""
     src = open_source(path, storage_options)
     try:
         head = bytes(src.read(0, min(PREAMBLE_SIZE, src.size)))
@@ -390,5 +444,12 @@ def open(path: Any, *, storage_options: Mapping[str, Any] | None = None):  # noq
         src.close()
         raise
     if looks_like_index(head):
-        return DDZSet(path, storage_options=storage_options, _source=src)
-    return DDZFile(src, _head=head)
+        dset = DDZSet(path, storage_options=storage_options, _source=src)
+        if verify:
+            try:
+                dset.verify()
+            except BaseException:
+                dset.close()
+                raise
+        return dset
+    return DDZFile(src, verify=verify, _head=head)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, InvalidInputError, LimitError,
                       SectionNotFoundError, ShardError)
-from .header import (ITEMSIZE, KNOWN_ENCODINGS, _CONTROL, _parse_objects, check_json_depth, check_name,
+from .header import (ITEMSIZE, KNOWN_ENCODINGS, _CONTROL, _parse_objects, check_json_tree, check_name,
                      dump_json)
 from .layout import DTYPES, MAX_HEADER_LENGTH, MAX_NDIM, MAX_SECTIONS, crc32
 from .source import ByteSource, is_url, open_source
@@ -144,6 +144,7 @@ def parse_index(raw: bytes, where: str = "index") -> SetIndex:
         raise FormatError(f"{where}: the set index is not UTF-8 JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != SET_FORMAT:
         raise FormatError(f"{where}: not a ddz set index (no \"format\": \"{SET_FORMAT}\")")
+    check_json_tree(doc, where)  # the header's rules, once, on the whole index: nesting, no lone surrogates
     if doc.get("version") != SET_VERSION:
         raise FormatError(f"{where}: set index version {doc.get('version')!r:.20} is not supported (this reader: {SET_VERSION})")
     if type(doc.get("crc32")) is not int or index_crc32(doc) != doc["crc32"]:
@@ -178,8 +179,6 @@ def parse_index(raw: bytes, where: str = "index") -> SetIndex:
     metadata = doc.get("metadata", {})
     if not isinstance(metadata, dict):
         raise FormatError(f"{where}: 'metadata' must be a JSON object")
-    check_json_depth(objects, "objects")
-    check_json_depth(metadata, "metadata")
     return SetIndex(set_id, tuple(shards), tuple(sections), objects, metadata)
 
 
@@ -202,7 +201,6 @@ def _parse_set_section(entry: Any, nshards: int) -> SetSection:
     if not isinstance(encoding, list) or len(encoding) > 8 or not all(
             isinstance(s, dict) and isinstance(s.get("id"), str) for s in encoding):
         raise FormatError("encoding must be a list of at most 8 objects with a string 'id'", section=name)
-    check_json_depth(encoding, f"section {name!r} encoding")
     pieces = entry.get("pieces")
     if not isinstance(pieces, list) or not 1 <= len(pieces) <= nshards:
         raise FormatError(f"'pieces' must list 1..{nshards} [shard, start, stop] row ranges", section=name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import weakref
 from typing import Any, Mapping
 
@@ -14,17 +13,11 @@ import zstandard
 from ..bits import BitStreamPacker
 from ..errors import FileAccessError, FormatError, InvalidInputError
 from .arrays import as_path, to_storage
-from .header import Header, SectionInfo, check_json_depth, check_name
+from .files import make_temp, remove_quietly, umask
+from .header import Header, SectionInfo, check_json_tree, check_name, dump_text, zstd_bound
 from .layout import (DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, DTYPES, INTEGER_DTYPES, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
                      MAX_HEADER_LENGTH, MAX_NDIM, MAX_OBJECTS, MAX_SECTIONS, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
                      MINOR_BLOCKS, PREAMBLE_SIZE, Layout, Preamble, crc32, encode_block_crcs, keeps_blocks)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class Writer:
@@ -57,15 +50,13 @@ class Writer:
         self._objects: dict[str, dict] = {}
         self._open_section: SectionWriter | None = None
         self._done = False
-        folder = os.path.dirname(os.path.abspath(self.path))
-        try:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=folder)
-        except OSError as exc:
-            raise FileAccessError(f"cannot create a file in {folder!r}: {exc.strerror}") from None
-        self._cleanup = weakref.finalize(self, _remove, self._tmp)
+        # .{name}.XXXXXXXX.tmp beside the target, locked while open; a writer killed before
+        # publishing leaves it behind, and the next Writer for this target removes it
+        fd, self._tmp = make_temp(self.path)
+        self._cleanup = weakref.finalize(self, remove_quietly, self._tmp)
         self._f = os.fdopen(fd, "wb")
-        self._f.write(bytes(PREAMBLE_SIZE))
-        self._pos = PREAMBLE_SIZE
+        self._pos = 0
+        self._write(bytes(PREAMBLE_SIZE))
 
     # -- sections ---------------------------------------------------------------------------
     def add(self, name: str, array: Any, *, bits: int | None = None, zstd: int | None = None) -> SectionInfo:
@@ -117,8 +108,14 @@ class Writer:
             raise InvalidInputError(f"section {self._open_section.name!r} is still open")
         try:
             try:
-                check_json_depth(self.metadata, "metadata")
-                header = Header(tuple(self._sections), self._objects, self.metadata).to_bytes()
+                # the reader's whole-header nesting rule (section entries are flat); UTF-8 refuses lone surrogates
+                check_json_tree({"objects": self._objects, "metadata": self.metadata})
+                header = dump_text(Header(tuple(self._sections), self._objects, self.metadata).to_doc()).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInputError(f"metadata or codec configs hold a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
+                                        "which UTF-8 cannot store") from None
+            except FormatError as exc:
+                raise InvalidInputError(f"metadata or codec configs: {exc}") from None
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"metadata or codec configs are not JSON-serialisable: {exc}") from None
             if len(header) > MAX_HEADER_LENGTH:
@@ -131,10 +128,13 @@ class Writer:
             self._f.seek(0)
             self._f.write(pre.to_bytes())
             self._f.flush()
-            os.fchmod(self._f.fileno(), 0o666 & ~_umask())  # mkstemp made it 0600; publish like open() would
+            os.fchmod(self._f.fileno(), 0o666 & ~umask())  # mkstemp made it 0600; publish like open() would
             os.fsync(self._f.fileno())
             self._f.close()
             os.replace(self._tmp, self.path)
+        except OSError as exc:  # disk full at the last flush, fsync or rename: one clean error, no file left
+            self.abort()
+            raise FileAccessError(f"writing {self.path!r} failed: {exc.strerror or exc}") from None
         except BaseException:
             self.abort()
             raise
@@ -144,11 +144,16 @@ class Writer:
         return self.path
 
     def abort(self) -> None:
-        """Discard everything written; ``path`` is left as it was."""
+        """Discard everything written; ``path`` is left as it was. Never raises: closing may
+        fail to flush the buffered tail (disk full), which no longer matters."""
         self._done = True
-        if not self._f.closed:
-            self._f.close()
-        self._cleanup()
+        try:
+            if not self._f.closed:
+                self._f.close()
+        except OSError:
+            pass
+        finally:
+            self._cleanup()
 
     def __enter__(self) -> "Writer":
         return self
@@ -237,6 +242,10 @@ class SectionWriter:
         info = SectionInfo(self.name, self.dtype, shape, self._offset, length, math.prod(shape) * itemsize,
                            tuple(encoding), self._crc, self._block_size if keep else 0,
                            encode_block_crcs(self._blocks) if keep else "")
+        if self._zstd is not None and info.decoded_length > zstd_bound(info.length):
+            self._w.abort()  # a reader must refuse it (spec 4.2: the bound covers bit-packing too)
+            raise InvalidInputError(f"section {self.name!r}: {info.decoded_length:,} bytes compress to {info.length:,}, "
+                                    f"beyond the format's bound of {zstd_bound(info.length):,}; store it with zstd alone or bit-packing alone")
         self._w._finish_section(info)
         return info
 
@@ -283,12 +292,6 @@ def _check_new_name(name: Any, taken, limit: int, what: str) -> None:
         raise InvalidInputError(f"duplicate {what} name {name!r}")
     if len(taken) >= limit:
         raise InvalidInputError(f"more than {limit} {what}s")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_dir(folder: str) -> None:
