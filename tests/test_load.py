@@ -124,8 +124,8 @@ def test_failed_state_build_closes_the_file(archive, monkeypatch):
     opened = []
     real_open = lv.ddz_open
 
-    def spy(path):
-        f = real_open(path)
+    def spy(path, **kw):
+        f = real_open(path, **kw)
         opened.append(f)
         return f
 

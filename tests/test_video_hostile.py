@@ -55,6 +55,10 @@ MUTATIONS = {
     "meta objects soft missing": (lambda h: _V(h)["objects"].__setitem__("soft_labels", "nope"), True),
     "meta objects soft is labels": (lambda h: _V(h)["objects"].__setitem__("soft_labels", "labels"), True),
     "meta class_names int": (_set(_V, "class_names", 7), True),
+    "meta num_classes 1": (_set(_V, "num_classes", 1), True),
+    "meta num_classes 2**40": (_set(_V, "num_classes", 2**40), True),
+    "meta class_names one": (_set(_V, "class_names", ["a"]), True),
+    "meta class_names missing": (lambda h: _V(h).pop("class_names"), True),
     "meta class_names ints": (_set(_V, "class_names", [1, 2]), True),
     "meta latent_shape wrong": (_set(_V, "latent_shape", [2, 4, 8, 9]), True),
     "meta latent_shape str": (_set(_V, "latent_shape", "x"), True),
@@ -100,6 +104,11 @@ MUTATIONS = {
     "vae config act bogus": (lambda h: _VC(h)["model"]["config"].__setitem__("act_fn", "bogus"), True),
     "vae config latent str": (lambda h: _VC(h)["model"]["config"].__setitem__("latent_channels", "x"), True),
     "vae config latent 3": (lambda h: _VC(h)["model"]["config"].__setitem__("latent_channels", 3), True),
+    "vae config layers 200": (lambda h: _VC(h)["model"]["config"].__setitem__("layers_per_block", 200), True),
+    "vae config layers 5000": (lambda h: _VC(h)["model"]["config"].__setitem__("layers_per_block", 5000), True),
+    "vae config 2000 blocks": (lambda h: _VC(h)["model"]["config"].update(block_out_channels=[16] * 2000,
+                                                                          down_block_types=["DownEncoderBlock2D"] * 2000,
+                                                                          up_block_types=["UpDecoderBlock2D"] * 2000), True),
     "vae config blocks huge": (lambda h: _VC(h)["model"]["config"].__setitem__("block_out_channels", [2**20, 2**20]), True),
     "vae config down types bogus": (lambda h: _VC(h)["model"]["config"].__setitem__("down_block_types", ["No", "No"]), True),
     "vae float_dtype list": (_set(_VC, "float_dtype", ["f32"]), True),
@@ -206,3 +215,104 @@ def test_valid_archive_iterates_fully(base):
     ds = codec.load(base)
     items = list(ds)
     assert len(items) == len(ds) == 5 and items[4][0].shape == (2, 3, 16, 16)
+
+
+# ---- issue 13 -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vae config layers 200", "vae config layers 5000", "vae config 2000 blocks"])
+def test_vae_config_is_bounded_by_the_stored_weights(base, tmp_path, name):
+    import time
+
+    path = _mutated(base, tmp_path, MUTATIONS[name][0])
+    start = time.process_time()
+    with pytest.raises(DDZError, match="bigger AutoencoderKL than its weights|does not build|do not match"):
+        codec.load(path)[0]
+    assert time.process_time() - start < 2.0  # stopped while building, not after minutes
+
+
+@pytest.mark.parametrize("label", [2, 2**40, -1])
+def test_labels_are_checked_against_the_class_count(base, tmp_path, label):
+    from ddzutil import rewrite
+
+    def edit(a, bits):
+        a = a.copy()
+        a[4] = label
+        return a, bits
+
+    path = rewrite(base, tmp_path / "l.ddz", edits={"labels": edit})  # every checksum re-sealed
+    with codec.open(path) as f:
+        f.verify()
+    with pytest.raises(codec.FormatError, match="class ids outside 0..1"):
+        codec.load(path)
+    assert main(["unpack", str(path), "-o", str(tmp_path / "u"), "-q"]) == 2
+    assert not (tmp_path / "u").exists()
+
+
+def test_unpack_output_must_be_new_or_empty_and_no_link(base, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(elsewhere, out / "vae")  # would redirect out/vae/... writes
+    assert main(["unpack", str(base), "-o", str(out), "-q"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert os.listdir(elsewhere) == [] and os.listdir(out) == ["vae"]
+    link = tmp_path / "link"
+    os.symlink(elsewhere, link)
+    assert main(["unpack", str(base), "-o", str(link), "-q"]) == 2
+    assert "symlink" in capsys.readouterr().err and os.listdir(elsewhere) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["unpack", str(base), "-o", str(empty), "-q"]) == 0
+    assert sorted(os.listdir(empty)) == ["labels.csv", "labels.json", "latents.safetensors", "metadata.json",
+                                         "tucker.safetensors", "vae"]
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
+
+
+def test_unpack_verifies_by_default(base, tmp_path, capsys):
+    raw = bytearray(base.read_bytes())
+    with codec.open(base) as f:
+        at = f.info("vae/q").offset + 3
+    raw[at] ^= 0x01
+    p = tmp_path / "flip.ddz"
+    p.write_bytes(bytes(raw))
+    assert main(["unpack", str(p), "-o", str(tmp_path / "u"), "-q"]) == 2
+    assert "CRC-32" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    assert main(["unpack", str(p), "-o", str(tmp_path / "u"), "-q", "--no-verify"]) == 0
+
+
+_FSIZE = """
+import os, resource, signal, sys
+from codec.cli import main
+src, root = sys.argv[1], sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+for limit in [0, 1, 100, 4096, 20000, 60000, 200000, 600000, 1200000, 2000000, 4000000, -1]:
+    out = os.path.join(root, f"u{limit}")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY if limit < 0 else limit, hard))
+    rc = main(["unpack", src, "-o", out, "-q", "--frames", "png"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    left = sorted(os.listdir(root))
+    print(limit, rc, os.path.isdir(out), left, flush=True)
+"""
+
+
+def test_unpack_onto_a_full_disk_leaves_nothing(base, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    script = tmp_path / "fsize.py"
+    script.write_text(_FSIZE)
+    r = subprocess.run([sys.executable, str(script), str(base), str(root)], capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line.split(" ", 3) for line in r.stdout.strip().splitlines()]
+    errors = [line for line in r.stderr.strip().splitlines() if line]
+    assert all(e.startswith("ddz: error: unpacking into") for e in errors), errors
+    failed = [row for row in rows if row[1] != "0"]
+    assert len(failed) >= 5 and len(errors) == len(failed)
+    for limit, rc, exists, left in rows:
+        if rc == "0":
+            assert exists == "True"
+        else:
+            assert rc == "2" and exists == "False" and f"'u{limit}'" not in left
+    assert rows[-1][1] == "0"  # no limit: it works
+    assert [f for f in os.listdir(root) if f.startswith(".")] == []

@@ -3,7 +3,7 @@
     ddz pack --vae VAE_DIR --latents LATENTS.safetensors -o OUT.ddz [--hosvd-rate 0.75] [--budget 115MB]
     ddz pack --vae VAE_DIR --videos DIR -o OUT.ddz [--frames 16] [--resolution 112] ...
     ddz pack --vae quantized_vae/ --latents synthetic_data.pt --ipc 1 -o OUT.ddz     (LVDD's own outputs)
-    ddz unpack FILE -o DIR [--frames mp4|png] [--preview]
+    ddz unpack FILE -o DIR [--frames mp4|png] [--preview] [--no-verify]
 
 ``VAE_DIR`` is a diffusers folder, or an optimum-quanto qint8 folder (``quantization_map.json``,
 ``quantized_vae.safetensors``, ``config.json``: LVDD's ``quantize_vae.py``), whose int8 weights are
@@ -96,6 +96,8 @@ def register(sub) -> None:
     u.add_argument("--fps", type=_positive_int, default=8, help="frame rate of --frames mp4 videos (default 8)")
     u.add_argument("--device", default="cpu")
     u.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="decode under torch.autocast")
+    u.add_argument("--no-verify", action="store_true",
+                   help="skip the checksum pass over the archive (by default every checksum is checked before anything is written)")
     u.add_argument("-q", "--quiet", action="store_true")
     u.set_defaults(func=cmd_unpack)
 
@@ -251,7 +253,8 @@ def cmd_unpack(args) -> int:
 
     parse_device(args.device)
     files = unpack_archive(args.file, args.output, frames=args.frames, preview=args.preview, fps=args.fps,
-                           device=args.device, autocast=args.autocast, progress=not args.quiet)
+                           device=args.device, autocast=args.autocast, progress=not args.quiet,
+                           verify=not args.no_verify)
     if not args.quiet:
         print(f"wrote {len(files)} files under {args.output}", file=sys.stdout)
     return 0

@@ -44,7 +44,7 @@ def archive_kind(path: str | os.PathLike) -> str:
     return "unknown"
 
 
-def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
+def load(path: str | os.PathLike, device: Any = "cpu", *, verify: bool = False, **kwargs: Any) -> Any:
     """Open ``path`` for training: a .ddz, the index of a sharded set (spec/sets.md), or either
     at an fsspec URL (read with range requests).
 
@@ -55,6 +55,10 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
     when augmentation records are stored, an ``LLMArchive`` for token-level labels, else a
     ``SoftLabelArchive``); use ``codec.softlabels.replay.replay_loader`` to iterate
     (epoch, step) batches.
+
+    ``verify=True`` checks every checksum of the file once, before returning (one read of the
+    whole file); by default only the structure is checked and a flipped payload bit can decode
+    to wrong values (never to a crash or a non-codec exception).
     """
     from ..format.source import is_url
 
@@ -63,7 +67,7 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
         raise InvalidInputError(f"{path}: no such file")
     kind = archive_kind(path)
     if kind == "latent-video":
-        return VideoDataset(path, device=device, **kwargs)
+        return VideoDataset(path, device=device, verify=verify, **kwargs)
     if kind == "soft-labels":
         try:
             sl = importlib.import_module("codec.softlabels")
@@ -73,7 +77,7 @@ def load(path: str | os.PathLike, device: Any = "cpu", **kwargs: Any) -> Any:
         if not callable(opener):
             raise InvalidInputError(f"{path} holds soft labels, but this installation's codec.softlabels has no "
                                     "open_archive replay entry point")
-        return opener(path, device=device, **kwargs)
+        return opener(path, device=device, verify=verify, **kwargs)
     with ddz_open(path) as f:
         keys = sorted(f.metadata)[:6]
     raise FormatError(f"{path}: neither a latent-video nor a soft-label archive (metadata keys: {keys})")

@@ -24,13 +24,16 @@ import csv
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from .._args import int_arg
 from ..errors import FileAccessError, InvalidInputError
 from ..format import open as ddz_open
+from ..format.files import make_temp, umask
 from ..video.unpack import contact_sheet, to_uint8, write_mp4
 from .video import VideoDataset
 
@@ -52,8 +55,15 @@ def class_folders(names: list[str]) -> list[str]:
 
 def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frames: str | None = None,
                    preview: bool = False, preview_samples: int = 8, fps: int = 8, device: Any = "cpu",
-                   autocast: str | None = None, progress: bool = True) -> list[str]:
-    """Unpack a latent-video archive into standard files (see the module docstring); returns the paths written."""
+                   autocast: str | None = None, progress: bool = True, verify: bool = True) -> list[str]:
+    """Unpack a latent-video archive into standard files (see the module docstring); returns the paths written.
+
+    ``out_dir`` must not exist or be an empty folder (not a symlink). Everything is written into a
+    private temporary folder beside it, which is renamed to ``out_dir`` only once complete: on any
+    failure (a damaged archive, a full disk, Ctrl-C) nothing is left, and no link inside an
+    existing folder can redirect a write. ``verify`` (default True) checks every checksum of the
+    archive first (one read of the file), so a damaged archive is refused before anything is written.
+    """
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -61,22 +71,58 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
         raise InvalidInputError(f"frames must be 'mp4' or 'png', got {frames!r}")
     fps = int_arg("fps", fps, 1)
     path, out_dir = os.fspath(path), os.fspath(out_dir)
-    ds = VideoDataset(path, device=device, autocast=autocast)
+    _check_output(out_dir)
+    ds = VideoDataset(path, device=device, autocast=autocast, verify=verify)
     try:
-        return _unpack(ds, path, out_dir, frames, preview, preview_samples, fps, progress, save_file, tqdm)
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise FileAccessError(f"cannot create {parent!r}: {exc.strerror}") from None
+        fd, tmp = make_temp(out_dir, "dir")
+        try:
+            written = _unpack(ds, path, tmp, frames, preview, preview_samples, fps, progress, save_file, tqdm)
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700; publish like mkdir would
+            os.rename(tmp, out_dir)  # atomic; replaces an empty folder, fails on a non-empty one
+        except (OSError, SafetensorError, av_error()) as exc:
+            raise FileAccessError(f"unpacking into {out_dir!r} failed, nothing was written: {_one_line(exc)}") from None
+        finally:
+            os.close(fd)
+            shutil.rmtree(tmp, ignore_errors=True)
     finally:
         ds.close()
+    return [os.path.join(out_dir, os.path.relpath(p, tmp)) for p in written]
+
+
+def _check_output(out_dir: str) -> None:
+    if os.path.islink(out_dir):
+        raise InvalidInputError(f"output folder {out_dir!r} is a symlink; give the real path")
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise InvalidInputError(f"{out_dir!r} exists and is not a folder")
+        if os.listdir(out_dir):
+            raise InvalidInputError(f"output folder {out_dir!r} exists and is not empty; unpack writes a new folder")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[0][:200] if str(text).strip() else type(exc).__name__
+
+
+def av_error() -> type:
+    """PyAV's error base class (its errors need not be OSErrors), or a class nothing raises."""
+    try:
+        import av
+
+        return av.error.FFmpegError
+    except ImportError:  # pragma: no cover - av is a dependency
+        return OSError
 
 
 def _unpack(ds: VideoDataset, path: str, out_dir: str, frames, preview, preview_samples, fps, progress,
             save_file, tqdm) -> list[str]:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise FileAccessError(f"cannot create {out_dir!r}: {exc.strerror}") from None
     written: list[str] = []
-    n_classes = int(ds.labels.max()) + 1 if len(ds) else 0  # labels are checked non-negative at load
-    names = list(ds.class_names) + [str(i) for i in range(len(ds.class_names), n_classes)]
+    names = list(ds.class_names)  # every label is a class id into these (checked at load)
     folders = class_folders(names)
 
     def out(*p: str) -> str:

@@ -55,7 +55,7 @@ class VideoDataset(torch.utils.data.Dataset):
     """See the module docstring. Build with :func:`codec.load`."""
 
     def __init__(self, path: str | os.PathLike, *, device: Any = "cpu", cache: Any = None, decode_batch: int = 32,
-                 autocast: str | None = None, vae_dtype: Any = "fp32", transform: Any = None):
+                 autocast: str | None = None, vae_dtype: Any = "fp32", transform: Any = None, verify: bool = False):
         self.path = os.fspath(path)
         self.device = parse_device(device)
         if cache not in (None, False, True, "latents", "frames"):
@@ -71,11 +71,11 @@ class VideoDataset(torch.utils.data.Dataset):
             vae_dtype = _DTYPES[vae_dtype]
         self.vae_dtype = vae_dtype
         self.transform = transform
-        with ddz_open(self.path) as f:
+        with ddz_open(self.path, verify=verify) as f:  # verify: every checksum, once, before anything is used
             meta, labels = self._validate(f)
         self.labels = labels.to(torch.int64)
         self.meta = meta
-        self.class_names = list(meta.get("class_names") or [])
+        self.class_names = list(meta["class_names"])  # one per class id: labels are checked against it
         self.object_names = dict(self._names)  # role ("vae", "latents", "labels") -> object / section name
         self._local: dict[str, Any] | None = None
         self._pid: int | None = None
@@ -97,9 +97,11 @@ class VideoDataset(torch.utils.data.Dataset):
         for key in ("vae", "latents"):
             if self._names[key] not in f.objects:
                 raise self._fail(f"object {self._names[key]!r} ({key}) is missing")
-        cn = meta.get("class_names")
-        if cn is not None and not (isinstance(cn, list) and all(isinstance(c, str) for c in cn)):
+        cn, nc = meta.get("class_names"), meta.get("num_classes")
+        if not (isinstance(cn, list) and all(isinstance(c, str) for c in cn)):
             raise self._fail(f"metadata class_names must be a list of strings, got {str(cn)[:60]}")
+        if type(nc) is not int or nc != len(cn) or nc < 1:
+            raise self._fail(f"metadata num_classes must be the number of class names ({len(cn)}), got {str(nc)[:40]}")
         secs = f.objects[self._names["latents"]]["sections"]
         if "core" not in secs:
             raise self._fail(f"latents object {self._names['latents']!r} has no 'core' part (parts: {sorted(secs)})")
@@ -139,8 +141,9 @@ class VideoDataset(torch.utils.data.Dataset):
             raise self._fail(f"labels must be an integer [{self._n}] section, got {linfo.dtype} {linfo.shape}",
                              self._names["labels"])
         labels = f.get(self._names["labels"], framework="torch").to(torch.int64)
-        if self._n and int(labels.min()) < 0:
-            raise self._fail("labels hold negative class ids", self._names["labels"])
+        if self._n and not 0 <= int(labels.min()) <= int(labels.max()) < nc:
+            raise self._fail(f"labels hold class ids outside 0..{nc - 1} (min {int(labels.min())}, max {int(labels.max())})",
+                             self._names["labels"])
         self._soft = names.get("soft_labels")  # dense section written by ddz pack
         if self._soft is not None:
             info = f.info(self._soft)

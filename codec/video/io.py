@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .._args import parse_device
-from ..errors import InvalidInputError
+from ..errors import FileAccessError, InvalidInputError
+from ..format.files import is_regular, open_regular
 
 __all__ = ["parse_device", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "Clip", "find_clips", "read_clip", "read_video",
            "read_frame_folder", "load_tensors", "parse_resolution"]
@@ -69,7 +70,11 @@ def parse_resolution(res: Any) -> tuple[int, int]:
 def _is_clip(path: str) -> bool:
     if os.path.isdir(path):
         return any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(path))
-    return path.lower().endswith(VIDEO_EXTENSIONS)
+    if not path.lower().endswith(VIDEO_EXTENSIONS):
+        return False
+    if not is_regular(path):  # a FIFO or device would block the decoder
+        raise InvalidInputError(f"{path!r} is not a regular file")
+    return True
 
 
 def find_clips(root: str | os.PathLike, csv_path: str | os.PathLike | None = None) -> tuple[list[Clip], list[str]]:
@@ -159,8 +164,13 @@ def read_video(path: str, frames: int = 16, resolution: Any = 112, *, sampling: 
 
     hw = parse_resolution(resolution)
     try:
-        container = av.open(path)
+        fh = open_regular(path, "video")  # a FIFO in its place fails here instead of blocking
+    except FileAccessError as exc:
+        raise InvalidInputError(str(exc)) from None
+    try:
+        container = av.open(fh)
     except Exception as exc:  # noqa: BLE001 - PyAV raises many error types
+        fh.close()
         raise InvalidInputError(f"{path}: cannot open video ({exc})") from None
     try:
         if not container.streams.video:
@@ -190,6 +200,7 @@ def read_video(path: str, frames: int = 16, resolution: Any = 112, *, sampling: 
             raise InvalidInputError(f"{path}: video decoding failed ({exc})") from None
     finally:
         container.close()
+        fh.close()
     if not got and pad is None:
         raise InvalidInputError(f"{path}: no frames could be decoded")
     out = [got[i] if i in got else pad for i in want]  # indices past the clip's end: its last frame
@@ -203,7 +214,7 @@ def read_frame_folder(path: str, frames: int = 16, resolution: Any = 112, *, sam
     from PIL import Image
 
     hw = parse_resolution(resolution)
-    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))  # opened regular-only below
     if not files:
         raise InvalidInputError(f"{path}: no frame images")
     want = [min(i, len(files) - 1) for i in _indices(len(files), frames, sampling, frame_gap)]
@@ -212,11 +223,11 @@ def read_frame_folder(path: str, frames: int = 16, resolution: Any = 112, *, sam
     for i in want:
         if i not in cache:
             try:
-                with Image.open(os.path.join(path, files[i])) as src:
+                with open_regular(os.path.join(path, files[i]), "frame image") as fh, Image.open(fh) as src:
                     im = src.convert("RGB")
                     ch, cw = _cover(im.height, im.width, hw)
                     cache[i] = _fit(np.asarray(im.resize((cw, ch), Image.Resampling.BILINEAR)), hw)
-            except (OSError, Image.DecompressionBombError) as exc:
+            except (OSError, Image.DecompressionBombError) as exc:  # FileAccessError is an OSError
                 raise InvalidInputError(f"{os.path.join(path, files[i])}: cannot read image ({exc})") from None
         out.append(cache[i])
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -303,6 +303,46 @@ def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool
         raise InvalidInputError(f"{where}: cannot load weights ({_short(exc)})") from None
 
 
+class _OverBudget(Exception):
+    pass
+
+
+class _BuildBudget:
+    """While a model is built from a stored config (on the meta device), count the parameters
+    and buffers it registers and stop the build as soon as they exceed what the stored state
+    dict could fill (4x its tensors and elements: room for a decoder-only archive's absent
+    encoder). A config cannot make a reader spend time or memory on a model the file does
+    not hold: ``layers_per_block = 5000`` stops after a few hundred tensors, not minutes."""
+
+    def __init__(self, state: Mapping[str, Any]):
+        tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+        self.max_tensors = 4 * len(tensors) + 64
+        self.max_elements = 4 * sum(t.numel() for t in tensors) + (1 << 20)
+        self.tensors = self.elements = 0
+        self._handles: list[Any] = []
+
+    def _count(self, module, name, tensor):
+        if tensor is not None:
+            self.tensors += 1
+            self.elements += tensor.numel()
+            if self.tensors > self.max_tensors or self.elements > self.max_elements:
+                raise _OverBudget(f"over {self.tensors:,} tensors / {self.elements:,} elements where the archive "
+                                  f"stores at most {self.max_tensors:,} / {self.max_elements:,}")
+        return None
+
+    def __enter__(self):
+        from torch.nn.modules import module as m
+
+        self._handles = [m.register_module_parameter_registration_hook(self._count),
+                         m.register_module_buffer_registration_hook(self._count)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
 def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device: Any = None,
               where: str = "stored VAE", dtype: torch.dtype = torch.float32) -> nn.Module:
     """A diffusers model from a stored description (class, config, decoder_only) and its weights
@@ -311,9 +351,12 @@ def build_vae(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], device
         raise FormatError(f"VAE object has no diffusers description (got {str(desc)[:80]})")
     cls = _diffusers_class(desc.get("class"))
     decoder_only = bool(desc.get("decoder_only"))
+    budget = _BuildBudget(state)
     try:
-        with torch.device("meta"), _quiet_diffusers():
+        with torch.device("meta"), _quiet_diffusers(), budget:
             model = cls.from_config(dict(desc["config"]))
+    except _OverBudget as exc:
+        raise FormatError(f"stored diffusers config asks for a bigger {cls.__name__} than its weights: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - diffusers raises anything (IndexError, ZeroDivisionError, ...)
         raise FormatError(f"stored diffusers config does not build a {cls.__name__}: {_short(exc)}") from None
     if decoder_only:
