@@ -3,6 +3,8 @@ every failure is a DDZError (FormatError/LimitError for file data)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import pytest
@@ -160,3 +162,79 @@ def test_bad_reader_arguments_are_invalid_input(tmp_path):
         with pytest.raises(InvalidInputError):
             bad()
     assert open_archive(p)[[4, 0, 4]].shape == (3, C)
+
+
+# ---- issue 13 -------------------------------------------------------------------------------------
+def test_decoded_size_is_checked_before_decoding(tmp_path):
+    """12 KB can describe 2**20 rows of 2**24 classes (zstd decoder and index plane): labels()
+    must refuse the 64 TiB output before allocating it; a few rows still decode."""
+    classes, n = 1 << 24, 1 << 20
+    cfg = VQCodec(classes, 1, 1, 2, entropy=True).get_config()
+    p = tmp_path / "big.ddz"
+    with Writer(p, metadata={"softlabels": {"object": "labels", "rows": n, "classes": classes, "codec": "vq"}}) as w:
+        w.add("labels/indices_lo", np.zeros((n, 1), np.uint8), zstd=19)
+        w.add("labels/codebook", np.ones((2, 1), np.float32))
+        w.add("labels/decoder", np.ones((1, classes), np.float32), zstd=19)
+        w.add_object("labels", cfg, {p: f"labels/{p}" for p in ("indices_lo", "codebook", "decoder")})
+    assert p.stat().st_size < 20000
+    a = open_archive(p)
+    with pytest.raises(codec.MemoryLimitError, match="1,048,576 rows x 16,777,216 classes"):
+        a.labels()
+    with pytest.raises(codec.MemoryLimitError):
+        a[0: n // 2]
+    one = a.labels(3, 4)
+    assert one.shape == (1, classes) and float(one[0, 0]) == pytest.approx(1 / classes)
+
+
+def test_one_row_part_codec_spills_nothing(tmp_path, monkeypatch):
+    import tempfile as tf
+
+    made = []
+    real = tf.TemporaryFile
+
+    def spy(*a, **k):
+        made.append(k.get("dir"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(tf, "TemporaryFile", spy)
+    vq = VQCodec(C, 10, 5, 8).set_params(encoder=np.eye(C, 10, dtype=np.float32), decoder=DEC, codebook=CB)
+    labels = np.random.default_rng(0).random((50, C)).astype(np.float32)
+    codec.softlabels.save_softlabels(tmp_path / "v.ddz", vq, labels)
+    assert made == []  # VQ has one row part: no spill file at all
+    tk = TopKCodec(C, 3)
+    codec.softlabels.save_softlabels(tmp_path / "t.ddz", tk, labels)
+    assert made == [str(tmp_path)]  # top-k's second row part spills into an unnamed file beside the output
+    assert sorted(os.listdir(tmp_path)) == ["t.ddz", "v.ddz"]
+    np.testing.assert_allclose(open_archive(tmp_path / "t.ddz").labels().numpy(),
+                               tk.decode_rows({k: v for k, v in tk.encode_rows(labels).items()}).numpy(), rtol=1e-6)
+
+
+_KILLED_SAVE = """
+import os, signal, sys, numpy as np
+import codec.softlabels as sl
+from codec.codecs.topk import TopKCodec
+
+def rows():
+    for i in range(40):
+        if i == 20:
+            os.kill(os.getpid(), signal.SIGKILL)  # killed half-way, spill files and temp file open
+        yield np.random.default_rng(i).random((1000, 10)).astype(np.float32)
+
+sl.save_softlabels(sys.argv[1], TopKCodec(10, 3), sl.IterSource(rows, classes=10), chunk=1000)
+"""
+
+
+def test_killed_save_leaves_only_a_temp_file_that_the_next_save_removes(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path.parent / f"{tmp_path.name}-killed.py"
+    script.write_text(_KILLED_SAVE)
+    out = tmp_path / "soft_1.ddz"
+    r = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == -9
+    left = os.listdir(tmp_path)
+    assert len(left) == 1 and left[0].startswith(".soft_1.ddz.") and left[0].endswith(".tmp")  # no spill folder
+    codec.softlabels.save_softlabels(out, TopKCodec(C, 3), np.random.default_rng(0).random((5, C)).astype(np.float32))
+    assert os.listdir(tmp_path) == ["soft_1.ddz"]

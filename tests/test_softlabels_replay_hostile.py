@@ -201,3 +201,32 @@ def test_recorder_rejects_bad_fields_naming_field_and_batch(tmp_path, field, val
     with pytest.raises(FormatError, match=rf"batch 0 .*{field}"):
         write_replay_archive(tmp_path / "x.ddz", TopKCodec(C, 3, input="logits"), recs, classes=C)
     assert not (tmp_path / "x.ddz").exists()
+
+
+@pytest.mark.parametrize("where", ["batch", "sampler"])
+def test_import_refuses_a_fifo_without_blocking(tmp_path, where):
+    import signal
+
+    src = _fkd(tmp_path / "d")
+    target = src / "epoch_0" / "batch_1.tar" if where == "batch" else src / "sampler_indices_epoch.json"
+    os.mkfifo(target)  # opening it for reading would block until a writer comes
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("import_fkd_dir blocked on a FIFO"))
+    signal.alarm(20)
+    try:
+        with pytest.raises(FormatError, match="not a regular file"):
+            import_fkd_dir(src, tmp_path / "o.ddz", TopKCodec(C, 2, input="logits"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert not (tmp_path / "o.ddz").exists()
+
+
+def test_video_folder_refuses_a_fifo(tmp_path):
+    from codec.video.io import find_clips, read_video
+
+    (tmp_path / "cls").mkdir()
+    os.mkfifo(tmp_path / "cls" / "clip.mp4")
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        find_clips(tmp_path)
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        read_video(str(tmp_path / "cls" / "clip.mp4"))

@@ -34,17 +34,19 @@ from .sources import ArraySource, DDZSource, IterSource, as_source
 from .train import TrainLog, train_vq
 
 
-def open_archive(path, device: Any = None, *, name: str | None = None, dtype=None, storage_options=None):
+def open_archive(path, device: Any = None, *, name: str | None = None, dtype=None, storage_options=None,
+                 verify: bool = False):
     """Open soft labels for reading: a .ddz, the index of a sharded set (spec/sets.md), or
     either at an fsspec URL (``https://``, ``s3://`` ...; ``storage_options`` go to fsspec).
 
     Returns a :class:`ReplayArchive` when the file holds augmentation records (so training
     code can replay (epoch, step) batches), an :class:`LLMArchive` for token-level labels,
     else a :class:`SoftLabelArchive`.  Decoding runs on ``device`` (CPU or CUDA).
+    ``verify=True`` checks every checksum of the file first (one read of the whole file).
     """
     from ..format import open as ddz_open
 
-    f = ddz_open(path, storage_options=storage_options)
+    f = ddz_open(path, storage_options=storage_options, verify=verify)
     try:
         meta = f.metadata if isinstance(f.metadata, dict) else {}
         kw: dict[str, Any] = {"device": device}

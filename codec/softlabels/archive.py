@@ -24,9 +24,10 @@ import torch
 from .._args import int_arg, parse_device
 from ..codecs.base import registered_codecs
 from ..codecs.softlabel import SoftLabelCodec
-from ..errors import FormatError, InvalidInputError, SectionNotFoundError
+from ..errors import DDZError, FileAccessError, FormatError, InvalidInputError, SectionNotFoundError
 from ..format import DTYPES, DDZFile, DDZSet, Writer
 from ..format.arrays import as_path
+from ..format.resources import allocation_guard, reserve
 from ..format import open as ddz_open
 from .sources import Source, opened_source
 
@@ -85,8 +86,10 @@ def write_row_parts(writer: Writer, name: str, codec: SoftLabelCodec, src: Sourc
     specs = codec.row_parts()
     names = list(specs)
     sections = {p: f"{name}/{p}" for p in names}
+    # row parts after the first wait in unnamed temporary files beside the output (same disk;
+    # nothing to clean up even after kill -9); a codec with one row part (VQ) spills nothing
     spills: dict[str, Any] = {}
-    tmpdir = tempfile.mkdtemp(prefix="ddz-spill-", dir=os.path.dirname(os.path.abspath(writer.path)) if hasattr(writer, "path") else None)
+    folder = os.path.dirname(os.path.abspath(writer.path)) if hasattr(writer, "path") else None
     rows = 0
     bar = None
     if progress:
@@ -108,7 +111,7 @@ def write_row_parts(writer: Writer, name: str, codec: SoftLabelCodec, src: Sourc
                 for p in names[1:]:
                     f = spills.get(p)
                     if f is None:
-                        f = spills[p] = open(os.path.join(tmpdir, p.replace("/", "_")), "wb")
+                        f = spills[p] = tempfile.TemporaryFile(prefix="ddz-spill-", dir=folder)
                     a = np.ascontiguousarray(enc[p], dtype=DTYPES[specs[p].dtype])
                     f.write(a.tobytes())
                 rows += int(x.shape[0])
@@ -122,20 +125,23 @@ def write_row_parts(writer: Writer, name: str, codec: SoftLabelCodec, src: Sourc
                 if f is None:
                     sec.append(np.zeros((0, *sp.row_shape), DTYPES[sp.dtype]))
                     continue
-                f.close()
-                mm = np.memmap(f.name, dtype=DTYPES[sp.dtype], mode="r") if rows else np.zeros(0, DTYPES[sp.dtype])
-                for s in range(0, rows, chunk):
-                    e = min(rows, s + chunk)
-                    sec.append(np.asarray(mm[s * per_row: e * per_row]).reshape(e - s, *sp.row_shape))
-                del mm
+                with f:
+                    f.seek(0)
+                    for s in range(0, rows, chunk):
+                        e = min(rows, s + chunk)
+                        part = np.fromfile(f, DTYPES[sp.dtype], (e - s) * per_row)
+                        if part.size != (e - s) * per_row:
+                            raise FileAccessError(f"spill file of part {p!r} came back short")
+                        sec.append(part.reshape(e - s, *sp.row_shape))
+    except OSError as exc:
+        if isinstance(exc, DDZError):
+            raise
+        raise FileAccessError(f"spilling soft-label row parts in {folder!r} failed: {exc.strerror or exc}") from None
     finally:
         if bar is not None:
             bar.close()
         for f in spills.values():
             f.close()
-        for fn in os.listdir(tmpdir):
-            os.unlink(os.path.join(tmpdir, fn))
-        os.rmdir(tmpdir)
     return sections, rows
 
 
@@ -239,13 +245,14 @@ class SoftLabelArchive:
         missing = [p for p in specs if p not in self.sections]
         if missing:
             raise FormatError(f"object {self.name!r} lacks row parts {missing}")
-        shared = {p: f.get(s) for p, s in self.sections.items() if p not in specs}
-        try:
-            codec = codec.with_params(shared)
-        except InvalidInputError as exc:  # the parts came from the file
-            raise FormatError(f"{self.path}: object {self.name!r}: bad shared parts: {exc}") from None
-        if hasattr(codec, "to"):
-            codec.to(self.device)
+        with allocation_guard(f"{self.path}: loading the shared parts of {self.name!r}"):
+            shared = {p: f.get(s) for p, s in self.sections.items() if p not in specs}
+            try:
+                codec = codec.with_params(shared)
+            except InvalidInputError as exc:  # the parts came from the file
+                raise FormatError(f"{self.path}: object {self.name!r}: bad shared parts: {exc}") from None
+            if hasattr(codec, "to"):
+                codec.to(self.device)
         self.row_parts = list(specs)
         for p, spec in specs.items():
             _check_row_part(f.info(self.sections[p]), spec, f"object {self.name!r} part {p!r}")
@@ -291,11 +298,15 @@ class SoftLabelArchive:
         codec = self._codec_obj()
         dev = parse_device(device) if device is not None else self.device
         dtype = _decode_dtype(dtype) if dtype is not None else self.dtype
-        parts = {p: self._row_part(p, int(start), int(stop)) for p in self.row_parts}
-        try:
-            return codec.decode_rows(parts, rows=range(int(start), int(stop)), device=dev, dtype=dtype)
-        except InvalidInputError as exc:  # the parts came from the file
-            raise FormatError(f"{self.path}: object {self.name!r} rows {start}:{stop}: {exc}") from None
+        # every soft-label codec decodes to (rows, classes) float32: refuse before decoding what cannot be held
+        reserve((int(stop) - int(start)) * self.classes * 4, f"{self.path}: soft labels {start}:{stop} "
+                f"({int(stop) - int(start):,} rows x {self.classes:,} classes, float32)")
+        with allocation_guard(f"{self.path}: decoding soft labels {start}:{stop}"):
+            parts = {p: self._row_part(p, int(start), int(stop)) for p in self.row_parts}
+            try:
+                return codec.decode_rows(parts, rows=range(int(start), int(stop)), device=dev, dtype=dtype)
+            except InvalidInputError as exc:  # the parts came from the file
+                raise FormatError(f"{self.path}: object {self.name!r} rows {start}:{stop}: {exc}") from None
 
     def rows_at(self, ids: Iterable[int], **kw) -> torch.Tensor:
         """Arbitrary rows (any order, repeats allowed), decoded run by run."""

@@ -46,8 +46,9 @@ from .._torchfile import read_torch_file
 from ..codecs.base import Part
 from ..codecs.softlabel import SoftLabelCodec, index_bits
 from ..codecs.vq import VQCodec
-from ..errors import FormatError, InvalidInputError
+from ..errors import FileAccessError, FormatError, InvalidInputError
 from ..format import Writer
+from ..format.files import is_regular, open_regular
 
 AUG_META = "augment"
 MIX_TYPES = ("none", "cutmix", "mixup")
@@ -292,6 +293,8 @@ def scan_fkd_dir(src: str | os.PathLike) -> list[tuple[int, int, str]]:
         for j, (b, f) in enumerate(files):
             if b != j:
                 raise FormatError(f"{src}/{d}: batches must be 0..B-1 without gaps; found batch_{b} where batch_{j} was expected")
+            if not is_regular(os.path.join(src, d, f)):  # a FIFO would block torch.load forever
+                raise FormatError(f"{src}/{d}/{f}: not a regular file")
             out.append((e, b, os.path.join(src, d, f)))
     return out
 
@@ -333,11 +336,11 @@ def _sampler_ids(epochs: int, *, sampler_seed: int | None, sample_ids, src: str,
 
 def _read_sampler_json(js: str) -> list[np.ndarray]:
     """LPLD's ``sampler_indices_epoch.json``: a list (or {epoch: list}) of per-epoch sample-id lists."""
-    if not os.path.isfile(js):
-        raise FormatError(f"{js}: not a regular file")
     try:
-        with open(js, encoding="utf-8") as f:
-            data = json.load(f)
+        with open_regular(js, "sampler file") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except FileAccessError as exc:
+        raise FormatError(str(exc)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{js}: cannot be read as JSON: {exc}") from None
     if isinstance(data, dict):

@@ -33,7 +33,7 @@ import torch
 from .._args import float_arg, int_arg, parse_device
 from ..codecs.softlabel import index_bits, index_dtype, index_dtype_name
 from ..codecs.vq import VQCodec
-from ..errors import FormatError, InvalidInputError
+from ..errors import FileAccessError, FormatError, InvalidInputError
 from ..format import DTYPES, Writer
 from .archive import SoftLabelArchive, write_softlabels
 from .sources import IterSource
@@ -113,9 +113,10 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
     if vq.classes != k or vq.input != "probs":
         raise InvalidInputError(f"the values codec must take {k} probability classes, has {vq.classes} ({vq.input})")
     vbits = index_bits(vocab)
-    tmp = tempfile.mkdtemp(prefix="ddz-llm-", dir=os.path.dirname(os.path.abspath(os.fspath(path))))
+    # unnamed temporary files beside the output: nothing is left behind, even after kill -9
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     names = ("tokens", "loss_mask", "topk_ids")
-    spills = {n: open(os.path.join(tmp, n), "wb") for n in names}
+    spills = {n: tempfile.TemporaryFile(prefix="ddz-llm-", dir=folder) for n in names}
     seq_tokens, seq_labels, prompts = [0], [0], []
     try:
         def values():
@@ -131,8 +132,6 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
 
         with Writer(path, metadata=dict(metadata or {})) as w:
             write_softlabels(w, "llm_values", vq, IterSource(values, classes=k), register=False, progress=progress)
-            for f in spills.values():
-                f.close()
             w.add("llm/seq_tokens", np.asarray(seq_tokens, np.uint64))
             w.add("llm/seq_labels", np.asarray(seq_labels, np.uint64))
             w.add("llm/prompt_len", np.asarray(prompts, np.uint32))
@@ -140,16 +139,22 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
             for name, shape, bits, dname in (("tokens", (T,), vbits, index_dtype_name(vbits)), ("loss_mask", (T,), 1, "u8"),
                                              ("topk_ids", (n, k), vbits, index_dtype_name(vbits))):
                 dt = DTYPES[dname]
-                arr = np.memmap(spills[name].name, dtype=dt, mode="r", shape=shape) if T and (name != "topk_ids" or n) else np.zeros(shape, dt)
                 z = ids_zstd if name == "topk_ids" else None
                 b = None if z is not None else bits
+                spill = spills[name]
+                spill.flush()
+                spill.seek(0)
+                per_row = shape[1] if len(shape) > 1 else 1
                 with w.section(f"llm/{name}", dname, shape[1:], bits=b, zstd=z) as sec:
                     step = 1 << 20
                     for s0 in range(0, shape[0], step):
-                        sec.append(np.asarray(arr[s0:s0 + step]))
+                        rows = min(step, shape[0] - s0)
+                        part = np.fromfile(spill, dt, rows * per_row)
+                        if part.size != rows * per_row:
+                            raise FileAccessError(f"spill file of llm/{name} came back short")
+                        sec.append(part.reshape(rows, *shape[1:]))
                     if shape[0] == 0:
                         sec.append(np.zeros(shape, dt))
-                del arr
             w.metadata[LLM_META] = {"version": 1, "vocab": vocab, "k": k, "temperature": temperature,
                                     "sequences": len(prompts), "tokens": T, "label_rows": n,
                                     "values_object": "llm_values", "values": "softmax(top-k logits / T), sorted descending",
@@ -158,9 +163,6 @@ def write_llm_archive(path: str | os.PathLike, sequences: Callable[[], Iterable[
     finally:
         for f in spills.values():
             f.close()
-        for fn in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, fn))
-        os.rmdir(tmp)
     size = os.path.getsize(path)
     n = seq_labels[-1]
     return {"path": os.fspath(path), "file_bytes": size, "label_rows": n, "tokens": seq_tokens[-1],
