@@ -109,7 +109,7 @@ class Writer:
         try:
             try:
                 # the reader's whole-header nesting rule (section entries are flat); UTF-8 refuses lone surrogates
-                check_json_tree({"objects": self._objects, "metadata": self.metadata})
+                check_json_tree({"objects": self._objects, "metadata": self.metadata}, strings=False)
                 header = dump_text(Header(tuple(self._sections), self._objects, self.metadata).to_doc()).encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise InvalidInputError(f"metadata or codec configs hold a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
