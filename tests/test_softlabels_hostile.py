@@ -238,3 +238,31 @@ def test_killed_save_leaves_only_a_temp_file_that_the_next_save_removes(tmp_path
     assert len(left) == 1 and left[0].startswith(".soft_1.ddz.") and left[0].endswith(".tmp")  # no spill folder
     codec.softlabels.save_softlabels(out, TopKCodec(C, 3), np.random.default_rng(0).random((5, C)).astype(np.float32))
     assert os.listdir(tmp_path) == ["soft_1.ddz"]
+
+
+def test_scattered_rows_decode_in_few_ranges(tmp_path, monkeypatch):
+    """a[::2] of n rows was n/2 separate decodes (4 s for a 65,536-row file); ids close together
+    now share one range decode, with the same values."""
+    from codec.softlabels.archive import SoftLabelArchive
+
+    labels = np.random.default_rng(0).random((5000, C)).astype(np.float32)
+    codec.softlabels.save_softlabels(tmp_path / "t.ddz", TopKCodec(C, 3), labels)
+    a = open_archive(tmp_path / "t.ddz")
+    full = a.labels()
+    calls = []
+    real = SoftLabelArchive.labels
+
+    def counting(self, *args, **kw):
+        calls.append(args)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(SoftLabelArchive, "labels", counting)
+    assert torch.equal(a[0:5000:2], full[0::2])
+    assert len(calls) == 1
+    ids = np.random.default_rng(1).integers(0, 5000, 3000)
+    calls.clear()
+    assert torch.equal(a.rows_at(ids), full[torch.from_numpy(ids)])
+    assert len(calls) < 10
+    calls.clear()
+    far = np.array([4000, 0, 2000, 0])
+    assert torch.equal(a.rows_at(far), full[torch.from_numpy(far)]) and len(calls) == 3

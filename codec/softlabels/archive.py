@@ -32,6 +32,8 @@ from ..format import open as ddz_open
 from .sources import Source, opened_source
 
 META_KEY = "softlabels"
+_GAP = 64  # rows_at: ids closer than this share one range decode
+_SPAN_BYTES = 64 << 20  # ... of at most this much float32 output
 _DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -309,7 +311,9 @@ class SoftLabelArchive:
                 raise FormatError(f"{self.path}: object {self.name!r} rows {start}:{stop}: {exc}") from None
 
     def rows_at(self, ids: Iterable[int], **kw) -> torch.Tensor:
-        """Arbitrary rows (any order, repeats allowed), decoded run by run."""
+        """Arbitrary rows (any order, repeats allowed). Sorted ids less than ``_GAP`` rows apart are
+        decoded as one range (at most ``_SPAN_BYTES`` of output each), so a strided or scattered
+        selection costs a few range decodes, not one per row."""
         ids = np.asarray(list(ids) if not isinstance(ids, (np.ndarray, torch.Tensor)) else ids)
         if ids.size and not (np.issubdtype(ids.dtype, np.integer) and ids.dtype != np.bool_):
             raise InvalidInputError(f"row ids must be integers, got {ids.dtype} values")
@@ -320,11 +324,13 @@ class SoftLabelArchive:
             raise InvalidInputError(f"row ids outside 0:{self.rows}")
         order = np.argsort(ids, kind="stable")
         srt = ids[order]
-        breaks = np.flatnonzero(np.diff(srt) > 1) + 1
+        span = max(1, _SPAN_BYTES // (4 * self.classes))
         outs = []
-        for run in np.split(srt, breaks):
-            lab = self.labels(int(run[0]), int(run[-1]) + 1, **kw)
-            outs.append(lab[torch.from_numpy(run - run[0]).to(lab.device)])
+        for run in np.split(srt, np.flatnonzero(np.diff(srt) > _GAP) + 1):
+            pieces = np.split(run, np.flatnonzero(np.diff((run - run[0]) // span)) + 1) if run[-1] - run[0] >= span else [run]
+            for piece in pieces:
+                lab = self.labels(int(piece[0]), int(piece[-1]) + 1, **kw)
+                outs.append(lab[torch.from_numpy(piece - piece[0]).to(lab.device)])
         res = torch.cat(outs)
         inv = np.empty_like(order)
         inv[order] = np.arange(order.size)
