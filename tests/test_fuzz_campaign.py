@@ -1,0 +1,31 @@
+"""The CI slice of the fuzz campaign (tools/fuzz_campaign.py, issue 13): 300 seeded mutants over every
+archive kind, each through every reader entry point in a memory-capped worker process. No exception
+other than a DDZError may escape, no case may hang, die or take over 5 s of CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "fuzz_campaign.py")
+
+
+def test_campaign_slice(tmp_path):
+    out = tmp_path / "slice.json"
+    r = subprocess.run([sys.executable, TOOL, "--cases", "300", "--seed", "13", "--workers", "1", "--no-prewarm",
+                        "--out", str(out), "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    summary = json.loads(out.read_text())
+    assert summary["cases"] == 300
+    assert summary["kinds"] == sorted(["container", "vq", "vq-entropy", "replay", "softlabels", "llm", "video", "video-cli"])
+    bad = [{k: b.get(k) for k in ("kind", "seed", "detail", "outcome", "escapes", "cpu_s")} for b in summary["bad"]]
+    assert r.returncode == 0 and not bad, (bad, r.stderr[-3000:])
+    assert summary["escapes"] == summary["timeouts"] == summary["signals"] == summary["slow_cases"] == 0
+    assert summary["over_memory_cases"] == 0
+    # the mutants reach past the container: some are read by every layer, some refused by it
+    assert summary["outcomes"].get("accepted", 0) > 60 and summary["outcomes"].get("refused", 0) > 60
+    assert set(summary["by_mutation"]) >= {"bitflip", "payload_resealed", "header_edit", "section_edit", "bomb"}
+    assert [d for d in os.listdir(tmp_path) if d.startswith("ddz-fuzz-")] == []  # the tool cleans up after itself
