@@ -895,7 +895,10 @@ def run_campaign(args) -> dict:
         jobs = [{"i": i, "kind": kinds[i % len(kinds)], "seed": case_seed(args.seed, i)}
                 for i in range(args.start, args.start + args.cases)]
         pending = list(reversed(jobs))
-        workers = [Worker(args, work) for _ in range(args.workers)]
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below still runs
+        workers = []
+        for _ in range(args.workers):
+            workers.append(Worker(args, work))
         results = []
         restarts = 0
         last_report = time.monotonic()
@@ -934,6 +937,9 @@ def run_campaign(args) -> dict:
             w.proc.wait()
         return summarize(results, args, time.monotonic() - t_start, build_s, restarts)
     finally:
+        for w in locals().get("workers", []):
+            if w.proc.poll() is None:
+                w.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -1087,9 +1093,16 @@ def disk_full(args) -> dict:
         os.rmdir(mnt)
         shutil.rmtree(src, ignore_errors=True)
     bad = [r for r in rows if not r["clean"]]
+    per = {}
+    for name in dict.fromkeys(r["writer"] for r in rows):
+        mine = [r for r in rows if r["writer"] == name]
+        per[name] = {"bytes_needed": mine[0]["need"], "free_sizes": len(mine), "free_min": mine[0]["free"],
+                     "free_max": mine[-1]["free"], "completed": sum(r["completed"] for r in mine),
+                     "clean_errors": sum(1 for r in mine if not r["completed"] and r["clean"]),
+                     "an_error": next((r["error"] for r in mine if r["error"]), None)}
     return {"disk_full_runs": len(rows), "completed": sum(r["completed"] for r in rows),
             "clean_errors": sum(1 for r in rows if not r["completed"] and r["clean"]), "bad": bad,
-            "writers": sorted({r["writer"] for r in rows})}
+            "writers": per}
 
 
 def _cli_rc(main, argv):

@@ -40,6 +40,7 @@ from ..codecs.objects import object_codec
 from ..codecs.tucker import TuckerCodec, reconstruct_rows
 from ..errors import FormatError, InvalidInputError
 from ..format import open as ddz_open
+from ..format.resources import guarded
 from ..video.io import parse_device
 from ..video.pack import VIDEO_META_KEY
 from ..video.vae import decode_latents, read_vae
@@ -159,6 +160,7 @@ class VideoDataset(torch.utils.data.Dataset):
         return tuple(self.meta["latent_shape"])
 
     # -- lazy per-process state ---------------------------------------------------------------------
+    @guarded("VideoDataset")
     def _state(self) -> dict[str, Any]:
         if self._local is not None and self._pid == os.getpid():
             return self._local
@@ -244,6 +246,7 @@ class VideoDataset(torch.utils.data.Dataset):
             raise IndexError(f"index out of range for a dataset of {self._n} samples")
         return ids % self._n if self._n else ids
 
+    @guarded("VideoDataset")
     def latents(self, indices: Any) -> torch.Tensor:
         """Rebuilt latents ``[B, T, C, h, w]`` (fp32, on ``device``) of ``indices``."""
         st = self._state()
@@ -256,6 +259,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def has_soft_labels(self) -> bool:
         return self._soft is not None or self._soft_object is not None
 
+    @guarded("VideoDataset")
     def soft_labels(self, indices: Any) -> torch.Tensor:
         """Soft labels ``[B, K]`` (fp32, on ``device``) of ``indices``."""
         st = self._state()
@@ -266,6 +270,7 @@ class VideoDataset(torch.utils.data.Dataset):
             return st["soft"][ids].to(self.device, torch.float32)
         return st["soft"].rows_at(ids.tolist()).to(self.device, torch.float32)
 
+    @guarded("VideoDataset")
     def decode_batch(self, indices: Any) -> tuple[torch.Tensor, ...]:
         """Videos ``[B, T, 3, H, W]`` in [0, 1] and labels ``[B]`` of ``indices``, decoded together
         (plus soft labels ``[B, K]`` when the archive has them)."""
