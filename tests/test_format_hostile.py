@@ -276,7 +276,7 @@ def test_full_disk_at_every_position_is_one_clean_error(tmp_path, monkeypatch):
     for room in rooms:
         target = tmp_path / "out" / "t.ddz"
         target.parent.mkdir(exist_ok=True)
-        monkeypatch.setattr(writer_mod.os, "fdopen", lambda fd, mode: io.BufferedWriter(_FullDisk(fd, room), 8192))
+        monkeypatch.setattr(writer_mod.os, "fdopen", lambda fd, mode, room=room: io.BufferedWriter(_FullDisk(fd, room), 8192))
         try:
             _write_sample(target)
             ok = True
@@ -295,8 +295,8 @@ def test_full_disk_at_every_position_is_one_clean_error(tmp_path, monkeypatch):
 
 def test_fsync_and_rename_failures_are_clean(tmp_path, monkeypatch):
     for name in ("fsync", "replace"):
-        def fail(*a, **k):
-            raise OSError(errno.EIO if name == "fsync" else errno.ENOSPC, "injected")
+        def fail(*a, _name=name, **k):
+            raise OSError(errno.EIO if _name == "fsync" else errno.ENOSPC, "injected")
 
         with monkeypatch.context() as m:
             m.setattr(writer_mod.os, name, fail)

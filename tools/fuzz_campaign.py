@@ -67,7 +67,7 @@ def build_bases(folder: str) -> dict[str, str]:
     import torch
 
     import codec
-    from codec.softlabels import IterSource, save_softlabels, train_vq
+    from codec.softlabels import save_softlabels, train_vq
     from codec.softlabels.augment import BatchRecord, write_replay_archive
     from codec.softlabels.llm import write_llm_archive
     from codec.codecs.lpld import LPLDCodec
@@ -800,10 +800,10 @@ def worker(bases_dir: str, mem_cap: int, budget_s: float, prewarm: bool) -> None
 
     import torch
 
-    import codec  # noqa: F401
-    import codec.cli  # noqa: F401
-    import codec.loader  # noqa: F401
-    import codec.softlabels  # noqa: F401
+    import codec
+    import codec.cli
+    import codec.loader
+    import codec.softlabels
     import codec.softlabels.replay  # noqa: F401
 
     torch.set_num_threads(1)

@@ -28,6 +28,7 @@ import shutil
 from typing import Any
 
 import torch
+from av.error import FFmpegError as _AV_ERROR  # PyAV's errors (writing mp4s) need not be OSErrors
 from safetensors import SafetensorError
 
 from .._args import int_arg
@@ -84,7 +85,7 @@ def unpack_archive(path: str | os.PathLike, out_dir: str | os.PathLike, *, frame
             written = _unpack(ds, path, tmp, frames, preview, preview_samples, fps, progress, save_file, tqdm)
             os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700; publish like mkdir would
             os.rename(tmp, out_dir)  # atomic; replaces an empty folder, fails on a non-empty one
-        except (OSError, SafetensorError, av_error()) as exc:
+        except (OSError, SafetensorError, _AV_ERROR) as exc:
             raise FileAccessError(f"unpacking into {out_dir!r} failed, nothing was written: {_one_line(exc)}") from None
         finally:
             os.close(fd)
@@ -107,16 +108,6 @@ def _check_output(out_dir: str) -> None:
 def _one_line(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return str(text).strip().splitlines()[0][:200] if str(text).strip() else type(exc).__name__
-
-
-def av_error() -> type:
-    """PyAV's error base class (its errors need not be OSErrors), or a class nothing raises."""
-    try:
-        import av
-
-        return av.error.FFmpegError
-    except ImportError:  # pragma: no cover - av is a dependency
-        return OSError
 
 
 def _unpack(ds: VideoDataset, path: str, out_dir: str, frames, preview, preview_samples, fps, progress,
