@@ -67,7 +67,7 @@ def build_bases(folder: str) -> dict[str, str]:
     import torch
 
     import codec
-    from codec.softlabels import save_softlabels, train_vq
+    from codec.softlabels import fit, save_softlabels, train_vq
     from codec.softlabels.augment import BatchRecord, write_replay_archive
     from codec.softlabels.llm import write_llm_archive
     from codec.codecs.lpld import LPLDCodec
@@ -122,7 +122,7 @@ def build_bases(folder: str) -> dict[str, str]:
 
     out["replay"] = write_replay_archive(os.path.join(folder, "replay.ddz"), TopKCodec(C, 3, input="logits"), recs,
                                          classes=C, num_samples=10, crop={"size": 16, "interpolation": "bilinear"})
-    for name, cod in (("pca", PCACodec(C, 4).fit(y)), ("quant", QuantCodec(C, 4).fit(y)),
+    for name, cod in (("pca", fit(PCACodec(C, 4), y)), ("quant", fit(QuantCodec(C, 4), y)),
                       ("lpld", LPLDCodec(C, 2.0, batch_size=5, batches_per_epoch=4, epochs=6))):
         out[f"softlabels-{name}"] = save_softlabels(os.path.join(folder, f"softlabels-{name}.ddz"), cod, y[:120])
 
