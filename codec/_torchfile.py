@@ -35,14 +35,14 @@ allowed before are left in place afterwards.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import FormatError, InvalidInputError
+from ._files import open_regular
+from .errors import FormatError
 
 __all__ = ["read_torch_file", "NUMPY_DTYPES"]
 
@@ -123,26 +123,6 @@ def _plain(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, dict):
         return {k: _plain(v, depth + 1) for k, v in obj.items()}
     return obj
-
-
-def open_regular(path: str | os.PathLike, what: str = "file"):
-    """Open ``path`` for binary reading if it is a regular file (never blocks on a FIFO)."""
-    path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: no such {what}") from None
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot open {what}: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FormatError(f"{path}: not a regular file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def read_torch_file(path: str | os.PathLike, *, numpy: bool = False, what: str = "file") -> Any:

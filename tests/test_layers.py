@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "codec"
 
 # lower number = lower layer; a module may import its own layer's package and anything below
-LAYERS = {"errors": 0, "_args": 1, "_torchfile": 1, "bits": 2, "format": 3, "codecs": 4, "budget": 5,
-          "softlabels": 6, "video": 6, "loader": 7, "cli": 8}
+LAYERS = {"errors": 0, "_files": 1, "_args": 2, "_torchfile": 2, "bits": 3, "format": 4, "codecs": 5, "budget": 6,
+          "softlabels": 7, "video": 7, "loader": 8, "cli": 9}
 
 
 def _package(module: str) -> str:

@@ -1,5 +1,4 @@
-"""Files the library creates and opens: temporaries beside a target, cleaned after a crash, and
-regular-file-only opening of paths found by listing a folder.
+"""Temporaries the library creates beside a target, cleaned after a crash.
 
 * :func:`make_temp` creates ``.{target name}.XXXXXXXX.tmp`` (a file) or ``....tmpdir`` (a
   folder) beside ``target`` and holds an exclusive ``flock`` on it for as long as it is open.
@@ -7,8 +6,6 @@ regular-file-only opening of paths found by listing a folder.
   :func:`clean_stale` (called by the next ``make_temp`` for the same target) removes exactly
   the temporaries of this naming whose lock it can take: never a live writer's, never another
   program's file.
-* :func:`open_regular` opens a path only if it is a regular file, without blocking on a FIFO
-  or a device (``O_NONBLOCK`` for the open, then an ``fstat`` of what was opened).
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 import tempfile
 
 from ..errors import FileAccessError
@@ -107,34 +103,6 @@ def clean_stale(target: str, kind: str = "file") -> list[str]:
         finally:
             os.close(fd)
     return removed
-
-
-def open_regular(path: str, what: str = "file"):
-    """Open ``path`` for binary reading only if it is a regular file (symlinks to one are
-    followed); a FIFO, socket, device or folder is a :class:`FileAccessError`, and opening
-    never blocks. Returns a binary file object."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise FileAccessError(f"cannot open {what} {path!r}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileAccessError(f"{what} {path!r} is not a regular file")
-        if _NONBLOCK and fcntl is not None:
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_NONBLOCK)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def is_regular(path: str) -> bool:
-    """True if ``path`` is (or links to) a regular file; never opens it."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def umask() -> int:

@@ -42,13 +42,13 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from .._files import is_regular, open_regular
 from .._torchfile import read_torch_file
 from ..codecs.base import Part
 from ..codecs.softlabel import SoftLabelCodec, index_bits
 from ..codecs.vq import VQCodec
-from ..errors import FileAccessError, FormatError, InvalidInputError
+from ..errors import FormatError, InvalidInputError
 from ..format import Writer
-from ..format.files import is_regular, open_regular
 
 AUG_META = "augment"
 MIX_TYPES = ("none", "cutmix", "mixup")
@@ -339,7 +339,7 @@ def _read_sampler_json(js: str) -> list[np.ndarray]:
     try:
         with open_regular(js, "sampler file") as f:
             data = json.loads(f.read().decode("utf-8"))
-    except FileAccessError as exc:
+    except InvalidInputError as exc:  # the importer found it in its folder: unreadable is a format problem
         raise FormatError(str(exc)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{js}: cannot be read as JSON: {exc}") from None

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from .._args import int_arg
-from .._torchfile import open_regular, read_torch_file
+from .._files import open_regular
+from .._torchfile import read_torch_file
 from ..codecs.base import Part
 from ..codecs.topk import TopKCodec
 from ..codecs.softlabel import SoftLabelCodec, index_bits

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from .._args import parse_device
-from ..errors import FileAccessError, InvalidInputError
-from ..format.files import is_regular, open_regular
+from .._files import is_regular, open_regular
+from ..errors import DDZError, InvalidInputError
 
 __all__ = ["parse_device", "VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "Clip", "find_clips", "read_clip", "read_video",
            "read_frame_folder", "load_tensors", "parse_resolution"]
@@ -165,7 +165,7 @@ def read_video(path: str, frames: int = 16, resolution: Any = 112, *, sampling: 
     hw = parse_resolution(resolution)
     try:
         fh = open_regular(path, "video")  # a FIFO in its place fails here instead of blocking
-    except FileAccessError as exc:
+    except DDZError as exc:
         raise InvalidInputError(str(exc)) from None
     try:
         container = av.open(fh)
@@ -227,7 +227,7 @@ def read_frame_folder(path: str, frames: int = 16, resolution: Any = 112, *, sam
                     im = src.convert("RGB")
                     ch, cw = _cover(im.height, im.width, hw)
                     cache[i] = _fit(np.asarray(im.resize((cw, ch), Image.Resampling.BILINEAR)), hw)
-            except (OSError, Image.DecompressionBombError) as exc:  # FileAccessError is an OSError
+            except (OSError, Image.DecompressionBombError, DDZError) as exc:
                 raise InvalidInputError(f"{os.path.join(path, files[i])}: cannot read image ({exc})") from None
         out.append(cache[i])
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div_(255.0)

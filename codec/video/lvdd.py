@@ -145,7 +145,7 @@ def is_quanto_dir(path: str | os.PathLike) -> bool:
 
 
 def _read_json(path: str) -> Any:
-    from .._torchfile import open_regular
+    from .._files import open_regular
 
     with open_regular(path, "JSON file") as fh:
         try:
