@@ -20,7 +20,8 @@ def test_campaign_slice(tmp_path):
                        capture_output=True, text=True, timeout=900, cwd=ROOT)
     summary = json.loads(out.read_text())
     assert summary["cases"] == 300
-    assert summary["kinds"] == sorted(["container", "vq", "vq-entropy", "replay", "softlabels", "llm", "video", "video-cli"])
+    assert summary["kinds"] == sorted(["container", "vq", "vq-entropy", "replay", "fkd", "softlabels", "llm", "video", "video-cli",
+                                       "video-lvdd"])
     bad = [{k: b.get(k) for k in ("kind", "seed", "detail", "outcome", "escapes", "cpu_s")} for b in summary["bad"]]
     assert r.returncode == 0 and not bad, (bad, r.stderr[-3000:])
     assert summary["escapes"] == summary["timeouts"] == summary["signals"] == summary["slow_cases"] == 0

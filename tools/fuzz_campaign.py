@@ -8,16 +8,18 @@
 Base archives (built once, deterministically): ``container`` (every dtype, 0-d and empty arrays,
 bit-packed, zstd and bit-packed+zstd sections, an opaque object), ``vq`` (a trained VQ codec,
 bit-packed indices), ``vq-entropy`` (zstd index planes, 9-bit codes), ``replay`` (top-k labels with
-CutMix/Mixup augmentation records), ``softlabels`` (PCA / quant / LPLD in turn), ``llm`` (token-level
-top-k labels), ``video`` (``pack_latents``: int8 VAE + Tucker latents + labels + soft labels) and
-``video-cli`` (``ddz pack --vae-zstd 3 --storage f16 --decoder-only``).
+CutMix/Mixup augmentation records), ``fkd`` (an FKD label tree imported: crop pools, keys, targets),
+``softlabels`` (PCA / quant / LPLD in turn), ``llm`` (token-level top-k labels), ``video``
+(``pack_latents``: int8 VAE + Tucker latents + labels + soft labels), ``video-cli`` (``ddz pack
+--vae-zstd 3 --storage f16 --decoder-only``) and ``video-lvdd`` (``ddz pack`` of LVDD's own Tucker
+``synthetic_data.pt`` and quanto VAE folder). The producers' files come from tests/producers.py.
 
 Case ``i`` takes kind ``kinds[i % len(kinds)]`` and its own seed; its mutation (bit flips anywhere
 or in the payload, byte sets, truncation, extension, payload values re-sealed under correct CRCs,
 header JSON edits re-sealed, layout-consistent section edits, bombs) is drawn from that seed, so a
 case replays exactly. Every case runs every entry point: ``open/keys/info/get/get_rows/verify``,
 ``open(verify=True)``, ``codec.load(...)`` and what it returns (``len``, ``[i]``, ``decode_batch``,
-``latents``, ``labels``, ``rows_at``, replay records/views/loader, LLM sequences), ``open_archive``,
+``latents``, ``labels``, ``rows_at``, replay records/views/loader, FKD crops/loader, LLM sequences), ``open_archive``,
 and ``ddz info/info --json/verify/budget/budget --json/unpack`` through the CLI's ``main`` with
 output captured. Each entry point is one of: ok, a DDZError, or an escape (any other exception).
 
@@ -51,7 +53,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-KINDS = ("container", "vq", "vq-entropy", "replay", "softlabels", "llm", "video", "video-cli")
+KINDS = ("container", "vq", "vq-entropy", "replay", "fkd", "softlabels", "llm", "video", "video-cli", "video-lvdd")
 MUTATIONS = ("bitflip", "payload_flip", "byteset", "truncate", "extend", "payload_resealed", "header_edit",
              "header_edit", "section_edit", "bomb", "combo")
 SLOW_S = 5.0
@@ -153,6 +155,25 @@ def build_bases(folder: str) -> dict[str, str]:
                "--chunk-size", "2", "-q"])
     assert rc == 0, "ddz pack failed"
     out["video-cli"] = os.path.join(folder, "video-cli.ddz")
+
+    # the producers' own files (tests/producers.py writes them as SRe2L/FKD/LVDD do), imported
+    sys.path.insert(0, os.path.join(_ROOT, "tests"))
+    try:
+        import producers
+    finally:
+        sys.path.pop(0)
+    from codec.softlabels.fkd import import_fkd_labels
+
+    named = [(f"train/n0{k % 2}/n0{k % 2}_{k}.png", im) for k, im in enumerate(producers.images_pil(4, side=20, seed=3))]
+    producers.write_fkd_tree(os.path.join(folder, "fkd_tree"), named, num_crops=4, num_seg=2, classes=C, input_size=8)
+    out["fkd"] = import_fkd_labels(os.path.join(folder, "fkd_tree"), os.path.join(folder, "fkd.ddz"), "topk", classes=C, size=8)
+    producers.write_lvdd_synthetic(os.path.join(folder, "synthetic_data.pt"), torch.randn(4, 4, 4, 8, 8, generator=g),
+                                   batch_size=3)
+    producers.write_quanto_vae_dir(os.path.join(folder, "quantized_vae"), vae)
+    rc = main(["pack", "--vae", os.path.join(folder, "quantized_vae"), "--latents", os.path.join(folder, "synthetic_data.pt"),
+               "--ipc", "2", "-o", os.path.join(folder, "video-lvdd.ddz"), "-q"])
+    assert rc == 0, "ddz pack of LVDD's files failed"
+    out["video-lvdd"] = os.path.join(folder, "video-lvdd.ddz")
     for path in out.values():
         with codec.open(path) as f:
             f.verify()
@@ -687,11 +708,25 @@ def entry_points(path: str, scratch: str, r: random.Random):
                 for k, _ in enumerate(replay_loader(path, images, batch_size=3, size=8)):
                     if k >= 2:
                         break
+        if obj.name and "fkd/keys" in obj._f():  # an FKD crop-pool archive
+            from codec.softlabels.fkd import FKDCropDataset, fkd_loader
+
+            image = lambda i: pil_image  # noqa: E731
+            ds = FKDCropDataset(path, image, num_crops=2, seed=1)
+            for i in {0, len(ds) - 1}:
+                ds[i]
+            for k, _ in enumerate(fkd_loader(path, image, batch_size=2, num_crops=2, seed=1)):
+                if k >= 1:
+                    break
         if hasattr(obj, "num_sequences"):  # LLMArchive
             for i in {0, obj.num_sequences - 1}:
                 if i >= 0:
                     obj.sequence(i)
         obj.close()
+
+    from PIL import Image
+
+    pil_image = Image.new("RGB", (20, 16), (90, 30, 200))
 
     def load():
         obj = codec.load(path)
