@@ -81,11 +81,20 @@ def test_sample_ids_beyond_the_image_tensor(good):
         ReplayDataset(good, IMGS[:3])
 
 
-@pytest.mark.parametrize("crop", ["x", {"size": "big"}, {"size": 10**6}, {"size": 0}, {"interpolation": "bogus"}])
+@pytest.mark.parametrize("crop", ["x", {"size": "big"}, {"size": 10**6}, {"size": 0}, {"interpolation": "bogus"},
+                                  {"size": 4096}, {"size": 1025}])
 def test_crop_metadata_is_checked_before_any_allocation(good, tmp_path, crop):
     p = rewrite(good, tmp_path / "m.ddz", meta_edit=lambda m: m["augment"].__setitem__("crop", crop))
     with pytest.raises(FormatError):
         ReplayDataset(p, IMGS)
+
+
+def test_a_file_cannot_ask_for_huge_views_but_a_caller_can(good, tmp_path):
+    """A 4096 x 4096 view is 200 MB of float32: a file's crop.size may ask for at most 1024 (the fuzz
+    campaign's FKD mutants made each loader item cost 2.3 GB and 14 s); the caller may pass more."""
+    p = rewrite(good, tmp_path / "m.ddz", meta_edit=lambda m: m["augment"]["crop"].__setitem__("size", 1024))
+    assert ReplayDataset(p, IMGS).size == 1024
+    assert ReplayDataset(good, IMGS, size=2048).size == 2048
 
 
 @pytest.mark.parametrize("kw", [dict(size=10**6), dict(size=0), dict(size="8"), dict(interpolation="bogus")])

@@ -50,7 +50,7 @@ from ..codecs.topk import TopKCodec
 from ..codecs.softlabel import SoftLabelCodec, index_bits
 from ..errors import FormatError, InvalidInputError
 from .augment import BatchRecord, fit_codec, write_replay_archive
-from .replay import (CROP_BACKENDS, INTERPOLATIONS, MAX_VIEW_SIZE, PIL_INTERPOLATIONS, ReplayArchive, _Lazy,
+from .replay import (CROP_BACKENDS, INTERPOLATIONS, MAX_VIEW_SIZE, PIL_INTERPOLATIONS, ReplayArchive, _Lazy, file_view_size,
                      apply_crop_flip, apply_crop_flip_pil)
 
 __all__ = ["LABEL_TYPES", "scan_fkd_label_tree", "read_fkd_label_file", "fkd_probs", "import_fkd_labels",
@@ -328,7 +328,7 @@ class FKDCropDataset(_Lazy, torch.utils.data.Dataset):
             raise InvalidInputError(f"crop must be one of {CROP_BACKENDS}, got {crop!r}")
         aug = a.aug_meta if isinstance(a.aug_meta, dict) else {}
         meta = aug["crop"] if isinstance(aug.get("crop"), dict) else {}
-        self.size = int_arg("size", size if size is not None else meta.get("size", 224), 1, MAX_VIEW_SIZE)
+        self.size = int_arg("size", size, 1, MAX_VIEW_SIZE) if size is not None else file_view_size(meta, self.path)
         interpolation = interpolation if interpolation is not None else meta.get("interpolation", "bilinear")
         allowed = INTERPOLATIONS if crop == "tensor" else PIL_INTERPOLATIONS
         if interpolation not in allowed:

@@ -42,6 +42,18 @@ def _index_array(f, name: str, path: str) -> np.ndarray:
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 MAX_VIEW_SIZE = 4096
+#: ... of which a file's ``crop.size`` may ask for at most this much (a 4096 x 4096 view is 200 MB of
+#: float32: a tampered size must not make every item of a loader cost that; pass ``size=`` for more)
+MAX_FILE_VIEW_SIZE = 1024
+
+
+def file_view_size(meta: Any, path: str) -> int:
+    """The view size an archive's ``augment.crop`` metadata stores (224 when absent), checked."""
+    size = meta.get("size", 224) if isinstance(meta, dict) else 224
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_FILE_VIEW_SIZE:
+        raise FormatError(f"{path}: metadata {AUG_META}.crop.size must be an integer in [1, {MAX_FILE_VIEW_SIZE}] "
+                          f"(pass size= for a larger view), got {size!r}"[:300])
+    return size
 
 
 class ReplayArchive(SoftLabelArchive):
@@ -522,11 +534,7 @@ class ReplayDataset(_Lazy, torch.utils.data.Dataset):
         meta = a.aug_meta.get("crop", {})
         if not isinstance(meta, dict):
             raise FormatError(f"{self.path}: metadata {AUG_META}.crop must be an object, got {type(meta).__name__}")
-        if size is None:
-            size = meta.get("size", 224)
-            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_VIEW_SIZE:
-                raise FormatError(f"{self.path}: metadata {AUG_META}.crop.size must be an integer in [1, {MAX_VIEW_SIZE}], got {size!r}")
-        self.size = int_arg("size", size, 1, MAX_VIEW_SIZE)
+        self.size = int_arg("size", size, 1, MAX_VIEW_SIZE) if size is not None else file_view_size(meta, self.path)
         if interpolation is None:
             interpolation = meta.get("interpolation", "bilinear")
             if interpolation not in INTERPOLATIONS:
