@@ -111,15 +111,19 @@ def test_deterministic_and_aligned(tmp_path):
         with codec.open(paths[0]) as f:
             assert f.keys() == ["b", "a"]
             assert all(s.offset % alignment == 0 for s in f.sections)
-            assert f.get("a").ctypes.data % 64 == 0  # zero-copy view of an aligned mapping
+            assert f.get("a").ctypes.data % 64 == 0  # read into a 64-byte aligned buffer
+        with codec.open(paths[0], zero_copy=True) as f:
+            assert f.get("a").ctypes.data % 64 == 0  # a view of the (aligned) mapping
 
 
-def test_zero_copy_view_is_private(tmp_path):
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_arrays_are_writable_and_private(tmp_path, zero_copy):
     codec.save_file({"x": np.zeros(8, np.float32)}, tmp_path / "z.ddz")
     before = (tmp_path / "z.ddz").read_bytes()
-    with codec.open(tmp_path / "z.ddz") as f:
+    with codec.open(tmp_path / "z.ddz", zero_copy=zero_copy) as f:
         x = f.get("x")
-        x[0] = 5  # copy-on-write mapping: writable for torch, never written back
+        x[0] = 5  # an owned copy, or a copy-on-write mapping: writable for torch, never written back
+        assert f.get("x")[0] == (5 if zero_copy else 0)  # views of one private mapping see each other's edits
         del x
     assert (tmp_path / "z.ddz").read_bytes() == before
 

@@ -370,3 +370,81 @@ def test_open_regular_refuses_a_fifo_without_blocking(tmp_path):
     (tmp_path / "r").write_bytes(b"abc")
     with open_regular(str(tmp_path / "r")) as fh:
         assert fh.read() == b"abc"
+
+
+# ---- finding 9: a file truncated or rewritten under a reader -------------------------------------
+_REWRITTEN = """
+import os, sys, numpy as np, codec
+path, mode = sys.argv[1], sys.argv[2]
+f = codec.open(path, zero_copy=(mode == "zero_copy"))
+arrays = [f.get("a"), f.get_rows("a", 3, 9), f.get("b"), f.get_rows("z", 0, 10), f.get("a", framework="torch")]
+os.truncate(path, 0)  # as `truncate -s 0` or open(path, "wb") by another process
+with open(path, "r+b") as g:
+    g.write(b"rewritten" * 100)
+print("sum", sum(float(a.sum()) for a in arrays), flush=True)  # touching pages past the new end
+outcomes = []
+for call in (lambda: f.get("a"), lambda: f.get_rows("a", 1, 3), lambda: f.get("z"), lambda: f.verify(),
+             lambda: list(f.problems()), lambda: f.get("b", verify=True), lambda: codec.open(path)):
+    try:
+        call()
+        outcomes.append("ok")
+    except codec.DDZError as exc:
+        outcomes.append(type(exc).__name__)
+print("survived", " ".join(outcomes))
+"""
+
+
+def _big_file(path):
+    rng = np.random.default_rng(0)
+    with codec.Writer(path) as w:
+        w.add("a", rng.standard_normal((1 << 16, 8)).astype(np.float32))  # 2 MiB
+        w.add("b", np.arange(1 << 18, dtype=np.int64))
+        w.add("z", np.zeros(1 << 20, np.uint8), zstd=3)
+
+
+def test_default_reads_survive_a_file_truncated_underneath(tmp_path):
+    p = tmp_path / "live.ddz"
+    _big_file(p)
+    script = tmp_path / "rewritten.py"
+    script.write_text(_REWRITTEN)
+    r = subprocess.run([sys.executable, str(script), str(p), "copy"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    got = dict(zip(["get", "get_rows in the new bytes", "get zstd", "verify", "problems", "get verify", "open"],
+                   r.stdout.split("survived ")[1].split()))
+    assert got == {"get": "TruncatedError", "get_rows in the new bytes": "ok", "get zstd": "TruncatedError",
+                   "verify": "TruncatedError", "problems": "ok", "get verify": "TruncatedError", "open": "FormatError"}, got
+
+
+def test_zero_copy_views_are_the_documented_sigbus_hazard(tmp_path):
+    p = tmp_path / "live.ddz"
+    _big_file(p)
+    script = tmp_path / "rewritten.py"
+    script.write_text(_REWRITTEN)
+    r = subprocess.run([sys.executable, str(script), str(p), "zero_copy"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == -signal.SIGBUS and "survived" not in r.stdout
+
+
+def test_rewritten_in_place_with_the_same_size_is_caught_by_checked_reads(tmp_path):
+    p = tmp_path / "same.ddz"
+    _big_file(p)
+    with codec.open(p) as f:
+        before = f.get("b")
+        at = f.info("b").offset + 8 * 1000
+        with open(p, "r+b") as g:  # another writer changes one value in place
+            g.seek(at)
+            g.write(np.int64(-5).tobytes())
+        assert f.get("b")[1000] == -5 and before[1000] == 1000  # what is read is what is there now
+        with pytest.raises(codec.ChecksumError):
+            f.get("b", verify=True)
+        with pytest.raises(codec.ChecksumError):
+            f.get_rows("b", 990, 1010, verify=True)  # the 64 KiB block holding those rows
+        assert f.get_rows("b", 200000, 200010, verify=True).tolist() == list(range(200000, 200010))  # other blocks are fine
+
+
+def test_checked_reads_hand_out_arrays_of_their_own(tmp_path):
+    p = tmp_path / "c.ddz"
+    codec.save_file({"x": np.arange(100, dtype=np.float32)}, p)
+    with codec.open(p) as f:
+        x = f.get("x", verify=True)
+        x[:] = -1  # must not edit the verified bytes a later read is served from
+        assert f.get("x", verify=True).tolist() == list(range(100))

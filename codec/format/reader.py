@@ -1,4 +1,4 @@
-"""Zero-copy .ddz reader (spec/ddz.md). Every failure is a DDZError naming section and offset."""
+""".ddz reader (spec/ddz.md). Every failure is a DDZError naming section and offset."""
 
 from __future__ import annotations
 
@@ -51,14 +51,19 @@ def _guard(method):
 class DDZFile:
     """An open .ddz file; use :func:`open`. Reads only the preamble and header on open.
 
-    ``path`` is a local path (memory-mapped: raw sections are zero-copy views, CRCs are checked by
-    :meth:`verify`) or any fsspec URL (ranged reads: only the bytes asked for are fetched, and
-    their CRCs are checked before use; see :mod:`codec.format.source`).
+    ``path`` is a local path or any fsspec URL (ranged reads: only the bytes asked for are
+    fetched, and their CRCs are checked before use; see :mod:`codec.format.source`). A local
+    file is read with ``pread`` into arrays the caller owns, so another process truncating or
+    rewriting it cannot crash this one (a short read is a TruncatedError); ``zero_copy=True``
+    hands out views of a private memory map instead (no copy, but the file must then not be
+    truncated while they are alive: that is SIGBUS, as with ``numpy.memmap``). CRCs are checked
+    by :meth:`verify`, by ``verify=True`` here (every section, once, on open) or per read by
+    ``get``/``get_rows(..., verify=True)`` (on the very bytes decoded).
     """
 
     def __init__(self, path: Any, *, storage_options: Mapping[str, Any] | None = None, verify: bool = False,
-                 _head: bytes | None = None):
-        self._src = open_source(path, storage_options)
+                 zero_copy: bool = False, _head: bytes | None = None):
+        self._src = open_source(path, storage_options, zero_copy=zero_copy)
         self.path = self._src.name
         self._cache: OrderedDict[tuple[str, int], bytes | bytearray] = OrderedDict()
         self._cached_bytes = 0
@@ -137,24 +142,30 @@ class DDZFile:
 
     # -- data --------------------------------------------------------------------------------------
     @_guard
-    def get(self, name: str, framework: str = "numpy", device: Any = None):
-        """The whole section, decoded. Raw sections are zero-copy views of the file mapping."""
+    def get(self, name: str, framework: str = "numpy", device: Any = None, *, verify: bool = False):
+        """The whole section, decoded (a raw section is its bytes, in an array of its own, or a view
+        of the mapping with ``zero_copy``). ``verify=True`` checks the section's CRC-32 on the
+        bytes it decodes first (a ChecksumError when they differ)."""
         info = self.info(name)
         self._check_decodable(info)
         if info.bits is not None or info.zstd:
             reserve(info.decoded_length, f"section {name!r}", section=name)
         if info.bits is not None:
-            return self._unpacked(info, 0, info.count, info.shape, framework, device)
+            return self._unpacked(info, 0, info.count, info.shape, framework, device, verify)
         if info.zstd:
-            arr = self._inflate(info).view(DTYPES[info.dtype]).reshape(info.shape)
+            arr = self._inflate(info, check=verify).view(DTYPES[info.dtype]).reshape(info.shape)
         else:
-            arr = np.frombuffer(self._stored(info), DTYPES[info.dtype], info.count).reshape(info.shape)
+            arr = np.frombuffer(self._stored(info, check=verify), DTYPES[info.dtype], info.count).reshape(info.shape)
         self._check_bool(info, arr)
         return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
 
     @_guard
-    def get_rows(self, name: str, start: int, stop: int, framework: str = "numpy", device: Any = None):
-        """Rows ``start:stop`` of axis 0. Raw and bit-packed sections decode only those rows."""
+    def get_rows(self, name: str, start: int, stop: int, framework: str = "numpy", device: Any = None, *,
+                 verify: bool = False):
+        """Rows ``start:stop`` of axis 0. Raw and bit-packed sections read only those rows, zstd
+        sections decode up to them. ``verify=True`` checks the CRC-32s of the bytes read first:
+        the blocks covering the rows when the section has per-block CRCs (spec 4.1.1), else the
+        whole section."""
         info = self.info(name)
         self._check_decodable(info)
         if not info.shape:
@@ -165,13 +176,13 @@ class DDZFile:
         per_row = math.prod(info.shape[1:])
         shape = (stop - start, *info.shape[1:])
         if info.bits is not None:
-            return self._unpacked(info, start * per_row, (stop - start) * per_row, shape, framework, device)
+            return self._unpacked(info, start * per_row, (stop - start) * per_row, shape, framework, device, verify)
         row_bytes = per_row * DTYPES[info.dtype].itemsize
         if info.zstd:  # one zstd stream, decoded up to the last byte these rows need, keeping only their bytes
             reserve((stop - start) * row_bytes, f"rows {start}:{stop} of section {name!r}", section=name)
-            arr = self._inflate(info, start * row_bytes, stop * row_bytes).view(DTYPES[info.dtype]).reshape(shape)
+            arr = self._inflate(info, start * row_bytes, stop * row_bytes, check=verify).view(DTYPES[info.dtype]).reshape(shape)
         else:
-            arr = np.frombuffer(self._stored(info, start * row_bytes, stop * row_bytes), DTYPES[info.dtype],
+            arr = np.frombuffer(self._stored(info, start * row_bytes, stop * row_bytes, check=verify), DTYPES[info.dtype],
                                 (stop - start) * per_row).reshape(shape)
         self._check_bool(info, arr)
         return to_framework(arr, info.dtype, framework, device, f"section {name!r}")
@@ -254,12 +265,13 @@ class DDZFile:
             raise InvalidInputError(f"{self.path} is closed")
         return self._src
 
-    def _stored(self, info: SectionInfo, lo: int = 0, hi: int | None = None):
-        """Stored bytes ``[lo, hi)`` of a section: a zero-copy view of a local file, or bytes
-        fetched from a remote source and checked against the section's CRC before use."""
+    def _stored(self, info: SectionInfo, lo: int = 0, hi: int | None = None, check: bool = False):
+        """Stored bytes ``[lo, hi)`` of a section: read from a local file (or a view of its mapping),
+        or, from a remote source or with ``check``, fetched and checked against the section's (or
+        its blocks') CRCs before use."""
         hi = info.length if hi is None else hi
         src = self._live()
-        if not src.verify_reads:
+        if not (src.verify_reads or check):
             return src.view(info.offset + lo, hi - lo)
         if hi <= lo:
             return bytearray()
@@ -276,7 +288,7 @@ class DDZFile:
             self._remember(key, data)
         else:
             self._cache.move_to_end(key)
-        return memoryview(data)[lo:hi]
+        return bytearray(memoryview(data)[lo:hi])  # a copy: arrays handed out must not share (and let callers edit) the cache
 
     def _stored_blocks(self, info: SectionInfo, lo: int, hi: int) -> bytearray:
         """Bytes ``[lo, hi)`` of a section with per-block CRCs: only the blocks covering them are
@@ -339,17 +351,22 @@ class DDZFile:
         if info.dtype == "bool" and arr.size and arr.view(np.uint8).max() > 1:
             raise FormatError("bool section holds a byte other than 0 or 1", section=info.name, offset=info.offset)
 
-    def _zstd_reader(self, info: SectionInfo):
-        return zstandard.ZstdDecompressor().stream_reader(memoryview(self._stored(info)), read_across_frames=True)
+    def _zstd_reader(self, info: SectionInfo, check: bool = False):
+        src = self._live()
+        if check or src.verify_reads or src.zero_copy:  # checked whole, or a view of the mapping
+            stored: Any = memoryview(self._stored(info, check=check))
+        else:  # read as the decoder consumes it: a range decode holds no more than a chunk of the stream
+            stored = _StoredStream(src, info.offset, info.length)
+        return zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
 
-    def _inflate(self, info: SectionInfo, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    def _inflate(self, info: SectionInfo, lo: int = 0, hi: int | None = None, check: bool = False) -> np.ndarray:
         """zstd-decode bytes ``[lo, hi)`` of the section's packed stream. The whole stream (the
         default) must be exactly ``packed_length`` bytes; a range stops decoding at ``hi`` and
         keeps only its own bytes, so reading the first rows of a bomb costs only those rows."""
         want = info.packed_length
         whole = lo == 0 and hi is None
         hi = want if hi is None else hi
-        reader = self._zstd_reader(info)
+        reader = self._zstd_reader(info, check)
         got = 0
         if lo:
             scratch = memoryview(bytearray(min(lo, _SCAN)))
@@ -370,7 +387,8 @@ class DDZFile:
             raise FormatError(f"zstd data decodes to more than the declared {want} bytes", section=info.name, offset=info.offset)
         return out
 
-    def _unpacked(self, info: SectionInfo, start: int, count: int, shape, framework: str, device: Any):
+    def _unpacked(self, info: SectionInfo, start: int, count: int, shape, framework: str, device: Any,
+                  check: bool = False):
         """Values ``start .. start+count-1`` of a bit-packed section: only the bytes from the last
         byte-aligned value at or before ``start`` to the last value asked for are read (or, for
         zstd, decoded)."""
@@ -381,9 +399,9 @@ class DDZFile:
         if info.zstd:
             reserve(hi - lo + count * DTYPES[info.dtype].itemsize, f"section {info.name!r}", section=info.name)
             whole = start == 0 and count == info.count  # then the stream must also end where declared
-            stream = self._inflate(info, lo, None if whole else hi)
+            stream = self._inflate(info, lo, None if whole else hi, check=check)
         else:
-            stream = np.frombuffer(self._stored(info, lo, max(lo, hi)), np.uint8)
+            stream = np.frombuffer(self._stored(info, lo, max(lo, hi), check=check), np.uint8)
         start -= first
         np_dtype = DTYPES[info.dtype]
         if framework == "torch":
@@ -428,16 +446,34 @@ class DDZFile:
             raise FormatError("bool section holds a byte other than 0 or 1", section=info.name, offset=info.offset)
 
 
+class _StoredStream:
+    """A section's stored bytes as a file-like object for the zstd decoder, read from the source
+    ``_SCAN`` bytes at a time."""
+
+    def __init__(self, src: ByteSource, offset: int, length: int):
+        self._src, self._offset, self._end = src, offset, offset + length
+
+    def read(self, size: int = -1) -> bytes:
+        n = self._end - self._offset if size is None or size < 0 else min(size, _SCAN, self._end - self._offset)
+        if n <= 0:
+            return b""
+        data = self._src.read(self._offset, n)
+        self._offset += n
+        return bytes(data)
+
+
 _TORCH_INT = {"u8": "uint8", "i8": "int8", "u16": "int32", "i16": "int16", "u32": "int64", "i32": "int32",
               "u64": "int64", "i64": "int64"}
 
 
-def open(path: Any, *, storage_options: Mapping[str, Any] | None = None, verify: bool = False):  # noqa: A001 - mirrors safetensors.safe_open / builtin open
+def open(path: Any, *, storage_options: Mapping[str, Any] | None = None, verify: bool = False,  # noqa: A001 - mirrors safetensors.safe_open / builtin open
+         zero_copy: bool = False):
     """Open a .ddz file, or the JSON index of a sharded set (spec/sets.md), for reading (a
     context manager): a local path or any fsspec URL.  A set is a :class:`~.sets.DDZSet`, which
     reads like one file.  ``verify=True`` also checks every checksum and encoded size before
-    returning (one read of the whole file, as ``ddz verify``)."""
-    src = open_source(path, storage_options)
+    returning (one read of the whole file, as ``ddz verify``).  ``zero_copy=True`` (a local
+    file): raw sections are views of a memory map, not copies; see :class:`DDZFile`."""
+    src = open_source(path, storage_options, zero_copy=zero_copy)
     try:
         head = bytes(src.read(0, min(PREAMBLE_SIZE, src.size)))
     except BaseException:

@@ -1,4 +1,5 @@
-"""Where a .ddz's bytes come from: a local file (memory-mapped) or ranged reads of any fsspec URL.
+"""Where a .ddz's bytes come from: a local file (``pread``, or a memory map when asked for) or ranged
+reads of any fsspec URL.
 
 The reader (:mod:`codec.format.reader`) parses and verifies through this one small interface, so
 the same code reads a local file, an ``https://`` / ``s3://`` URL or any other fsspec target:
@@ -6,11 +7,11 @@ the same code reads a local file, an ``https://`` / ``s3://`` URL or any other f
 * ``size``: the total byte count, known on open;
 * ``read(offset, length)``: exactly ``length`` bytes as a fresh writable ``bytearray``, or a
   :class:`~codec.errors.TruncatedError` / :class:`~codec.errors.FileAccessError`;
-* ``view(offset, length)``: the same bytes without a copy where the source can map them
-  (``zero_copy``), else a ``read``;
+* ``view(offset, length)``: the same bytes, without a copy where the source maps them
+  (``zero_copy``), else in a fresh buffer the caller owns (64-byte aligned for a local file);
 * ``verify_reads``: whether readers check CRCs of what they fetch before using it (a remote
-  source: bytes crossed a network); a local mapping is checked by ``verify`` instead, so its
-  reads stay zero-copy;
+  source: bytes crossed a network); a local file is checked by ``verify`` (or a reader's
+  ``verify=True``) instead;
 * ``close()``; ``bytes_read`` and ``requests`` count what was fetched (for tests and benches).
 
 Every failure of the backing store (a missing file, an HTTP error, a server that stops
@@ -25,6 +26,8 @@ import mmap
 import os
 import re
 from typing import Any, Mapping
+
+import numpy as np
 
 from ..errors import DDZError, FileAccessError, InvalidInputError, TruncatedError
 
@@ -76,15 +79,23 @@ class ByteSource:
 
 
 class LocalFileSource(ByteSource):
-    """A local file: ``pread`` for small structural reads, a private (copy-on-write) memory map
-    for zero-copy section views, created on first use."""
+    """A local file, read with ``pread`` into buffers the caller owns.
 
-    zero_copy = True
+    Nothing handed out points into the file, so another process truncating or rewriting it in
+    place (``open(path, "wb")``, ``truncate -s 0``) while arrays from it are alive cannot kill
+    the reader with SIGBUS: a read that comes back short is a :class:`TruncatedError`, and
+    changed bytes are caught by a checked read.  ``zero_copy=True`` makes :meth:`view` a window
+    of a private (copy-on-write) memory map instead, with no copy at all; the caller then
+    promises that the file is not truncated while those views are alive (as with
+    ``numpy.memmap`` or safetensors), since touching a page past the new end raises SIGBUS.
+    """
+
     verify_reads = False
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, zero_copy: bool = False):
         super().__init__()
         self.name = path
+        self.zero_copy = bool(zero_copy)
         self._mm: mmap.mmap | None = None
         try:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -97,15 +108,46 @@ class LocalFileSource(ByteSource):
             raise FileAccessError(f"cannot stat {path!r}: {exc.strerror}") from None
 
     def _read(self, offset: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        got = self._fill(memoryview(buf), offset)
+        return buf if got == length else buf[:got]  # short: the base class reports the truncation
+
+    def _fill(self, out: memoryview, offset: int) -> int:
+        """``pread`` into ``out`` until it is full or the file ends; returns the bytes read."""
         self._check_open()
+        got = 0
         try:
-            return bytearray(os.pread(self._fd, length, offset))
+            while got < len(out):
+                if hasattr(os, "preadv"):
+                    n = os.preadv(self._fd, [out[got:]], offset + got)
+                else:  # pragma: no cover - Windows and macOS before 11
+                    chunk = os.pread(self._fd, len(out) - got, offset + got)
+                    n = len(chunk)
+                    out[got: got + n] = chunk
+                if n == 0:
+                    break
+                got += n
         except OSError as exc:
-            raise FileAccessError(f"reading {self.name!r} at offset {offset}: {exc.strerror}") from None
+            raise FileAccessError(f"reading {self.name!r} at offset {offset + got}: {exc.strerror}") from None
+        return got
 
     def view(self, offset: int, length: int):
-        """A writable (copy-on-write) view of the mapping; the file itself is never modified."""
+        """The bytes in a fresh, writable, 64-byte aligned buffer (``zero_copy``: a writable,
+        copy-on-write view of the mapping; the file itself is never modified)."""
         self._check_open()
+        if not self.zero_copy:
+            if offset < 0 or length < 0 or offset + length > self.size:
+                raise TruncatedError(f"{self.name}: bytes [{offset}, {offset + length}) lie past the end", offset=offset)
+            raw = np.empty(length + 63, np.uint8)
+            start = -raw.ctypes.data % 64
+            out = raw[start: start + length].data
+            got = self._fill(out, offset)
+            if got != length:
+                raise TruncatedError(f"{self.name}: the file ends at {offset + got} bytes, not {self.size} as when it was "
+                                     "opened (truncated or rewritten by another process?)", offset=offset + got)
+            self.bytes_read += length
+            self.requests += 1
+            return out
         if self._mm is None:
             try:
                 self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
@@ -205,8 +247,9 @@ def _http_timeout():
     return aiohttp.ClientTimeout(total=None, sock_connect=HTTP_CONNECT_TIMEOUT, sock_read=HTTP_READ_TIMEOUT)
 
 
-def open_source(target: Any, storage_options: Mapping[str, Any] | None = None) -> ByteSource:
-    """A :class:`ByteSource` for a local path (memory-mapped) or a ``scheme://`` URL (fsspec)."""
+def open_source(target: Any, storage_options: Mapping[str, Any] | None = None, zero_copy: bool = False) -> ByteSource:
+    """A :class:`ByteSource` for a local path (``zero_copy``: memory-mapped views) or a
+    ``scheme://`` URL (fsspec)."""
     if isinstance(target, ByteSource):
         return target
     if is_url(target):
@@ -215,4 +258,4 @@ def open_source(target: Any, storage_options: Mapping[str, Any] | None = None) -
         raise InvalidInputError("storage_options apply to URLs only")
     from .arrays import as_path
 
-    return LocalFileSource(as_path(target))
+    return LocalFileSource(as_path(target), zero_copy=zero_copy)

@@ -10,7 +10,7 @@ VAE and returns ``(video float32 [T, 3, H, W] in [0, 1], label int64)``.
   indices, so a plain ``DataLoader(ds, batch_size=B)`` decodes batch-wise (on GPU when
   ``device="cuda"``).
 * Workers: the Dataset holds only the path and options until first use; each process
-  (DataLoader worker, DDP rank) opens its own memory map and rebuilds the VAE lazily, and
+  (DataLoader worker, DDP rank) opens its own file handle and rebuilds the VAE lazily, and
   pickling drops all of that, so nothing large travels to workers. ``DistributedSampler``
   works as with any map-style dataset. With ``device="cuda"`` and ``num_workers > 0`` the
   workers must be started with ``DataLoader(..., multiprocessing_context="spawn")``: CUDA
@@ -177,7 +177,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 if self.cache == "latents":
                     st["latents"] = self._rebuild(st, torch.arange(self._n))
             except BaseException:
-                f.close()  # a failed build must not leak the memory map
+                f.close()  # a failed build must not leak the open file
                 raise
             self._local, self._pid = st, os.getpid()
             self._frames = {}
@@ -188,7 +188,7 @@ class VideoDataset(torch.utils.data.Dataset):
         codec = object_codec(f, self._names["latents"])
         if not isinstance(codec, TuckerCodec):
             raise self._fail(f"latents object uses codec {codec.codec_id!r}, expected tucker")
-        core = f.get(secs["core"], framework="torch")  # zero-copy mmap view (raw sections)
+        core = f.get(secs["core"], framework="torch")  # read into memory: another process rewriting the file cannot crash training
         factors = {k: v.to(self.device, torch.float32) for k, v in
                    TuckerCodec.factor_parts({p: f.get(s, framework="torch") for p, s in secs.items() if p != "core"}).items()}
         codec.check_parts(core.shape, factors)
@@ -222,7 +222,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Release the memory map and the VAE of this process (they reopen on next access)."""
+        """Release the open file and the VAE of this process (they reopen on next access)."""
         if self._local is not None and self._pid == os.getpid():
             self._local["file"].close()
         self._local, self._pid, self._frames = None, None, {}
