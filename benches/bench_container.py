@@ -1,7 +1,8 @@
 """Container speed, as ratios to a reference measured in the same run.
 
-- ``codec.open`` + first tensor vs ``safetensors.safe_open`` + first tensor on the same tensors, at 1 MB and 1 GB
-  (floor: open time independent of file size, and no slower than 2x safetensors);
+- ``codec.open`` + first tensor (read into memory, and with ``zero_copy=True`` a view of the mapping) vs
+  ``safetensors.safe_open`` + first tensor on the same tensors, at 1 MB and 1 GB (floor: open time independent of
+  file size, and no slower than 2x safetensors);
 - ``DDZFile.verify`` (every CRC-32 and structural check) vs a plain read-only scan of the same mapped bytes
   (floor: verify at 1 GB/s or better).
 
@@ -39,8 +40,8 @@ def files(request, tmp_path_factory):
     return request.param, ddz, st
 
 
-def _first_ddz(path):
-    with codec.open(path) as f:
+def _first_ddz(path, zero_copy=False):
+    with codec.open(path, zero_copy=zero_copy) as f:
         return float(f.get("t0")[0])
 
 
@@ -54,6 +55,13 @@ def test_open_first_tensor_ddz(benchmark, files):
     benchmark.group = f"open+first tensor {size}"
     benchmark.extra_info["file_bytes"] = ddz.stat().st_size
     assert benchmark(_first_ddz, ddz) == _first_st(files[2])
+
+
+def test_open_first_tensor_ddz_zero_copy(benchmark, files):
+    """The same read as a view of the file mapping (``zero_copy=True``): no copy, no SIGBUS safety."""
+    size, ddz, _ = files
+    benchmark.group = f"open+first tensor {size}"
+    assert benchmark(_first_ddz, ddz, True) == _first_st(files[2])
 
 
 def test_open_first_tensor_safetensors(benchmark, files):

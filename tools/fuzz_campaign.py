@@ -205,6 +205,8 @@ def assemble(header: dict, stored: list[bytes], alignment: int = 64, crc: bool =
     about dtypes, shapes and encodings; ``crc=False`` keeps the entries' CRCs as they are."""
     from codec.format.layout import Preamble, align_up, crc32
 
+    from codec.format.layout import block_table
+
     body = bytearray(64)
     for entry, data in zip(header["sections"], stored):
         if isinstance(entry, dict):
@@ -213,6 +215,14 @@ def assemble(header: dict, stored: list[bytes], alignment: int = 64, crc: bool =
             entry["offset"], entry["length"] = off, len(data)
             if crc:
                 entry["crc32"] = crc32(data)
+                blocks = entry.get("blocks")
+                size = blocks.get("size") if isinstance(blocks, dict) else None
+                if type(size) is int and size > 0:  # per-block CRCs (format 1.1) of the new bytes
+                    kept, table = block_table(data, size)
+                    if kept:
+                        entry["blocks"] = {"size": kept, "crc32": table}
+                    else:
+                        entry.pop("blocks")
             body += data
     blob = json.dumps(header, separators=(",", ":")).encode()  # ensure_ascii: lone surrogates travel as escapes
     pre = Preamble(alignment, len(body), len(blob), crc32(blob), len(body) + len(blob))
@@ -308,31 +318,23 @@ _SPECIAL = {"f": [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e38, 65
 
 def _encode_section(arr, dtype: str, bits, zstd) -> tuple[bytes, list]:
     """(stored bytes, encoding) of ``arr`` as the Writer stores it."""
+    import codec
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "one.ddz")
+        with codec.Writer(path, block_size=None) as w:
+            info = w.add("x", arr if dtype != "bf16" else _as_bf16(arr), bits=bits, zstd=zstd)
+        with open(path, "rb") as fh:
+            fh.seek(info.offset)
+            return fh.read(info.length), [dict(e) for e in info.encoding]
+
+
+def _as_bf16(bits16):
+    """uint16 bit patterns as a bf16 tensor (the Writer stores bf16 from torch)."""
     import numpy as np
+    import torch
 
-    from codec.format import DTYPES
-    from codec.format.writer import SectionWriter
-
-    class _Sink:
-        _pos = 0
-
-        def _write(self, data):
-            self.buf.append(bytes(data))
-            self._pos += len(data)
-
-        def _finish_section(self, info):
-            self.info = info
-
-        def abort(self):
-            pass
-
-    sink = _Sink()
-    sink.buf = []
-    sec = SectionWriter(sink, "x", dtype, tuple(arr.shape[1:]), bits, zstd, tuple(arr.shape))
-    flat = np.ascontiguousarray(arr.reshape(-1) if arr.ndim else arr.reshape(1)).view(DTYPES[dtype])
-    sec._append(flat.reshape((-1, *arr.shape[1:])) if arr.ndim else flat, dtype)
-    info = sec.close()
-    return b"".join(sink.buf), [dict(s) for s in info.encoding]
+    return torch.from_numpy(np.ascontiguousarray(bits16).view(np.int16)).view(torch.bfloat16)
 
 
 def _payload_resealed(r: random.Random, base: Base) -> tuple[bytes, str]:
@@ -377,8 +379,7 @@ def _payload_resealed(r: random.Random, base: Base) -> tuple[bytes, str]:
     if s["dtype"] == "bf16":
         flat = flat.view(np.uint16)
     zstd = next((e.get("level", 3) for e in s["encoding"] if e.get("id") == "zstd"), None)
-    data, enc = _encode_section(flat.reshape(s["shape"]).view(DTYPES[s["dtype"]]) if s["dtype"] != "bf16" else flat.reshape(s["shape"]),
-                                s["dtype"], bits, zstd)
+    data, enc = _encode_section(flat.reshape(s["shape"]), s["dtype"], bits, zstd)
     stored[i] = data
     s["encoding"] = enc
     return assemble(h, stored, base.alignment), f"payload_resealed {s['name']}"
@@ -846,18 +847,20 @@ def worker(bases_dir: str, mem_cap: int, budget_s: float, prewarm: bool) -> None
         paths = json.load(fh)
     bases = {k: Base(open(p, "rb").read()) for k, p in paths.items()}
     scratch = tempfile.mkdtemp(prefix="fuzz-worker-", dir=bases_dir)
-    if prewarm:  # one-off costs of a process (numba JIT per bit width, first torch/diffusers calls) are not a file's
+    # one-off costs of a process (first torch/diffusers calls, numba JIT per bit width) are not a file's:
+    # every entry point reads every base once, and (unless --no-prewarm) every bit width is compiled
+    for path in paths.values():
+        for _, fn in entry_points(path, scratch, random.Random(0)):
+            with contextlib.suppress(Exception):
+                fn()
+        shutil.rmtree(os.path.join(scratch, "unpacked"), ignore_errors=True)
+    if prewarm:
         import numpy as np
 
         from codec.bits import unpack_bits
 
         for bits in range(1, 33):
             unpack_bits(np.zeros(8, np.uint8), bits, 1)
-        for path in paths.values():
-            for _, fn in entry_points(path, scratch, random.Random(0)):
-                with contextlib.suppress(Exception):
-                    fn()
-            shutil.rmtree(os.path.join(scratch, "unpacked"), ignore_errors=True)
     resource.setrlimit(resource.RLIMIT_AS, (_rss_status()["VmSize"] + mem_cap, resource.RLIM_INFINITY))
 
     def alarm(*_):
@@ -1190,7 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="PATH", help="with --replay: copy the mutant here")
     ap.add_argument("--disk-full", action="store_true", help="root only: real tmpfs sweep of every free size")
     ap.add_argument("--no-prewarm", action="store_true",
-                    help="skip the workers' warm-up (numba JIT of every bit width, one pass over each base archive)")
+                    help="skip compiling every bit width's numba kernel when a worker starts (the bases' own are compiled)")
     ap.add_argument("--worker", metavar="BASES_DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
