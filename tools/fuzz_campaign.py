@@ -973,6 +973,10 @@ def run_campaign(args) -> dict:
         for w in workers:
             w.proc.stdin.close()
             w.proc.wait()
+        if args.cases_out:  # one JSON line per case, for --combine
+            with open(args.cases_out, "w") as fh:
+                for res in results:
+                    fh.write(json.dumps({k: v for k, v in res.items() if k != "trace"} | {"build_s": build_s}) + "\n")
         return summarize(results, args, time.monotonic() - t_start, build_s, restarts)
     finally:
         for w in locals().get("workers", []):
@@ -1187,6 +1191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-cap", type=int, default=3 << 30, help="RLIMIT_AS headroom of a worker, bytes (default 3 GiB)")
     ap.add_argument("--hard-timeout", type=float, default=30.0, help="seconds before a case is abandoned")
     ap.add_argument("--out", default=None, help="write the JSON summary here")
+    ap.add_argument("--cases-out", default=None, help="write one JSON line per case here (for --combine)")
+    ap.add_argument("--combine", nargs="+", metavar="CASES_JSONL", help="summarize the --cases-out files of several pieces")
+    ap.add_argument("--piece-seconds", nargs="+", default=None, help="with --combine: the pieces' total_s, summed")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--replay", metavar="KIND:SEED")
@@ -1201,7 +1208,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replay:
         return replay_one(args.replay, args)
-    summary = disk_full(args) if args.disk_full else run_campaign(args)
+    if args.combine:  # pieces of one campaign run by --start ranges: one summary
+        results = []
+        for piece in args.combine:
+            with open(piece) as fh:
+                results += [json.loads(line) for line in fh]
+        wall = sum(float(p) for p in args.piece_seconds) if args.piece_seconds else 0.0
+        summary = summarize(results, args, wall, 0.0, 0)
+        summary["pieces"] = args.combine
+    else:
+        summary = disk_full(args) if args.disk_full else run_campaign(args)
     text = json.dumps(summary, indent=1)
     if args.out:
         with open(args.out, "w") as fh:
