@@ -199,7 +199,7 @@ class DDZFile:
         pos = PREAMBLE_SIZE
         for info in self.header.sections:
             try:
-                if any(src.view(pos, info.offset - pos)):
+                if np.frombuffer(src.view(pos, info.offset - pos), np.uint8).any():
                     yield FormatError("padding before this section is not zero", section=info.name, offset=pos)
                 pos = info.offset + info.length
                 crc, bad_block = 0, None
@@ -208,8 +208,7 @@ class DDZFile:
                     table = info.block_crcs()
                     got = np.empty(info.block_count, np.uint32)
                     step = max(size, _CHUNK // size * size)
-                    for at in range(info.offset, pos, step):
-                        chunk = src.view(at, min(step, pos - at))
+                    for at, chunk in src.scan(info.offset, info.length, step):
                         first = (at - info.offset) // size
                         for j in range(0, len(chunk), size):
                             got[first + j // size] = crc32(chunk[j: j + size])
@@ -217,8 +216,8 @@ class DDZFile:
                     bad_block = int(bad[0]) if bad.size else None
                     crc = crc32_of_blocks(got, size, info.length)
                 else:
-                    for at in range(info.offset, pos, _CHUNK):
-                        crc = crc32(src.view(at, min(_CHUNK, pos - at)), crc)
+                    for _, chunk in src.scan(info.offset, info.length, _CHUNK):
+                        crc = crc32(chunk, crc)
             except FileAccessError as exc:  # a remote source that fails mid-verify: nothing more can be read
                 yield exc
                 return
@@ -453,13 +452,13 @@ class _StoredStream:
     def __init__(self, src: ByteSource, offset: int, length: int):
         self._src, self._offset, self._end = src, offset, offset + length
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int = -1) -> bytes | bytearray:
         n = self._end - self._offset if size is None or size < 0 else min(size, _SCAN, self._end - self._offset)
         if n <= 0:
             return b""
         data = self._src.read(self._offset, n)
         self._offset += n
-        return bytes(data)
+        return data
 
 
 _TORCH_INT = {"u8": "uint8", "i8": "int8", "u16": "int32", "i16": "int16", "u32": "int64", "i32": "int32",

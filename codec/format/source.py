@@ -25,7 +25,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -66,6 +66,12 @@ class ByteSource:
 
     def view(self, offset: int, length: int):
         return self.read(offset, length)
+
+    def scan(self, offset: int, length: int, step: int) -> Iterator[tuple[int, Any]]:
+        """``(position, bytes)`` of ``[offset, offset + length)`` in pieces of ``step`` bytes, each
+        valid only until the next one is asked for (for checksumming a whole file)."""
+        for at in range(offset, offset + length, step):
+            yield at, self.view(at, min(step, offset + length - at))
 
     def _read(self, offset: int, length: int) -> bytearray:
         raise NotImplementedError
@@ -130,6 +136,21 @@ class LocalFileSource(ByteSource):
         except OSError as exc:
             raise FileAccessError(f"reading {self.name!r} at offset {offset + got}: {exc.strerror}") from None
         return got
+
+    def scan(self, offset: int, length: int, step: int) -> Iterator[tuple[int, Any]]:
+        if self.zero_copy:
+            yield from super().scan(offset, length, step)
+            return
+        buf = np.empty(min(step, length), np.uint8).data  # one buffer for the whole scan: no page faults per piece
+        for at in range(offset, offset + length, step):
+            n = min(step, offset + length - at)
+            got = self._fill(buf[:n], at)
+            if got != n:
+                raise TruncatedError(f"{self.name}: the file ends at {at + got} bytes, not {self.size} as when it was "
+                                     "opened (truncated or rewritten by another process?)", offset=at + got)
+            self.bytes_read += n
+            self.requests += 1
+            yield at, buf[:n]
 
     def view(self, offset: int, length: int):
         """The bytes in a fresh, writable, 64-byte aligned buffer (``zero_copy``: a writable,
