@@ -1107,8 +1107,9 @@ def disk_full(args) -> dict:
             "ddz unpack": (lambda: _cli_rc(main, ["unpack", video, "-o", target, "-q", "--frames", "png"]), target),
         }
         for name, (fn, out) in jobs.items():
-            fn()  # the size it needs, on an empty disk
-            need = _tree_size(out)
+            free0 = _free(mnt)
+            fn()  # the space it takes on an empty disk (whole pages and folders, not just file bytes)
+            need = free0 - _free(mnt)
             _rm(out)
             step = max(4096, need // 48 // 4096 * 4096)
             frees = sorted(set(range(0, need + 8 * 4096, step)) | set(range(max(0, need - 8 * 4096), need + 8 * 4096, 4096)))
@@ -1160,10 +1161,9 @@ def _cli_rc(main, argv):
         raise RuntimeError(f"exit {rc}: {err.getvalue()[:300]}")
 
 
-def _tree_size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+def _free(mnt: str) -> int:
+    st = os.statvfs(mnt)
+    return st.f_bavail * st.f_frsize
 
 
 def _rm(path: str) -> None:
@@ -1174,10 +1174,8 @@ def _rm(path: str) -> None:
 
 
 def _fill(mnt: str, free: int) -> None:
-    st = os.statvfs(mnt)
-    have = st.f_bavail * st.f_frsize
     with open(os.path.join(mnt, "filler"), "wb") as fh:
-        fh.write(bytes(max(0, have - free)))
+        fh.write(bytes(max(0, _free(mnt) - free)))
 
 
 # ------------------------------------------------------------------------------------------------
