@@ -278,6 +278,9 @@ def test_unpack_verifies_by_default(base, tmp_path, capsys):
     assert main(["unpack", str(p), "-o", str(tmp_path / "u"), "-q"]) == 2
     assert "CRC-32" in capsys.readouterr().err and not (tmp_path / "u").exists()
     assert main(["unpack", str(p), "-o", str(tmp_path / "u"), "-q", "--no-verify"]) == 0
+    assert len(codec.load(p)) == 5  # codec.load checks structure by default; verify=True every checksum
+    with pytest.raises(codec.ChecksumError):
+        codec.load(p, verify=True)
 
 
 _FSIZE = """
