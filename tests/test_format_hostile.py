@@ -211,6 +211,21 @@ def test_writer_applies_the_same_nesting_limit(tmp_path):
     assert not (tmp_path / "deep.ddz").exists()
 
 
+@pytest.mark.parametrize("dtype, shape, stored, encoding, bad", [
+    ("u8", (3,), bytes([0xFF, 0x01]), [{"id": "bitpack", "bits": 3}], False),  # 9 bits: the last byte's top 7 unused
+    ("u8", (3,), bytes([0xFF, 0x03]), [{"id": "bitpack", "bits": 3}], True),
+    ("bool", (4,), bytes([0, 1, 1, 0]), [], False),
+    ("bool", (4,), bytes([0, 1, 2, 0]), [], True),
+])
+def test_verify_checks_what_a_crc_cannot(tmp_path, dtype, shape, stored, encoding, bad):
+    """Unused bits of a bit-packed stream and bool bytes other than 0/1, under correct CRCs."""
+    p = tmp_path / "a.ddz"
+    _section_file(p, "s", dtype, shape, stored, encoding)
+    with codec.open(p) as f:
+        found = [type(e).__name__ for e in f.problems()]
+    assert found == (["FormatError"] if bad else []), found
+
+
 # ---- finding 11: checked reads -----------------------------------------------------------------
 def test_open_verify_refuses_a_flipped_payload_bit(tmp_path):
     p = tmp_path / "v.ddz"
@@ -382,9 +397,13 @@ os.truncate(path, 0)  # as `truncate -s 0` or open(path, "wb") by another proces
 with open(path, "r+b") as g:
     g.write(b"rewritten" * 100)
 print("sum", sum(float(a.sum()) for a in arrays), flush=True)  # touching pages past the new end
+def first_problem():
+    raise next(iter(f.problems()))  # no problem at all: StopIteration, which fails the test
+
+
 outcomes = []
 for call in (lambda: f.get("a"), lambda: f.get_rows("a", 1, 3), lambda: f.get("z"), lambda: f.verify(),
-             lambda: list(f.problems()), lambda: f.get("b", verify=True), lambda: codec.open(path)):
+             first_problem, lambda: f.get("b", verify=True), lambda: codec.open(path)):
     try:
         call()
         outcomes.append("ok")
@@ -412,7 +431,7 @@ def test_default_reads_survive_a_file_truncated_underneath(tmp_path):
     got = dict(zip(["get", "get_rows in the new bytes", "get zstd", "verify", "problems", "get verify", "open"],
                    r.stdout.split("survived ")[1].split()))
     assert got == {"get": "TruncatedError", "get_rows in the new bytes": "ok", "get zstd": "TruncatedError",
-                   "verify": "TruncatedError", "problems": "ok", "get verify": "TruncatedError", "open": "FormatError"}, got
+                   "verify": "TruncatedError", "problems": "TruncatedError", "get verify": "TruncatedError", "open": "FormatError"}, got
 
 
 def test_zero_copy_views_are_the_documented_sigbus_hazard(tmp_path):
@@ -448,3 +467,16 @@ def test_checked_reads_hand_out_arrays_of_their_own(tmp_path):
         x = f.get("x", verify=True)
         x[:] = -1  # must not edit the verified bytes a later read is served from
         assert f.get("x", verify=True).tolist() == list(range(100))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_an_unclosed_file_does_not_keep_its_descriptor(tmp_path):
+    import gc
+
+    p = tmp_path / "a.ddz"
+    _big_file(p)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        codec.open(p).get("b")  # never closed
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1

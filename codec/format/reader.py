@@ -416,8 +416,14 @@ class DDZFile:
     def _deep_check(self, info: SectionInfo) -> None:
         """Decoded size, zero tail bits of a bit-packed stream and bool bytes, streaming (zstd
         sections are decoded through a small buffer, so verify needs no memory per section)."""
-        if not info.zstd:
-            self._check_stream(info, np.frombuffer(self._stored(info), np.uint8), 0)
+        if not info.zstd:  # stored length == packed length (checked at open)
+            if info.bits is not None and info.length:  # only the last byte's unused bits can be wrong
+                last = info.length - 1
+                self._check_stream(info, np.frombuffer(self._stored(info, last, info.length), np.uint8), last)
+            elif info.dtype == "bool":
+                for lo in range(0, info.length, _SCAN):
+                    chunk = self._stored(info, lo, min(info.length, lo + _SCAN))
+                    self._check_stream(info, np.frombuffer(chunk, np.uint8), lo)
             return
         want = info.packed_length
         reader = self._zstd_reader(info)
