@@ -111,6 +111,7 @@ class LocalFileSource(ByteSource):
             self.size = os.fstat(self._fd).st_size
         except OSError as exc:
             os.close(self._fd)
+            self._fd = -1
             raise FileAccessError(f"cannot stat {path!r}: {exc.strerror}") from None
 
     def _read(self, offset: int, length: int) -> bytearray:
@@ -189,6 +190,14 @@ class LocalFileSource(ByteSource):
             self._mm = None
         os.close(self._fd)
         self._fd = -1
+
+    def __del__(self) -> None:  # a source nobody closed must not keep its descriptor (the mapping frees itself)
+        if getattr(self, "_fd", -1) >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
 
     @property
     def closed(self) -> bool:
