@@ -130,8 +130,8 @@ class Writer:
             self._f.flush()
             os.fchmod(self._f.fileno(), 0o666 & ~umask())  # mkstemp made it 0600; publish like open() would
             os.fsync(self._f.fileno())
+            os.replace(self._tmp, self.path)  # still holding the temp's flock: a new Writer's clean-up cannot take it
             self._f.close()
-            os.replace(self._tmp, self.path)
         except OSError as exc:  # disk full at the last flush, fsync or rename: one clean error, no file left
             self.abort()
             raise FileAccessError(f"writing {self.path!r} failed: {exc.strerror or exc}") from None
