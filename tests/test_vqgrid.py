@@ -216,6 +216,14 @@ def test_encode_brute_force_and_grid_agree_and_catch_nan():
         cl.encode_indices(zl)
 
 
+@pytest.mark.parametrize("method", ["auto", "grid", "numba", "torch"])
+def test_encode_refuses_a_non_finite_codebook(method):
+    c, x = _codec("probs", "logits", 1.0)
+    c.codebook[3, 0] = float("inf")  # as a codebook rounded to f16 past 65504 would hold
+    with pytest.raises(InvalidInputError, match="codebook holds NaN or infinite values"):
+        c.encode_indices(x[:10], method=method)
+
+
 def test_bf16_encode_centres_before_rounding():
     """bf16 keeps 8 bits: logits offset by 40 (as _codec makes them) must be centred in fp32 before they are
     rounded, not projected raw through the folded P; then the bf16 encode picks nearly the f32 codes."""

@@ -467,6 +467,8 @@ class VQCodec(SoftLabelCodec):
         # Before a bf16 projection the rows are centred in fp32 (as the fold would round uncentred values)
         centre = self.space == "logits" and edt != torch.float32
         prep = centre or not (self.space == "logits" and self.input == "logits")
+        if not bool(torch.isfinite(self.codebook).all()):  # e.g. set by hand, or rounded to f16 past its range
+            raise InvalidInputError("vq: the codebook holds NaN or infinite values")
         ybuf, yebuf, hbuf, h32 = _encode_buffers(dev, c, self.classes, self.dh, edt, prep)
         if dev.type != "cpu" or method == "torch":
             method = "torch"
