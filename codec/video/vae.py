@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 from typing import Any, Mapping, cast
 
 import torch
@@ -320,9 +321,10 @@ class _BuildBudget:
         self.max_elements = 4 * sum(t.numel() for t in tensors) + (1 << 20)
         self.tensors = self.elements = 0
         self._handles: list[Any] = []
+        self._thread: int | None = None
 
     def _count(self, module, name, tensor):
-        if tensor is not None:
+        if tensor is not None and threading.get_ident() == self._thread:  # the hooks are process-wide
             self.tensors += 1
             self.elements += tensor.numel()
             if self.tensors > self.max_tensors or self.elements > self.max_elements:
@@ -333,6 +335,7 @@ class _BuildBudget:
     def __enter__(self):
         from torch.nn.modules import module as m
 
+        self._thread = threading.get_ident()
         self._handles = [m.register_module_parameter_registration_hook(self._count),
                          m.register_module_buffer_registration_hook(self._count)]
         return self
