@@ -300,9 +300,11 @@ class SoftLabelArchive:
         codec = self._codec_obj()
         dev = parse_device(device) if device is not None else self.device
         dtype = _decode_dtype(dtype) if dtype is not None else self.dtype
-        # every soft-label codec decodes to (rows, classes) float32: refuse before decoding what cannot be held
-        reserve((int(stop) - int(start)) * self.classes * 4, f"{self.path}: soft labels {start}:{stop} "
-                f"({int(stop) - int(start):,} rows x {self.classes:,} classes, float32)")
+        # every soft-label codec decodes to (rows, classes) float32: refuse before decoding what the host cannot
+        # hold (an accelerator's allocator raises its own out-of-memory error, converted by the guard below)
+        if torch.device(dev).type == "cpu":
+            reserve((int(stop) - int(start)) * self.classes * 4, f"{self.path}: soft labels {start}:{stop} "
+                    f"({int(stop) - int(start):,} rows x {self.classes:,} classes, float32)")
         with allocation_guard(f"{self.path}: decoding soft labels {start}:{stop}"):
             parts = {p: self._row_part(p, int(start), int(stop)) for p in self.row_parts}
             try:
