@@ -731,15 +731,20 @@ def entry_points(path: str, scratch: str, r: random.Random):
 
     def load():
         obj = codec.load(path)
-        if isinstance(obj, VideoDataset):
-            dataset(obj)
-        elif isinstance(obj, SoftLabelArchive):
-            soft(obj)
+        try:
+            if isinstance(obj, VideoDataset):
+                dataset(obj)
+            elif isinstance(obj, SoftLabelArchive):
+                soft(obj)
+        finally:
+            obj.close()
 
     def archive():
         a = open_archive(path)
-        a.labels(0, min(1, len(a)))
-        a.close()
+        try:
+            a.labels(0, min(1, len(a)))
+        finally:
+            a.close()
 
     out_dir = os.path.join(scratch, "unpacked")
     extra = ["--frames", "png", "--preview"] if r.random() < 0.25 else []
@@ -816,6 +821,8 @@ def run_case(kind: str, seed: int, bases: dict[str, "Base"], scratch: str, budge
         try:
             import codec.softlabels.replay as rp
 
+            for arch in rp._ARCHIVES.values():
+                arch.close()
             rp._ARCHIVES.clear()
         except ImportError:
             pass
