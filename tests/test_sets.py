@@ -182,6 +182,29 @@ def test_write_set_index_refuses_inconsistent_shards(tmp_path):
     assert not (tmp_path / "i.json").exists()
 
 
+@pytest.mark.parametrize("fails", ["fsync", "replace"])
+def test_write_set_index_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch, fails):
+    import errno
+
+    import codec.format.sets as sets_mod
+
+    index, _, _ = make_set(tmp_path)
+    index.unlink()
+    shards = sorted(p for p in tmp_path.iterdir() if p.suffix == ".ddz")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sets_mod.os, fails, full)
+    with codec.open(shards[0]) as f:
+        sid = f.metadata["ddz_set"]["set_id"]
+    with pytest.raises(codec.FileAccessError, match="No space left on device"):
+        write_set_index(index, shards, set_id=sid)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no index, no temporary
+
+
 def test_remote_set_reads_only_the_shards_and_blocks_it_needs(tmp_path):
     pytest.importorskip("aiohttp")
     from rangeserver import RangeServer

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import uuid
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -24,6 +23,7 @@ from ..errors import (ChecksumError, DDZError, FileAccessError, FormatError, Inv
                       SectionNotFoundError, ShardError)
 from .header import (ITEMSIZE, KNOWN_ENCODINGS, _CONTROL, _parse_objects, check_json_tree, check_name,
                      dump_json)
+from .files import make_temp, remove_quietly, umask
 from .layout import DTYPES, MAX_HEADER_LENGTH, MAX_NDIM, MAX_SECTIONS, crc32
 from .source import ByteSource, is_url, open_source
 
@@ -478,19 +478,19 @@ def write_set_index(path: str | os.PathLike, shard_paths: Sequence[str | os.Path
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"objects or metadata are not JSON-serialisable: {exc}") from None
     parse_index(raw, path)  # what we publish must read back
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = make_temp(path)  # locked, beside the target, stale ones of a killed writer removed: as the Writer
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~umask())
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before closing: the lock is held until the index is published
+    except OSError as exc:  # a full disk or a failed fsync/rename: one clean error, nothing left
+        remove_quietly(tmp)
+        raise FileAccessError(f"writing the set index {path!r} failed: {exc.strerror or exc}") from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        remove_quietly(tmp)
         raise
     return path
 
