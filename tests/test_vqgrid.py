@@ -170,12 +170,17 @@ def _codec(space, inp, T, *, C=100, dh=40, dc=2, k=256, seed=0, encode_dtype="f3
     return c.set_params(encoder=P, decoder=P.T, codebook=cb), x
 
 
+@pytest.mark.parametrize("block_rows", [None, 128])
 @pytest.mark.parametrize("space,inp,T", [("probs", "logits", 1.0), ("probs", "logits", 20.0), ("probs", "probs", 1.0),
                                          ("logits", "logits", 1.0), ("logits", "logits", 20.0), ("logits", "probs", 1.0)])
-def test_encode_matches_the_explicit_path(space, inp, T):
+def test_encode_matches_the_explicit_path(space, inp, T, block_rows, monkeypatch):
     """Same indices as the explicit path, up to float32 near-ties: where the temperature and centring are folded
-    into P (logit space) the latents differ by float32 rounding, so a row near the boundary of two codes may switch."""
+    into P (logit space) the latents differ by float32 rounding, so a row near the boundary of two codes may switch.
+    ``block_rows``: the CPU projection's blocks made small, so each 700-row chunk is projected in 128-row blocks
+    (the last one partial); None: one block per chunk (C = 100)."""
     c, x = _codec(space, inp, T)
+    if block_rows:
+        monkeypatch.setattr(V, "PROJECTION_BLOCK_BYTES", 4 * c.classes * block_rows)
     ref, h = _reference_encode(c, x)
     V._GRID_CACHE.clear()
     V._GRID_SEEN.clear()
