@@ -1,4 +1,5 @@
-"""Helpers shared by the container tests: rebuild a file around an edited header."""
+"""Helpers shared by the tests and tools/fuzz_campaign.py: rebuild a file around an edited header; a
+small replay archive's augmentation records."""
 
 from __future__ import annotations
 
@@ -39,3 +40,23 @@ def rewrite(src, dst, edits=None, meta_edit=None):
         if meta_edit:
             meta_edit(w.metadata)
     return dst
+
+
+def replay_records(classes: int, batch: int, seed: int):
+    """``recs`` for ``write_replay_archive``: 2 epochs x 3 steps of ``batch`` random logits over
+    ``classes``, one step each without mixing, with CutMix and with Mixup (seeded)."""
+    import torch
+
+    from codec.softlabels.augment import BatchRecord
+
+    def recs():
+        g = torch.Generator().manual_seed(seed)
+        for e in range(2):
+            for s in range(3):
+                mt = ("none", "cutmix", "mixup")[s]
+                yield BatchRecord(e, s, torch.randn(batch, classes, generator=g),
+                                  torch.rand(batch, 4, generator=g) * .5 + .25, torch.rand(batch, generator=g) > .5,
+                                  torch.arange(batch) + s, mt, torch.randperm(batch, generator=g) if mt != "none" else None,
+                                  0.3 if mt != "none" else None, [1, 1, 5, 5] if mt == "cutmix" else None)
+
+    return recs

@@ -9,6 +9,9 @@ with correct CRCs so they reach the validation logic.
 from __future__ import annotations
 
 import json
+import os
+import random
+import sys
 import time
 
 import numpy as np
@@ -18,6 +21,11 @@ from hypothesis import strategies as st
 
 import codec
 from ddzutil import split, with_header
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import fuzz_campaign  # the campaign's list of reader entry points
+
+sys.path.pop(0)
 
 
 def _base_files(folder) -> dict[str, bytes]:
@@ -44,32 +52,25 @@ def bases(tmp_path_factory):
     return _base_files(tmp_path_factory.mktemp("bases"))
 
 
+CONTAINER_ENTRY_POINTS = ("open/get/get_rows", "verify", "open(verify=True)")
 #: A hang guard, not a speed check: a pass over these sub-kilobyte files takes milliseconds.
 HANG_LIMIT_S = 60.0
 
 
 def exercise(path, *, corrupted: bool = False) -> None:
-    """Use every reader entry point; only DDZError may escape. ``corrupted``: the bytes differ
-    from a valid file, so open() or verify() must say so."""
+    """Use the container's reader entry points, as the fuzz campaign does (tools/fuzz_campaign.py:
+    open/keys/info/get/get_rows, problems + verify, open(verify=True)); only DDZError may escape.
+    ``corrupted``: the bytes differ from a valid file, so both verifying entry points must refuse it."""
     start = time.perf_counter()
-    refused = False
-    try:
-        with codec.open(path) as f:
-            for name in f.keys():
-                info = f.info(name)
-                for framework in ("numpy", "torch"):
-                    try:
-                        f.get(name, framework=framework)
-                        if info.shape:
-                            f.get_rows(name, 0, min(1, info.shape[0]), framework=framework)
-                    except codec.InvalidInputError:
-                        pass  # e.g. bf16 as numpy
-            list(f.problems())
-            f.verify()
-    except codec.DDZError as exc:
-        assert str(exc)
-        refused = True
-    assert refused or not corrupted, "a corrupted file opened and verified cleanly"
+    refused = set()
+    for name, use in fuzz_campaign.entry_points(str(path), str(path) + ".scratch", random.Random(0)):
+        if name in CONTAINER_ENTRY_POINTS:
+            try:
+                use()
+            except codec.DDZError as exc:
+                assert str(exc)
+                refused.add(name)
+    assert not corrupted or {"verify", "open(verify=True)"} <= refused, f"a corrupted file passed: {refused}"
     assert time.perf_counter() - start < HANG_LIMIT_S
 
 

@@ -15,21 +15,13 @@ from codec.errors import FormatError, InvalidInputError
 from codec.softlabels import TopKCodec
 from codec.softlabels.augment import BatchRecord, import_fkd_dir, write_replay_archive
 from codec.softlabels.replay import LPLDBatchSampler, ReplayArchive, ReplayBatchSampler, ReplayDataset, replay_loader
-from ddzutil import rewrite
+from ddzutil import replay_records, rewrite
 
 C, B = 6, 4
 IMGS = torch.rand(10, 3, 16, 16)
 
 
-def _recs():
-    g = torch.Generator().manual_seed(0)
-    for e in range(2):
-        for s in range(3):
-            mt = ("none", "cutmix", "mixup")[s]
-            yield BatchRecord(e, s, torch.randn(B, C, generator=g), torch.rand(B, 4, generator=g) * .5 + .25,
-                              torch.rand(B, generator=g) > .5, torch.arange(B) + s, mt,
-                              torch.randperm(B, generator=g) if mt != "none" else None, 0.3 if mt != "none" else None,
-                              [1, 1, 5, 5] if mt == "cutmix" else None)
+_recs = replay_records(C, B, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,17 @@ SLOW_S = 5.0
 OVER_MEM = 2 << 30
 
 
+def tests_helper(name: str):
+    """A helper module of tests/ (``producers``, ``ddzutil``), imported without leaving tests/ on sys.path."""
+    import importlib
+
+    sys.path.insert(0, os.path.join(_ROOT, "tests"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 # ------------------------------------------------------------------------------------------------
 # base archives
 # ------------------------------------------------------------------------------------------------
@@ -70,7 +81,7 @@ def build_bases(folder: str) -> dict[str, str]:
 
     import codec
     from codec.softlabels import fit, save_softlabels, train_vq
-    from codec.softlabels.augment import BatchRecord, write_replay_archive
+    from codec.softlabels.augment import write_replay_archive
     from codec.softlabels.llm import write_llm_archive
     from codec.codecs.lpld import LPLDCodec
     from codec.codecs.pca import PCACodec
@@ -110,19 +121,8 @@ def build_bases(folder: str) -> dict[str, str]:
     vqe = train_vq(y, dh=10, dc=5, k=300, epochs=1, batch_size=100, init_sample=400, entropy=True, progress=False)
     out["vq-entropy"] = save_softlabels(os.path.join(folder, "vq-entropy.ddz"), vqe, y[:60])
 
-    B = 4
-
-    def recs():
-        g = torch.Generator().manual_seed(2)
-        for e in range(2):
-            for s in range(3):
-                mt = ("none", "cutmix", "mixup")[s]
-                yield BatchRecord(e, s, torch.randn(B, C, generator=g), torch.rand(B, 4, generator=g) * .5 + .25,
-                                  torch.rand(B, generator=g) > .5, torch.arange(B) + s, mt,
-                                  torch.randperm(B, generator=g) if mt != "none" else None,
-                                  0.3 if mt != "none" else None, [1, 1, 5, 5] if mt == "cutmix" else None)
-
-    out["replay"] = write_replay_archive(os.path.join(folder, "replay.ddz"), TopKCodec(C, 3, input="logits"), recs,
+    out["replay"] = write_replay_archive(os.path.join(folder, "replay.ddz"), TopKCodec(C, 3, input="logits"),
+                                         tests_helper("ddzutil").replay_records(C, 4, seed=2),
                                          classes=C, num_samples=10, crop={"size": 16, "interpolation": "bilinear"})
     for name, cod in (("pca", fit(PCACodec(C, 4), y)), ("quant", fit(QuantCodec(C, 4), y)),
                       ("lpld", LPLDCodec(C, 2.0, batch_size=5, batches_per_epoch=4, epochs=6))):
@@ -157,11 +157,7 @@ def build_bases(folder: str) -> dict[str, str]:
     out["video-cli"] = os.path.join(folder, "video-cli.ddz")
 
     # the producers' own files (tests/producers.py writes them as SRe2L/FKD/LVDD do), imported
-    sys.path.insert(0, os.path.join(_ROOT, "tests"))
-    try:
-        import producers
-    finally:
-        sys.path.pop(0)
+    producers = tests_helper("producers")
     from codec.softlabels.fkd import import_fkd_labels
 
     named = [(f"train/n0{k % 2}/n0{k % 2}_{k}.png", im) for k, im in enumerate(producers.images_pil(4, side=20, seed=3))]
