@@ -251,3 +251,41 @@ def test_encode_reuses_buffers_per_thread_only():
     with ThreadPoolExecutor(3) as ex:
         parts = list(ex.map(lambda s: c.encode_indices(x[s:s + 1000], chunk=512), range(0, 3000, 1000)))
     np.testing.assert_array_equal(np.concatenate(parts), a)
+
+
+def test_an_index_build_blocks_only_threads_asking_for_the_same_codebook(monkeypatch):
+    """While one thread builds a codebook's cell index, a lookup of another (indexed) codebook returns at once,
+    and a second thread asking for the same codebook waits for that build instead of building it again."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    slow_cb, ready_cb = (rng.standard_normal((256, 2)).astype(np.float32) for _ in range(2))
+    V._GRID_CACHE.clear()
+    ready = V.cell_index(ready_cb)
+    assert ready is not None  # 256 codes in 2-D: the index pays
+    started, release, builds = threading.Event(), threading.Event(), []
+    real_build = V._vqgrid.build_index
+
+    def slow_build(cb, **kw):
+        builds.append(cb.tobytes())
+        if cb.tobytes() == slow_cb.tobytes():
+            started.set()
+            assert release.wait(30)
+        return real_build(cb, **kw)
+
+    monkeypatch.setattr(V._vqgrid, "build_index", slow_build)
+    got = {}
+    first = threading.Thread(target=lambda: got.__setitem__("first", V.cell_index(slow_cb)))
+    second = threading.Thread(target=lambda: got.__setitem__("second", V.cell_index(slow_cb)))
+    first.start()
+    assert started.wait(30)
+    second.start()
+    other = threading.Thread(target=lambda: got.__setitem__("other", V.cell_index(ready_cb)))
+    other.start()
+    other.join(10)
+    assert not other.is_alive() and got["other"] is ready  # not held up by the build in progress
+    assert second.is_alive() and "first" not in got  # waiting for the one build
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert got["first"] is got["second"] and builds.count(slow_cb.tobytes()) == 1

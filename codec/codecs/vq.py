@@ -59,24 +59,38 @@ GRID_MIN_ROWS_PER_CODE = {1: 64, 2: 128, 3: 1024, 4: 4096, 5: 8192, 6: 16384, 7:
 _GRID_CACHE: dict[tuple, Any] = {}  # (shape, codebook bytes) -> CellIndex, or None where brute force wins
 _GRID_SEEN: dict[tuple, int] = {}  # (shape, codebook bytes) -> rows assigned so far without an index
 _GRID_CACHE_SIZE = 4
-_GRID_LOCK = threading.RLock()  # encodes on several threads share the two tables (one build per codebook)
+_GRID_LOCK = threading.Lock()  # guards the two tables; never held while an index is built
+_GRID_BUILDING: dict[tuple, threading.Event] = {}  # codebooks whose index a thread is building now
 
 
 def cell_index(codebook: np.ndarray) -> "_vqgrid.CellIndex | None":
     """The cell index of a float32 (k, dc) codebook, built once per codebook (a few are kept); None
-    where it would not beat brute force (:func:`codec.codecs._vqgrid.worth_it`)."""
+    where it would not beat brute force (:func:`codec.codecs._vqgrid.worth_it`).  One thread builds
+    a codebook's index while others asking for the same one wait; lookups of other codebooks do not."""
     key = (codebook.shape, codebook.tobytes())
-    with _GRID_LOCK:
-        if key in _GRID_CACHE:
-            _GRID_CACHE[key] = _GRID_CACHE.pop(key)  # most recently used last
-            return _GRID_CACHE[key]
+    while True:
+        with _GRID_LOCK:
+            if key in _GRID_CACHE:
+                _GRID_CACHE[key] = _GRID_CACHE.pop(key)  # most recently used last
+                return _GRID_CACHE[key]
+            building = _GRID_BUILDING.get(key)
+            if building is None:
+                building = _GRID_BUILDING[key] = threading.Event()
+                break
+        building.wait()  # then found in the cache, or built here if that build failed
+    try:
         built = _vqgrid.build_index(codebook)
         index = built if _vqgrid.worth_it(built) else None
-        _GRID_CACHE[key] = index
-        _GRID_SEEN.pop(key, None)
-        while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
-            del _GRID_CACHE[next(iter(_GRID_CACHE))]
+        with _GRID_LOCK:
+            _GRID_CACHE[key] = index
+            _GRID_SEEN.pop(key, None)
+            while len(_GRID_CACHE) > _GRID_CACHE_SIZE:
+                del _GRID_CACHE[next(iter(_GRID_CACHE))]
         return index
+    finally:
+        with _GRID_LOCK:
+            del _GRID_BUILDING[key]
+        building.set()
 
 
 def _auto_method(cbn: np.ndarray | None, n: int) -> str:
@@ -91,13 +105,13 @@ def _auto_method(cbn: np.ndarray | None, n: int) -> str:
         key = (cbn.shape, cbn.tobytes())
         with _GRID_LOCK:
             seen = _GRID_SEEN.pop(key, 0) + n
-            if key in _GRID_CACHE or seen >= GRID_MIN_ROWS_PER_CODE[dc] * k:
-                if cell_index(cbn) is not None:
-                    return "grid"
-            else:
+            indexed = key in _GRID_CACHE or seen >= GRID_MIN_ROWS_PER_CODE[dc] * k
+            if not indexed:
                 _GRID_SEEN[key] = seen
                 while len(_GRID_SEEN) > _GRID_CACHE_SIZE:
                     del _GRID_SEEN[next(iter(_GRID_SEEN))]
+        if indexed and cell_index(cbn) is not None:
+            return "grid"
     return "numba" if dc <= NUMBA_MAX_DC and k <= NUMBA_MAX_K else "torch"
 
 
