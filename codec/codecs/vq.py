@@ -460,8 +460,9 @@ class VQCodec(SoftLabelCodec):
         ``encode_dtype`` that need no preparing are read in place), turned into the codec's space in
         place where that is not linear (an in-place softmax; the log of probabilities), projected by
         ``torch.mm`` (Eq. 2, in ``encode_dtype``) and assigned (Eq. 4, on CPU by
-        :func:`nearest_code`'s cell index or brute force, chosen once for the whole call).  The logit space's temperature and row centring are
-        linear and folded into the encoder (:meth:`_projection`).  A NaN or infinity in the input
+        :func:`nearest_code`'s cell index or brute force, chosen once for the whole call).  The
+        logit space's temperature and row centring are linear and folded into the encoder
+        (:meth:`_projection`).  A NaN or infinity in the input
         reaches the latents, where the assignment catches it.  ``method``: :func:`nearest_code`'s
         (all give the same indices up to float32 near-ties; nothing of it is stored)."""
         if self.encoder is None or self.codebook is None:
