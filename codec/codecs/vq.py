@@ -141,7 +141,7 @@ PROJECTION_BLOCK_BYTES = 1 << 21
 
 def _encode_buffers(dev: torch.device, b: int, c: int, C: int, dh: int, edt: torch.dtype, prep: bool) -> tuple:
     """(ybuf, yebuf, hbuf, h32): the encode's buffers: ``b`` rows in (fp32 where they are prepared,
-    else ``edt``) and their ``edt`` copy, and a chunk's ``c`` rows of projection and their fp32
+    else ``edt``; 0 where the input is read in place) and their ``edt`` copy, and a chunk's ``c`` rows of projection and their fp32
     copy (the second and fourth may be None / aliases).  On CPU the set of the last call is kept
     for the next with the same shapes (per thread): a streamed encode calls once per chunk, and
     fresh buffers cost their page faults each time (copying 16,384 x 1,000 fp16 rows into a fresh
@@ -493,7 +493,7 @@ class VQCodec(SoftLabelCodec):
         # on CPU the rows are copied, prepared and projected a cache-sized block at a time
         b = c if dev.type != "cpu" else max(1, min(c, PROJECTION_BLOCK_BYTES // (4 * self.classes)))
         direct = not prep and t.dtype == edt and t.device == dev  # rows the mm can read where they are
-        ybuf, yebuf, hbuf, h32 = _encode_buffers(dev, b, c, self.classes, self.dh, edt, prep)
+        ybuf, yebuf, hbuf, h32 = _encode_buffers(dev, 0 if direct else b, c, self.classes, self.dh, edt, prep)
         if dev.type != "cpu" or method == "torch":
             method = "torch"
         else:
